@@ -1,0 +1,226 @@
+//! Operator actions: tenants, their modules and their API keys. The CLI runs these as the owner role, which
+//! is subject to row-level security like everyone else (the tables FORCE it), so each action binds the tenant
+//! it acts for inside its own transaction.
+
+use time::OffsetDateTime;
+use tokio_postgres::{Client, Transaction};
+use uuid::Uuid;
+
+use crate::apikey::{self, Scope};
+use crate::module::Module;
+use crate::tenant::{TenantId, TenantSlug};
+
+#[derive(Debug, thiserror::Error)]
+pub enum AdminError {
+    #[error("database error")]
+    Db(#[from] tokio_postgres::Error),
+    #[error("a tenant with slug {0:?} already exists")]
+    TenantExists(String),
+    #[error("no tenant with slug {0:?}")]
+    NoSuchTenant(String),
+    #[error("no module named {0:?} is compiled in")]
+    NoSuchModule(String),
+    #[error("no active API key {0:?} for this tenant")]
+    NoSuchKey(String),
+    #[error(transparent)]
+    Random(#[from] apikey::RandomUnavailable),
+}
+
+#[derive(Debug, Clone)]
+pub struct Tenant {
+    pub id: TenantId,
+    pub slug: String,
+    pub name: String,
+    pub status: String,
+}
+
+async fn bind(tx: &Transaction<'_>, tenant: TenantId) -> Result<(), tokio_postgres::Error> {
+    tx.execute(
+        "select set_config('tessera.tenant_id', $1, true)",
+        &[&tenant.to_string()],
+    )
+    .await?;
+    Ok(())
+}
+
+/// Creates a tenant with the given modules enabled.
+pub async fn create_tenant(
+    client: &mut Client,
+    slug: &TenantSlug,
+    name: &str,
+    modules: &[&str],
+) -> Result<Tenant, AdminError> {
+    let tx = client.transaction().await?;
+    let id = TenantId::new();
+    let inserted = tx
+        .execute(
+            "insert into core.tenants (id, slug, name) values ($1, $2, $3) on conflict (slug) do nothing",
+            &[&id.as_uuid(), &slug.as_str(), &name],
+        )
+        .await?;
+    if inserted == 0 {
+        return Err(AdminError::TenantExists(slug.to_string()));
+    }
+    bind(&tx, id).await?;
+    for module in modules {
+        tx.execute("insert into core.tenant_modules (module) values ($1)", &[module])
+            .await?;
+    }
+    tx.commit().await?;
+    Ok(Tenant {
+        id,
+        slug: slug.to_string(),
+        name: name.to_owned(),
+        status: "active".into(),
+    })
+}
+
+pub async fn find_tenant(client: &Client, slug: &str) -> Result<Tenant, AdminError> {
+    let row = client
+        .query_opt(
+            "select id, slug, name, status from core.tenants where slug = $1",
+            &[&slug],
+        )
+        .await?
+        .ok_or_else(|| AdminError::NoSuchTenant(slug.to_owned()))?;
+    Ok(Tenant {
+        id: TenantId::from_uuid(row.get(0)),
+        slug: row.get(1),
+        name: row.get(2),
+        status: row.get(3),
+    })
+}
+
+pub async fn list_tenants(client: &Client) -> Result<Vec<Tenant>, AdminError> {
+    let rows = client
+        .query(
+            "select id, slug, name, status from core.tenants order by created_at, slug",
+            &[],
+        )
+        .await?;
+    Ok(rows
+        .iter()
+        .map(|r| Tenant {
+            id: TenantId::from_uuid(r.get(0)),
+            slug: r.get(1),
+            name: r.get(2),
+            status: r.get(3),
+        })
+        .collect())
+}
+
+/// A key as listed: never its secret.
+#[derive(Debug, Clone)]
+pub struct KeyInfo {
+    pub id: Uuid,
+    pub name: String,
+    pub prefix: String,
+    pub scopes: Vec<String>,
+    pub created_at: OffsetDateTime,
+    pub revoked_at: Option<OffsetDateTime>,
+}
+
+/// Mints an API key; the returned token is the only time the secret exists outside its hash.
+pub async fn create_api_key(
+    client: &mut Client,
+    tenant: TenantId,
+    name: &str,
+    scopes: &[Scope],
+) -> Result<(Uuid, String), AdminError> {
+    let key = apikey::generate()?;
+    let scopes: Vec<String> = scopes.iter().map(|s| s.to_string()).collect();
+    let tx = client.transaction().await?;
+    bind(&tx, tenant).await?;
+    let row = tx
+        .query_one(
+            "insert into core.api_keys (name, prefix, secret_hash, scopes) values ($1, $2, $3, $4) returning id",
+            &[&name, &key.prefix, &key.hash.as_slice(), &scopes],
+        )
+        .await?;
+    tx.commit().await?;
+    Ok((row.get(0), key.token))
+}
+
+/// Revokes a key, named by its id or its prefix. Effective for the next request.
+pub async fn revoke_api_key(client: &mut Client, tenant: TenantId, key: &str) -> Result<(), AdminError> {
+    let id = Uuid::parse_str(key).ok();
+    let tx = client.transaction().await?;
+    bind(&tx, tenant).await?;
+    let n = tx
+        .execute(
+            "update core.api_keys set revoked_at = now()
+             where (id = $1 or prefix = $2) and revoked_at is null",
+            &[&id, &key],
+        )
+        .await?;
+    if n == 0 {
+        return Err(AdminError::NoSuchKey(key.to_owned()));
+    }
+    tx.commit().await?;
+    Ok(())
+}
+
+pub async fn list_api_keys(client: &mut Client, tenant: TenantId) -> Result<Vec<KeyInfo>, AdminError> {
+    let tx = client.transaction().await?;
+    bind(&tx, tenant).await?;
+    let rows = tx
+        .query(
+            "select id, name, prefix, scopes, created_at, revoked_at from core.api_keys order by created_at, id",
+            &[],
+        )
+        .await?;
+    tx.commit().await?;
+    Ok(rows
+        .iter()
+        .map(|r| KeyInfo {
+            id: r.get(0),
+            name: r.get(1),
+            prefix: r.get(2),
+            scopes: r.get(3),
+            created_at: r.get(4),
+            revoked_at: r.get(5),
+        })
+        .collect())
+}
+
+/// Checks that every named module is compiled in.
+pub fn known_modules<'a>(all: &[&dyn Module], wanted: &[&'a str]) -> Result<Vec<&'a str>, AdminError> {
+    for w in wanted {
+        if !all.iter().any(|m| m.name() == *w) {
+            return Err(AdminError::NoSuchModule((*w).to_owned()));
+        }
+    }
+    Ok(wanted.to_vec())
+}
+
+/// The demo tenant's slug.
+pub const DEMO_SLUG: &str = "demo";
+
+/// Creates the demo tenant with every module enabled, each module's sample data and a key with every scope.
+/// Returns the key's token, or `None` when the demo tenant already exists.
+pub async fn seed_demo(client: &mut Client, modules: &[&dyn Module]) -> Result<Option<String>, AdminError> {
+    let slug = TenantSlug::parse(DEMO_SLUG).map_err(|_| AdminError::NoSuchTenant(DEMO_SLUG.into()))?;
+    let names: Vec<&str> = modules.iter().map(|m| m.name()).collect();
+    let tenant = match create_tenant(client, &slug, "Demo Company", &names).await {
+        Ok(t) => t,
+        Err(AdminError::TenantExists(_)) => return Ok(None),
+        Err(e) => return Err(e),
+    };
+    let tx = client.transaction().await?;
+    bind(&tx, tenant.id).await?;
+    for module in modules {
+        if let Some(sql) = module.demo_data() {
+            tx.batch_execute(sql).await?;
+        }
+    }
+    tx.commit().await?;
+    let scopes: Vec<Scope> = names
+        .iter()
+        .map(|m| Scope {
+            module: (*m).to_owned(),
+            access: apikey::Access::Write,
+        })
+        .collect();
+    let (_, token) = create_api_key(client, tenant.id, "demo", &scopes).await?;
+    Ok(Some(token))
+}

@@ -1,0 +1,142 @@
+//! Configuration: a TOML file (optional), then `TESSERA_*` environment variables, then command-line flags,
+//! validated once at start and passed explicitly. Secrets are wrapped so they never print.
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+/// A value that must not appear in logs or debug output.
+#[derive(Clone, Deserialize)]
+#[serde(transparent)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(value: String) -> Self {
+        Self(value)
+    }
+
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Secret(***)")
+    }
+}
+
+/// What a configuration file may set. Every key is optional; unknown keys are refused.
+#[derive(Debug, Default, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileConfig {
+    /// Where `tessera up` keeps its PostgreSQL cluster (`<data_dir>/pg`) and lock file.
+    pub data_dir: Option<PathBuf>,
+    /// The gateway's listen address.
+    pub listen: Option<SocketAddr>,
+    /// An existing server to use instead of the embedded one (DBA mode).
+    pub database_url: Option<Secret>,
+    /// The folder holding initdb, pg_ctl and postgres.
+    pub pg_bindir: Option<PathBuf>,
+    /// Connections in the gateway's pool.
+    pub pool_size: Option<usize>,
+    /// The largest request body accepted, in bytes.
+    pub body_limit_bytes: Option<usize>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("could not read the configuration file {path}")]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("the configuration file {path} is not valid")]
+    Parse {
+        path: PathBuf,
+        #[source]
+        source: toml::de::Error,
+    },
+    #[error("{0}")]
+    Invalid(String),
+}
+
+impl FileConfig {
+    /// Reads `path` when given; otherwise `./tessera.toml` when it exists; otherwise nothing.
+    pub fn load(path: Option<&Path>) -> Result<Self, ConfigError> {
+        let path = match path {
+            Some(p) => p.to_path_buf(),
+            None => {
+                let default = PathBuf::from("tessera.toml");
+                if !default.exists() {
+                    return Ok(Self::default());
+                }
+                default
+            }
+        };
+        let text = std::fs::read_to_string(&path).map_err(|source| ConfigError::Read {
+            path: path.clone(),
+            source,
+        })?;
+        toml::from_str(&text).map_err(|source| ConfigError::Parse { path, source })
+    }
+}
+
+/// The validated settings the components run with.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub data_dir: PathBuf,
+    pub listen: SocketAddr,
+    pub database_url: Option<Secret>,
+    pub pg_bindir: Option<PathBuf>,
+    pub pool_size: usize,
+    pub body_limit_bytes: usize,
+}
+
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
+pub const DEFAULT_POOL_SIZE: usize = 16;
+pub const DEFAULT_BODY_LIMIT: usize = 64 * 1024;
+
+impl Settings {
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if !(1..=1000).contains(&self.pool_size) {
+            return Err(ConfigError::Invalid(format!(
+                "pool_size must be 1 to 1000, got {}",
+                self.pool_size
+            )));
+        }
+        if !(1024..=64 * 1024 * 1024).contains(&self.body_limit_bytes) {
+            return Err(ConfigError::Invalid(format!(
+                "body_limit_bytes must be 1 KiB to 64 MiB, got {}",
+                self.body_limit_bytes
+            )));
+        }
+        if let Some(url) = &self.database_url {
+            url.expose().parse::<tokio_postgres::Config>().map_err(|e| {
+                ConfigError::Invalid(format!("database_url is not a valid connection string: {e}"))
+            })?;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn secrets_never_print() {
+        let s = Secret::new("postgres://u:hunter2@h/db".into());
+        assert!(!format!("{s:?}").contains("hunter2"));
+    }
+
+    #[test]
+    fn unknown_keys_are_refused() {
+        assert!(toml::from_str::<FileConfig>("listen = \"127.0.0.1:1\"\nbogus = 1").is_err());
+        let ok: FileConfig = toml::from_str("listen = \"127.0.0.1:1\"\npool_size = 4").expect("valid");
+        assert_eq!(ok.pool_size, Some(4));
+    }
+}

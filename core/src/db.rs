@@ -1,0 +1,269 @@
+//! Database access for request handlers.
+//!
+//! One pool of connections as the runtime login role (`tessera_app`: NOINHERIT, no privileges of its own).
+//! Each request runs in one transaction that
+//! 1. begins (read-only for reads) and switches to the module's role with `SET LOCAL ROLE`, so the
+//!    database itself confines the request to that module's schema;
+//! 2. calls `core.authenticate_api_key`, a SECURITY DEFINER function that checks the presented key's hash
+//!    and, only for an active tenant that has the module enabled, binds the key's tenant with a
+//!    transaction-local setting that every row policy reads;
+//! 3. runs the module's SQL, then commits.
+//!
+//! The tenant therefore always comes from the credential, never from the request, and a transaction with no
+//! tenant bound sees no rows and may write none (the policies fail closed). Nothing outlives the transaction
+//! on the pooled connection: every setting is `LOCAL`.
+
+use std::time::Duration;
+
+use deadpool_postgres::{Manager, ManagerConfig, Object, Pool, RecyclingMethod, Runtime};
+use tokio_postgres::types::ToSql;
+use tokio_postgres::{NoTls, Row};
+use uuid::Uuid;
+
+use crate::apikey::{Access, PresentedKey, Scope};
+use crate::problem::ApiError;
+use crate::roles::{module_role, quote_ident};
+use crate::tenant::TenantId;
+
+/// The connection pool shared by all modules.
+#[derive(Clone)]
+pub struct Database {
+    pool: Pool,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum DbSetupError {
+    #[error("could not build the connection pool")]
+    Pool(#[from] deadpool_postgres::BuildError),
+    #[error("could not connect to the database")]
+    Connect(#[source] deadpool_postgres::PoolError),
+    #[error("could not inspect the runtime role")]
+    Inspect(#[from] tokio_postgres::Error),
+    #[error(
+        "refusing to serve as role {role:?}: it is a superuser, can bypass row-level security or owns tables; \
+         connect as the runtime role (tessera_app)"
+    )]
+    PrivilegedRole { role: String },
+}
+
+impl Database {
+    pub fn new(config: tokio_postgres::Config, max_size: usize) -> Result<Self, DbSetupError> {
+        let manager = Manager::from_config(
+            config,
+            NoTls,
+            ManagerConfig {
+                recycling_method: RecyclingMethod::Fast,
+            },
+        );
+        let pool = Pool::builder(manager)
+            .max_size(max_size)
+            .runtime(Runtime::Tokio1)
+            .wait_timeout(Some(Duration::from_secs(5)))
+            .create_timeout(Some(Duration::from_secs(5)))
+            .recycle_timeout(Some(Duration::from_secs(5)))
+            .build()?;
+        Ok(Self { pool })
+    }
+
+    /// Refuses a login role that would defeat row-level security: a superuser, a BYPASSRLS role, or one
+    /// that owns (or is a member of a role that owns) tables. Run once at start.
+    pub async fn ensure_unprivileged(&self) -> Result<(), DbSetupError> {
+        let client = self.pool.get().await.map_err(DbSetupError::Connect)?;
+        let row = client
+            .query_one(
+                "select current_user::text,
+                        r.rolsuper or r.rolbypassrls or exists (
+                            select 1 from pg_class c
+                            where pg_has_role(current_user, c.relowner, 'USAGE') and c.relkind in ('r', 'p')
+                              and c.relnamespace not in ('pg_catalog'::regnamespace, 'information_schema'::regnamespace)
+                        )
+                 from pg_roles r where r.rolname = current_user",
+                &[],
+            )
+            .await?;
+        let (role, privileged): (String, bool) = (row.get(0), row.get(1));
+        if privileged {
+            return Err(DbSetupError::PrivilegedRole { role });
+        }
+        Ok(())
+    }
+
+    /// Whether the database answers within a second: the readiness check.
+    pub async fn is_ready(&self) -> bool {
+        let probe = async {
+            let client = self.pool.get().await.ok()?;
+            client.simple_query("select 1").await.ok()
+        };
+        matches!(
+            tokio::time::timeout(Duration::from_secs(1), probe).await,
+            Ok(Some(_))
+        )
+    }
+
+    /// The handle a module's handlers use.
+    pub fn for_module(&self, module: &'static str) -> ModuleDb {
+        let role = quote_ident(&module_role(module));
+        ModuleDb {
+            pool: self.pool.clone(),
+            module,
+            begin_read: format!("begin read only; set local role {role}"),
+            begin_write: format!("begin; set local role {role}"),
+        }
+    }
+}
+
+/// Database access for one module's request handlers.
+#[derive(Clone)]
+pub struct ModuleDb {
+    pool: Pool,
+    module: &'static str,
+    begin_read: String,
+    begin_write: String,
+}
+
+const AUTHENTICATE: &str = "select tenant_id, scopes, tenant_status, module_enabled \
+                            from core.authenticate_api_key($1, $2, $3)";
+
+impl ModuleDb {
+    pub fn module(&self) -> &'static str {
+        self.module
+    }
+
+    /// Opens the request's transaction, authenticates `key` and binds its tenant (see the module docs).
+    pub async fn begin(&self, key: &PresentedKey, access: Access) -> Result<TenantTx, ApiError> {
+        let client = self.pool.get().await.map_err(|e| ApiError::unavailable(&e))?;
+        let begin = match access {
+            Access::Read => &self.begin_read,
+            Access::Write => &self.begin_write,
+        };
+        let mut tx = TenantTx {
+            client: Some(client),
+            tenant: TenantId::from_uuid(Uuid::nil()),
+            open: true,
+        };
+        tx.client().batch_execute(begin).await?;
+        let row = tx
+            .query_opt(AUTHENTICATE, &[&key.prefix(), &key.hash(), &self.module])
+            .await?;
+        let Some(row) = row else {
+            return Err(ApiError::unauthenticated(
+                "invalid_api_key",
+                "the API key is not valid or has been revoked",
+            ));
+        };
+        let status: String = row.get(2);
+        if status != "active" {
+            return Err(ApiError::forbidden(
+                "tenant_suspended",
+                "this tenant is suspended",
+            ));
+        }
+        if !row.get::<_, bool>(3) {
+            return Err(ApiError::forbidden(
+                "module_not_enabled",
+                format!("the {} module is not enabled for this tenant", self.module),
+            ));
+        }
+        let scopes: Vec<String> = row.get(1);
+        if !Scope::allows(&scopes, self.module, access) {
+            let needed = Scope {
+                module: self.module.to_owned(),
+                access,
+            };
+            return Err(ApiError::forbidden(
+                "insufficient_scope",
+                format!("this API key lacks the {needed} scope"),
+            ));
+        }
+        tx.tenant = TenantId::from_uuid(row.get(0));
+        Ok(tx)
+    }
+}
+
+/// A request's transaction with its tenant bound. Dropped without [`TenantTx::commit`], it rolls back.
+pub struct TenantTx {
+    client: Option<Object>,
+    tenant: TenantId,
+    open: bool,
+}
+
+impl TenantTx {
+    pub fn tenant(&self) -> TenantId {
+        self.tenant
+    }
+
+    fn client(&self) -> &Object {
+        // Only `commit` and `drop` take the client, and both consume the transaction.
+        #[allow(clippy::unwrap_used)]
+        self.client.as_ref().unwrap()
+    }
+
+    pub async fn query(
+        &self,
+        sql: &str,
+        params: &[&(dyn ToSql + Sync)],
+    ) -> Result<Vec<Row>, tokio_postgres::Error> {
+        let client = self.client();
+        let statement = client.prepare_cached(sql).await?;
+        client.query(&statement, params).await
+    }
+
+    pub async fn query_opt(
+        &self,
+        sql: &str,
+        params: &[&(dyn ToSql + Sync)],
+    ) -> Result<Option<Row>, tokio_postgres::Error> {
+        let client = self.client();
+        let statement = client.prepare_cached(sql).await?;
+        client.query_opt(&statement, params).await
+    }
+
+    pub async fn query_one(
+        &self,
+        sql: &str,
+        params: &[&(dyn ToSql + Sync)],
+    ) -> Result<Row, tokio_postgres::Error> {
+        let client = self.client();
+        let statement = client.prepare_cached(sql).await?;
+        client.query_one(&statement, params).await
+    }
+
+    pub async fn execute(
+        &self,
+        sql: &str,
+        params: &[&(dyn ToSql + Sync)],
+    ) -> Result<u64, tokio_postgres::Error> {
+        let client = self.client();
+        let statement = client.prepare_cached(sql).await?;
+        client.execute(&statement, params).await
+    }
+
+    pub async fn commit(mut self) -> Result<(), ApiError> {
+        let client = self.client.take();
+        self.open = false;
+        if let Some(client) = client {
+            client.batch_execute("commit").await?;
+        }
+        Ok(())
+    }
+}
+
+impl Drop for TenantTx {
+    fn drop(&mut self) {
+        let Some(client) = self.client.take() else { return };
+        if !self.open {
+            return;
+        }
+        // Roll back before the connection goes back to the pool; without a runtime, discard it instead.
+        match tokio::runtime::Handle::try_current() {
+            Ok(handle) => {
+                handle.spawn(async move {
+                    if client.batch_execute("rollback").await.is_err() {
+                        let _ = Object::take(client);
+                    }
+                });
+            }
+            Err(_) => drop(Object::take(client)),
+        }
+    }
+}

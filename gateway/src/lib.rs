@@ -1,0 +1,121 @@
+//! tessera-gateway: the front door.
+//!
+//! REST under `/v1/<module>/…` (each compiled-in module contributes its routes), `/healthz` (the process is
+//! up) and `/readyz` (the database answers). Every response carries an `x-request-id`; errors, including
+//! unknown routes, wrong methods and panics, are problem+json. Authentication and tenant binding happen in
+//! each request's transaction (`tessera_core::db`), so the tenant always comes from the credential.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use axum::Router;
+use axum::extract::{DefaultBodyLimit, State};
+use axum::http::{HeaderName, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use tessera_core::db::Database;
+use tessera_core::{ApiError, Module};
+use tokio::net::TcpListener;
+use tower_http::catch_panic::CatchPanicLayer;
+use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
+use tower_http::trace::TraceLayer;
+
+const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+
+/// What the gateway needs to know to serve.
+#[derive(Debug, Clone)]
+pub struct GatewayConfig {
+    pub listen: SocketAddr,
+    pub body_limit_bytes: usize,
+}
+
+/// The gateway's routes and middleware, ready to serve or to call in-process.
+pub fn router(db: Database, modules: &[Arc<dyn Module>], body_limit_bytes: usize) -> Router {
+    let mut api = Router::new();
+    for module in modules {
+        let routes = module.routes(db.for_module(module.name()));
+        api = api.nest(&format!("/{}", module.name()), routes);
+    }
+    Router::new()
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .with_state(db)
+        .nest("/v1", api)
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .layer(DefaultBodyLimit::max(body_limit_bytes))
+        .layer(CatchPanicLayer::custom(|_| {
+            ApiError::internal(&std::io::Error::other("a request handler panicked")).into_response()
+        }))
+        .layer(TraceLayer::new_for_http().make_span_with(|req: &axum::http::Request<_>| {
+            let id = req.headers().get(&REQUEST_ID).and_then(|v| v.to_str().ok()).unwrap_or("");
+            tracing::info_span!("request", method = %req.method(), path = %req.uri().path(), request_id = %id)
+        }))
+        .layer(PropagateRequestIdLayer::new(REQUEST_ID))
+        .layer(SetRequestIdLayer::new(REQUEST_ID, MakeRequestUuid))
+}
+
+async fn healthz() -> impl IntoResponse {
+    axum::Json(serde_json::json!({ "status": "ok" }))
+}
+
+async fn readyz(State(db): State<Database>) -> Response {
+    if db.is_ready().await {
+        axum::Json(serde_json::json!({ "status": "ready" })).into_response()
+    } else {
+        ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "not_ready",
+            "the database does not answer",
+        )
+        .into_response()
+    }
+}
+
+async fn not_found() -> ApiError {
+    ApiError::new(StatusCode::NOT_FOUND, "route_not_found", "no such route")
+}
+
+async fn method_not_allowed() -> ApiError {
+    ApiError::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "method_not_allowed",
+        "this route does not take that method",
+    )
+}
+
+/// The gateway bound to its port.
+pub struct Application {
+    listener: TcpListener,
+    router: Router,
+}
+
+impl Application {
+    /// Binds the listen address (port 0 picks a free port) and builds the router.
+    pub async fn build(
+        config: &GatewayConfig,
+        db: Database,
+        modules: &[Arc<dyn Module>],
+    ) -> std::io::Result<Self> {
+        let listener = TcpListener::bind(config.listen).await?;
+        Ok(Self {
+            listener,
+            router: router(db, modules, config.body_limit_bytes),
+        })
+    }
+
+    pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        self.listener.local_addr()
+    }
+
+    /// Serves until `shutdown` completes, then finishes the requests in flight.
+    pub async fn run_until_stopped(
+        self,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> std::io::Result<()> {
+        axum::serve(self.listener, self.router)
+            .with_graceful_shutdown(shutdown)
+            .await
+    }
+}

@@ -1,0 +1,38 @@
+//! The CRM module: companies, their contacts, and deals moving through a pipeline
+//! (`lead → qualified → proposal → negotiation → won | lost`).
+//!
+//! It owns the `crm` schema (migrations in `sql/crm/`), runs its requests as the `tessera_crm` role, and
+//! serves `/v1/crm/{companies,contacts,deals}`. Its SQL lives in [`store`], its wire types in [`model`],
+//! its HTTP handlers in [`routes`].
+
+mod model;
+mod routes;
+mod store;
+
+use tessera_core::Module;
+use tessera_core::db::ModuleDb;
+
+mod embedded {
+    refinery::embed_migrations!("../../sql/crm");
+}
+
+/// The CRM module, as the binary registers it.
+pub struct Crm;
+
+impl Module for Crm {
+    fn name(&self) -> &'static str {
+        "crm"
+    }
+
+    fn migrations(&self) -> refinery::Runner {
+        embedded::migrations::runner()
+    }
+
+    fn routes(&self, db: ModuleDb) -> axum::Router {
+        routes::router(db)
+    }
+
+    fn demo_data(&self) -> Option<&'static str> {
+        Some(include_str!("../../../sql/crm/demo.sql"))
+    }
+}

@@ -1,0 +1,496 @@
+//! Each command's wiring: which database, which components, in which order.
+
+use std::fs::File;
+use std::io::{Read, Seek, Write};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use anyhow::{Context, bail};
+use tessera_core::admin::{self, DEMO_SLUG};
+use tessera_core::apikey::Scope;
+use tessera_core::bootstrap::{self, DATABASE};
+use tessera_core::config::{
+    DEFAULT_BODY_LIMIT, DEFAULT_LISTEN, DEFAULT_POOL_SIZE, FileConfig, Secret, Settings,
+};
+use tessera_core::db::Database;
+use tessera_core::embedded::{Cluster, ClusterOptions, Endpoint, PgBinaries};
+use tessera_core::roles::{APP, OWNER};
+use tessera_core::tenant::TenantSlug;
+use tessera_core::{Module, migrate};
+use tessera_gateway::{Application, GatewayConfig};
+use tokio_postgres::Client;
+
+use crate::{Cli, Command, KeyAction, Serving, Target, TenantAction};
+
+/// The modules compiled into this binary.
+fn modules() -> Vec<Arc<dyn Module>> {
+    vec![Arc::new(tessera_crm::Crm)]
+}
+
+fn module_refs(modules: &[Arc<dyn Module>]) -> Vec<&dyn Module> {
+    modules.iter().map(|m| m.as_ref()).collect()
+}
+
+pub async fn run(cli: Cli) -> anyhow::Result<()> {
+    let file = FileConfig::load(cli.config.as_deref())?;
+    let modules = modules();
+    match cli.command {
+        Command::Up { target, serving } => up(settings(&file, &target, Some(&serving))?, &modules).await,
+        Command::Serve { target, serving } => {
+            serve(settings(&file, &target, Some(&serving))?, &modules).await
+        }
+        Command::Migrate { target, print } => {
+            migrate_cmd(settings(&file, &target, None)?, &modules, print).await
+        }
+        Command::Roles { print: _ } => {
+            let names: Vec<&str> = modules.iter().map(|m| m.name()).collect();
+            print!("{}", tessera_core::roles::script(&names));
+            Ok(())
+        }
+        Command::Tenant { action } => tenant_cmd(&file, action, &modules).await,
+        Command::Key { action } => key_cmd(&file, action, &modules).await,
+    }
+}
+
+/// Flags over environment (clap merges those two) over the file over defaults; then validated.
+fn settings(file: &FileConfig, target: &Target, serving: Option<&Serving>) -> anyhow::Result<Settings> {
+    let settings = Settings {
+        data_dir: target
+            .data_dir
+            .clone()
+            .or_else(|| file.data_dir.clone())
+            .unwrap_or_else(|| PathBuf::from(".tessera")),
+        listen: match serving.and_then(|s| s.listen).or(file.listen) {
+            Some(addr) => addr,
+            None => DEFAULT_LISTEN.parse()?,
+        },
+        database_url: target
+            .database_url
+            .clone()
+            .map(Secret::new)
+            .or_else(|| file.database_url.clone()),
+        pg_bindir: target.pg_bindir.clone().or_else(|| file.pg_bindir.clone()),
+        pool_size: serving
+            .and_then(|s| s.pool_size)
+            .or(file.pool_size)
+            .unwrap_or(DEFAULT_POOL_SIZE),
+        body_limit_bytes: file.body_limit_bytes.unwrap_or(DEFAULT_BODY_LIMIT),
+    };
+    settings.validate()?;
+    Ok(settings)
+}
+
+/// The embedded cluster of a data folder, and the lock that says who manages it.
+struct Embedded {
+    cluster: Cluster,
+    endpoint: Endpoint,
+    /// Held while this process manages the cluster (`tessera up`, or a one-off command when none runs).
+    lock: Option<File>,
+}
+
+fn lock_path(data_dir: &Path) -> PathBuf {
+    data_dir.join("tessera.lock")
+}
+
+/// Takes the data folder's lock without waiting. `Ok(None)` when another process holds it.
+fn try_lock(data_dir: &Path) -> anyhow::Result<Option<File>> {
+    std::fs::create_dir_all(data_dir).with_context(|| format!("could not create {}", data_dir.display()))?;
+    let path = lock_path(data_dir);
+    let mut file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(&path)
+        .with_context(|| format!("could not open {}", path.display()))?;
+    match file.try_lock() {
+        Ok(()) => {
+            file.set_len(0)?;
+            file.rewind()?;
+            write!(file, "{}", std::process::id())?;
+            file.flush()?;
+            Ok(Some(file))
+        }
+        Err(std::fs::TryLockError::WouldBlock) => Ok(None),
+        Err(std::fs::TryLockError::Error(e)) => {
+            Err(e).with_context(|| format!("could not lock {}", path.display()))
+        }
+    }
+}
+
+fn lock_holder(data_dir: &Path) -> String {
+    let mut text = String::new();
+    let _ = File::open(lock_path(data_dir)).and_then(|mut f| f.read_to_string(&mut text));
+    text.trim().to_owned()
+}
+
+fn cluster_for(settings: &Settings) -> anyhow::Result<Cluster> {
+    let bin = PgBinaries::locate(settings.pg_bindir.as_deref())?;
+    let options = ClusterOptions {
+        data_dir: settings.data_dir.join("pg"),
+        superuser: "postgres".into(),
+        durable: true,
+    };
+    Ok(Cluster::new(bin, options)?)
+}
+
+/// Starts (or adopts) the embedded cluster and provisions it. With `exclusive`, fails when another process
+/// manages it; otherwise connects to the one that process runs.
+async fn open_embedded(
+    settings: &Settings,
+    modules: &[Arc<dyn Module>],
+    exclusive: bool,
+) -> anyhow::Result<Embedded> {
+    let lock = try_lock(&settings.data_dir)?;
+    let cluster = cluster_for(settings)?;
+    let Some(lock) = lock else {
+        let holder = lock_holder(&settings.data_dir);
+        if exclusive {
+            bail!(
+                "tessera is already running for {} (pid {holder}); stop it first or use another --data-dir",
+                settings.data_dir.display()
+            );
+        }
+        let endpoint = cluster.running().with_context(|| {
+            format!(
+                "tessera (pid {holder}) holds {} but its database is not running",
+                settings.data_dir.display()
+            )
+        })?;
+        return Ok(Embedded {
+            cluster,
+            endpoint,
+            lock: None,
+        });
+    };
+    if !cluster.is_initialized() {
+        let password = tessera_core::apikey::random_hex(24)?;
+        tessera_core::embedded::write_private(
+            &settings.data_dir.join("postgres.password"),
+            password.as_bytes(),
+        )?;
+        eprintln!(
+            "creating a PostgreSQL cluster in {}",
+            cluster.data_dir().display()
+        );
+        cluster.init(&password)?;
+    }
+    let endpoint = cluster.start()?;
+    bootstrap::provision(&endpoint, cluster.superuser(), DATABASE, &module_refs(modules)).await?;
+    Ok(Embedded {
+        cluster,
+        endpoint,
+        lock: Some(lock),
+    })
+}
+
+impl Embedded {
+    /// Stops the cluster when this process manages it.
+    fn close(self) -> anyhow::Result<()> {
+        if self.lock.is_some() {
+            self.cluster.stop(false)?;
+        }
+        Ok(())
+    }
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    tokio::select! {
+        () = ctrl_c => {},
+        () = term => {},
+    }
+    tracing::info!("shutting down");
+}
+
+async fn up(settings: Settings, modules: &[Arc<dyn Module>]) -> anyhow::Result<()> {
+    if settings.database_url.is_some() {
+        bail!(
+            "`tessera up` runs on the embedded PostgreSQL; use `tessera serve --database-url …` for an existing server"
+        );
+    }
+    let embedded = open_embedded(&settings, modules, true).await?;
+    let endpoint = embedded.endpoint.clone();
+    let result = up_serving(&settings, modules, &endpoint).await;
+    let closed = embedded.close();
+    result?;
+    closed
+}
+
+async fn up_serving(
+    settings: &Settings,
+    modules: &[Arc<dyn Module>],
+    endpoint: &Endpoint,
+) -> anyhow::Result<()> {
+    let mut owner = bootstrap::connect(&endpoint.pg_config(OWNER, DATABASE)).await?;
+    let demo_key = admin::seed_demo(&mut owner, &module_refs(modules)).await?;
+    drop(owner);
+
+    let db = Database::new(endpoint.pg_config(APP, DATABASE), settings.pool_size)?;
+    db.ensure_unprivileged().await?;
+    let config = GatewayConfig {
+        listen: settings.listen,
+        body_limit_bytes: settings.body_limit_bytes,
+    };
+    let app = Application::build(&config, db, modules)
+        .await
+        .with_context(|| format!("could not listen on {}", settings.listen))?;
+    let addr = app.local_addr()?;
+    let scopes: Vec<String> = modules.iter().map(|m| format!("{}:write", m.name())).collect();
+
+    println!("Tessera is up.");
+    println!("  REST gateway  http://{addr}");
+    println!("  PostgreSQL    psql \"{}\"", endpoint.url("postgres", DATABASE));
+    match &demo_key {
+        Some(token) => {
+            println!(
+                "Created the demo tenant \"{DEMO_SLUG}\" with sample CRM data. Its API key, shown only now:"
+            );
+            println!("  export TESSERA_API_KEY={token}");
+        }
+        None => {
+            println!("The demo tenant \"{DEMO_SLUG}\" exists already. Mint a new key for it with:");
+            println!(
+                "  tessera key create --tenant {DEMO_SLUG} --scopes {}",
+                scopes.join(",")
+            );
+        }
+    }
+    println!("Try:");
+    println!("  curl -s http://{addr}/v1/crm/deals -H \"Authorization: Bearer $TESSERA_API_KEY\"");
+    println!("Stop with Ctrl-C.");
+    app.run_until_stopped(shutdown_signal()).await?;
+    Ok(())
+}
+
+async fn serve(settings: Settings, modules: &[Arc<dyn Module>]) -> anyhow::Result<()> {
+    let Some(url) = &settings.database_url else {
+        bail!(
+            "`tessera serve` needs --database-url (or TESSERA_DATABASE_URL) of the tessera_app role; `tessera up` runs everything locally"
+        );
+    };
+    let config: tokio_postgres::Config = url.expose().parse()?;
+    let db = Database::new(config, settings.pool_size)?;
+    db.ensure_unprivileged().await?;
+    let gateway = GatewayConfig {
+        listen: settings.listen,
+        body_limit_bytes: settings.body_limit_bytes,
+    };
+    let app = Application::build(&gateway, db, modules)
+        .await
+        .with_context(|| format!("could not listen on {}", settings.listen))?;
+    println!("Tessera gateway listening on http://{}", app.local_addr()?);
+    app.run_until_stopped(shutdown_signal()).await?;
+    Ok(())
+}
+
+/// An owner connection for operator commands: `--database-url`, or the embedded cluster (started for the
+/// duration of the command when no `tessera up` runs).
+struct OwnerSession {
+    client: Client,
+    embedded: Option<Embedded>,
+}
+
+impl OwnerSession {
+    async fn open(settings: &Settings, modules: &[Arc<dyn Module>]) -> anyhow::Result<Self> {
+        if let Some(url) = &settings.database_url {
+            let config: tokio_postgres::Config = url.expose().parse()?;
+            let client = bootstrap::connect(&config)
+                .await
+                .context("could not connect to --database-url")?;
+            return Ok(Self {
+                client,
+                embedded: None,
+            });
+        }
+        let embedded = open_embedded(settings, modules, false).await?;
+        let client = bootstrap::connect(&embedded.endpoint.pg_config(OWNER, DATABASE)).await?;
+        Ok(Self {
+            client,
+            embedded: Some(embedded),
+        })
+    }
+
+    fn close(self) -> anyhow::Result<()> {
+        drop(self.client);
+        match self.embedded {
+            Some(e) => e.close(),
+            None => Ok(()),
+        }
+    }
+}
+
+async fn migrate_cmd(settings: Settings, modules: &[Arc<dyn Module>], print: bool) -> anyhow::Result<()> {
+    let refs = module_refs(modules);
+    if print {
+        if let Some(url) = &settings.database_url {
+            let config: tokio_postgres::Config = url.expose().parse()?;
+            let client = bootstrap::connect(&config)
+                .await
+                .context("could not connect to --database-url")?;
+            let sql = migrate::pending_sql(&client, &refs).await?;
+            if sql.is_empty() {
+                eprintln!("nothing to migrate");
+            }
+            print!("{sql}");
+        } else {
+            println!(
+                "-- Every migration, as `tessera migrate --database-url …` would apply them to an empty database.\n"
+            );
+            print!("{}", migrate::all_sql(&refs));
+        }
+        return Ok(());
+    }
+    match &settings.database_url {
+        Some(url) => {
+            let config: tokio_postgres::Config = url.expose().parse()?;
+            let mut client = bootstrap::connect(&config)
+                .await
+                .context("could not connect to --database-url")?;
+            report(&migrate::run(&mut client, &refs).await?);
+        }
+        None => {
+            // Provisioning the embedded cluster applies what is pending.
+            let session = OwnerSession::open(&settings, modules).await?;
+            let mut client = session.client;
+            report(&migrate::run(&mut client, &refs).await?);
+            drop(client);
+            if let Some(e) = session.embedded {
+                e.close()?;
+            }
+        }
+    }
+    Ok(())
+}
+
+fn report(applied: &[migrate::Applied]) {
+    if applied.is_empty() {
+        println!("the database is up to date");
+    }
+    for m in applied {
+        println!("applied {} V{}__{}", m.schema, m.version, m.name);
+    }
+}
+
+async fn tenant_cmd(
+    file: &FileConfig,
+    action: TenantAction,
+    modules: &[Arc<dyn Module>],
+) -> anyhow::Result<()> {
+    match action {
+        TenantAction::Create {
+            target,
+            slug,
+            name,
+            modules: wanted,
+        } => {
+            let settings = settings(file, &target, None)?;
+            let slug = TenantSlug::parse(&slug)?;
+            let all: Vec<&str> = modules.iter().map(|m| m.name()).collect();
+            let wanted: Vec<&str> = if wanted.is_empty() {
+                all
+            } else {
+                wanted.iter().map(String::as_str).collect()
+            };
+            let enabled = admin::known_modules(&module_refs(modules), &wanted)?;
+            let name = name.unwrap_or_else(|| slug.to_string());
+            let mut session = OwnerSession::open(&settings, modules).await?;
+            let result = admin::create_tenant(&mut session.client, &slug, &name, &enabled).await;
+            session.close()?;
+            let tenant = result?;
+            println!(
+                "created tenant {} ({}) with modules: {}",
+                tenant.slug,
+                tenant.id,
+                enabled.join(", ")
+            );
+        }
+        TenantAction::List { target } => {
+            let settings = settings(file, &target, None)?;
+            let session = OwnerSession::open(&settings, modules).await?;
+            let result = admin::list_tenants(&session.client).await;
+            session.close()?;
+            for t in result? {
+                println!("{}\t{}\t{}\t{}", t.slug, t.id, t.status, t.name);
+            }
+        }
+    }
+    Ok(())
+}
+
+async fn key_cmd(file: &FileConfig, action: KeyAction, modules: &[Arc<dyn Module>]) -> anyhow::Result<()> {
+    match action {
+        KeyAction::Create {
+            target,
+            tenant,
+            scopes,
+            name,
+        } => {
+            let settings = settings(file, &target, None)?;
+            let scopes = scopes
+                .iter()
+                .map(|s| Scope::parse(s))
+                .collect::<Result<Vec<_>, _>>()?;
+            let named: Vec<&str> = scopes.iter().map(|s| s.module.as_str()).collect();
+            admin::known_modules(&module_refs(modules), &named)?;
+            let mut session = OwnerSession::open(&settings, modules).await?;
+            let result = async {
+                let t = admin::find_tenant(&session.client, &tenant).await?;
+                admin::create_api_key(&mut session.client, t.id, &name, &scopes).await
+            }
+            .await;
+            session.close()?;
+            let (id, token) = result?;
+            eprintln!("created API key {id} for tenant {tenant}; it is shown only now:");
+            println!("{token}");
+        }
+        KeyAction::List { target, tenant } => {
+            let settings = settings(file, &target, None)?;
+            let mut session = OwnerSession::open(&settings, modules).await?;
+            let result = async {
+                let t = admin::find_tenant(&session.client, &tenant).await?;
+                admin::list_api_keys(&mut session.client, t.id).await
+            }
+            .await;
+            session.close()?;
+            for k in result? {
+                let state = if k.revoked_at.is_some() {
+                    "revoked"
+                } else {
+                    "active"
+                };
+                println!(
+                    "{}\t{}\t{}\t{}\t{}",
+                    k.id,
+                    k.prefix,
+                    state,
+                    k.scopes.join(","),
+                    k.name
+                );
+            }
+        }
+        KeyAction::Revoke { target, tenant, key } => {
+            let settings = settings(file, &target, None)?;
+            let mut session = OwnerSession::open(&settings, modules).await?;
+            let result = async {
+                let t = admin::find_tenant(&session.client, &tenant).await?;
+                admin::revoke_api_key(&mut session.client, t.id, &key).await
+            }
+            .await;
+            session.close()?;
+            result?;
+            println!("revoked key {key} of tenant {tenant}");
+        }
+    }
+    Ok(())
+}

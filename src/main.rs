@@ -1,0 +1,181 @@
+//! The `tessera` binary: parses the command line, loads configuration, starts logging and hands over to
+//! [`commands`], which wires the components together.
+
+mod commands;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Args, Parser, Subcommand};
+
+/// Tessera: a multi-tenant business platform on one PostgreSQL.
+#[derive(Debug, Parser)]
+#[command(name = "tessera", version, about, long_about = None)]
+pub struct Cli {
+    /// Configuration file (TOML). Defaults to ./tessera.toml when it exists.
+    #[arg(long, global = true, env = "TESSERA_CONFIG", value_name = "FILE")]
+    pub config: Option<PathBuf>,
+
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Where the data lives: the embedded cluster under --data-dir, or an existing server.
+#[derive(Debug, Clone, Args)]
+pub struct Target {
+    /// Folder for the embedded PostgreSQL cluster (<data-dir>/pg) [default: .tessera]
+    #[arg(long, env = "TESSERA_DATA_DIR", value_name = "DIR")]
+    pub data_dir: Option<PathBuf>,
+
+    /// An existing PostgreSQL server instead of the embedded one. For `serve` connect as tessera_app;
+    /// for `migrate`, `tenant` and `key` as tessera_owner.
+    #[arg(
+        long,
+        env = "TESSERA_DATABASE_URL",
+        value_name = "URL",
+        hide_env_values = true
+    )]
+    pub database_url: Option<String>,
+
+    /// Folder holding initdb, pg_ctl and postgres (found automatically when unset).
+    #[arg(long, env = "TESSERA_PG_BINDIR", value_name = "DIR")]
+    pub pg_bindir: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct Serving {
+    /// Address the REST gateway listens on [default: 127.0.0.1:8080]
+    #[arg(long, env = "TESSERA_LISTEN", value_name = "ADDR")]
+    pub listen: Option<SocketAddr>,
+
+    /// Connections in the gateway's database pool [default: 16]
+    #[arg(long, env = "TESSERA_POOL_SIZE", value_name = "N")]
+    pub pool_size: Option<usize>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run everything on an embedded PostgreSQL: create or reuse the cluster, migrate, create a demo
+    /// tenant on first start, and serve the REST gateway until Ctrl-C or SIGTERM.
+    Up {
+        #[command(flatten)]
+        target: Target,
+        #[command(flatten)]
+        serving: Serving,
+    },
+    /// Serve the REST gateway against an existing, migrated database (DBA mode).
+    Serve {
+        #[command(flatten)]
+        target: Target,
+        #[command(flatten)]
+        serving: Serving,
+    },
+    /// Apply pending migrations (as tessera_owner), or print them for review.
+    Migrate {
+        #[command(flatten)]
+        target: Target,
+        /// Print the SQL that would run instead of running it.
+        #[arg(long)]
+        print: bool,
+    },
+    /// Print the role and grant script a superuser runs once per cluster and database.
+    Roles {
+        /// Print the script (the only action: Tessera never needs superuser rights at run time).
+        #[arg(long, required = true)]
+        print: bool,
+    },
+    /// Manage tenants.
+    Tenant {
+        #[command(subcommand)]
+        action: TenantAction,
+    },
+    /// Manage a tenant's API keys.
+    Key {
+        #[command(subcommand)]
+        action: KeyAction,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum TenantAction {
+    /// Create a tenant with modules enabled.
+    Create {
+        #[command(flatten)]
+        target: Target,
+        /// Short unique name: 2-63 of a-z, 0-9 and inner hyphens.
+        #[arg(long)]
+        slug: String,
+        /// Display name [default: the slug]
+        #[arg(long)]
+        name: Option<String>,
+        /// Modules to enable, comma-separated [default: every compiled-in module]
+        #[arg(long, value_delimiter = ',')]
+        modules: Vec<String>,
+    },
+    /// List tenants.
+    List {
+        #[command(flatten)]
+        target: Target,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum KeyAction {
+    /// Mint an API key. It is printed once and stored only as a hash.
+    Create {
+        #[command(flatten)]
+        target: Target,
+        /// The tenant's slug.
+        #[arg(long)]
+        tenant: String,
+        /// Scopes, comma-separated: <module>:read or <module>:write (write includes read).
+        #[arg(long, value_delimiter = ',', required = true)]
+        scopes: Vec<String>,
+        /// A label to recognise the key by.
+        #[arg(long, default_value = "")]
+        name: String,
+    },
+    /// List a tenant's keys (prefix, scopes, state; never the secret).
+    List {
+        #[command(flatten)]
+        target: Target,
+        #[arg(long)]
+        tenant: String,
+    },
+    /// Revoke a key by id or prefix; it stops working at the next request.
+    Revoke {
+        #[command(flatten)]
+        target: Target,
+        #[arg(long)]
+        tenant: String,
+        /// The key's id or its 12-character prefix.
+        #[arg(long)]
+        key: String,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("TESSERA_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: could not start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(commands::run(cli)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
