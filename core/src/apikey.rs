@@ -149,6 +149,37 @@ impl fmt::Display for Scope {
     }
 }
 
+/// The `Authorization: Bearer tsk_…` header, checked for shape. Verification happens in the request's
+/// transaction (see [`crate::db`]).
+impl<S: Send + Sync> axum::extract::FromRequestParts<S> for PresentedKey {
+    type Rejection = crate::problem::ApiError;
+
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        _: &S,
+    ) -> Result<Self, Self::Rejection> {
+        use crate::problem::ApiError;
+        let Some(value) = parts.headers.get(axum::http::header::AUTHORIZATION) else {
+            return Err(ApiError::unauthenticated(
+                "missing_api_key",
+                "send an API key as Authorization: Bearer <key>",
+            ));
+        };
+        let malformed = || {
+            ApiError::unauthenticated(
+                "malformed_api_key",
+                "the Authorization header does not hold a Tessera API key",
+            )
+        };
+        let value = value.to_str().map_err(|_| malformed())?;
+        let (scheme, token) = value.trim().split_once(' ').ok_or_else(malformed)?;
+        if !scheme.eq_ignore_ascii_case("bearer") {
+            return Err(malformed());
+        }
+        parse(token.trim()).map_err(|_| malformed())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -188,36 +219,5 @@ mod tests {
         assert!(!Scope::allows(&scopes, "invoicing", Access::Read));
         assert!(Scope::parse("crm:admin").is_err());
         assert!(Scope::parse("CRM:read").is_err());
-    }
-}
-
-/// The `Authorization: Bearer tsk_…` header, checked for shape. Verification happens in the request's
-/// transaction (see [`crate::db`]).
-impl<S: Send + Sync> axum::extract::FromRequestParts<S> for PresentedKey {
-    type Rejection = crate::problem::ApiError;
-
-    async fn from_request_parts(
-        parts: &mut axum::http::request::Parts,
-        _: &S,
-    ) -> Result<Self, Self::Rejection> {
-        use crate::problem::ApiError;
-        let Some(value) = parts.headers.get(axum::http::header::AUTHORIZATION) else {
-            return Err(ApiError::unauthenticated(
-                "missing_api_key",
-                "send an API key as Authorization: Bearer <key>",
-            ));
-        };
-        let malformed = || {
-            ApiError::unauthenticated(
-                "malformed_api_key",
-                "the Authorization header does not hold a Tessera API key",
-            )
-        };
-        let value = value.to_str().map_err(|_| malformed())?;
-        let (scheme, token) = value.trim().split_once(' ').ok_or_else(malformed)?;
-        if !scheme.eq_ignore_ascii_case("bearer") {
-            return Err(malformed());
-        }
-        parse(token.trim()).map_err(|_| malformed())
     }
 }

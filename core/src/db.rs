@@ -9,6 +9,9 @@
 //!    transaction-local setting that every row policy reads;
 //! 3. runs the module's SQL, then commits.
 //!
+//! Steps 1 and 2 (and, for reads, the first statement of step 3) are pipelined: sent together, answered
+//! together, so a read costs two round trips to Postgres (this, and the commit).
+//!
 //! The tenant therefore always comes from the credential, never from the request, and a transaction with no
 //! tenant bound sees no rows and may write none (the policies fail closed). Nothing outlives the transaction
 //! on the pooled connection: every setting is `LOCAL`.
@@ -129,23 +132,78 @@ impl ModuleDb {
         self.module
     }
 
-    /// Opens the request's transaction, authenticates `key` and binds its tenant (see the module docs).
-    pub async fn begin(&self, key: &PresentedKey, access: Access) -> Result<TenantTx, ApiError> {
+    /// Runs `body` in a read-only transaction as the key's tenant and returns what it returns.
+    ///
+    /// `begin`, the key check and `body`'s first statement go out together, before any answer comes back:
+    /// a read needs one round trip, plus the commit. That is safe because `body` reads in a read-only
+    /// transaction whose tenant only a valid key binds (the policies show nothing without one), and its result
+    /// is returned only after the key, tenant, module and scope checks have passed.
+    pub async fn read<T>(
+        &self,
+        key: &PresentedKey,
+        body: impl AsyncFnOnce(&TenantTx) -> Result<T, ApiError>,
+    ) -> Result<T, ApiError> {
+        let mut tx = self.connect().await?;
+        let (auth, value) = self
+            .authenticate_alongside(&tx, &self.begin_read, key, body(&tx))
+            .await?;
+        tx.tenant = self.check(auth, Access::Read)?;
+        let value = value?;
+        tx.commit().await?;
+        Ok(value)
+    }
+
+    /// Runs `body` in a transaction as the key's tenant and commits it when `body` succeeds. Nothing of
+    /// `body` runs before the key, tenant, module and scope checks have passed.
+    pub async fn write<T>(
+        &self,
+        key: &PresentedKey,
+        body: impl AsyncFnOnce(&TenantTx) -> Result<T, ApiError>,
+    ) -> Result<T, ApiError> {
+        let mut tx = self.connect().await?;
+        let (auth, ()) = self
+            .authenticate_alongside(&tx, &self.begin_write, key, std::future::ready(()))
+            .await?;
+        tx.tenant = self.check(auth, Access::Write)?;
+        let value = body(&tx).await?;
+        tx.commit().await?;
+        Ok(value)
+    }
+
+    /// Sends `begin`, the key check and whatever `alongside` sends, in that order and without waiting
+    /// between them, and returns the key check's answer with `alongside`'s output.
+    async fn authenticate_alongside<T>(
+        &self,
+        tx: &TenantTx,
+        begin: &str,
+        key: &PresentedKey,
+        alongside: impl Future<Output = T>,
+    ) -> Result<(Option<Row>, T), ApiError> {
+        let client = tx.client();
+        // Cached after the first request on a connection; the login role may prepare it.
+        let authenticate = client.prepare_cached(AUTHENTICATE).await?;
+        let (prefix, hash) = (key.prefix(), key.hash());
+        let params: [&(dyn ToSql + Sync); 3] = [&prefix, &hash, &self.module];
+        let (began, auth, other) = tokio::join!(
+            client.batch_execute(begin),
+            client.query_opt(&authenticate, &params),
+            alongside
+        );
+        began?;
+        Ok((auth?, other))
+    }
+
+    async fn connect(&self) -> Result<TenantTx, ApiError> {
         let client = self.pool.get().await.map_err(|e| ApiError::unavailable(&e))?;
-        let begin = match access {
-            Access::Read => &self.begin_read,
-            Access::Write => &self.begin_write,
-        };
-        let mut tx = TenantTx {
+        Ok(TenantTx {
             client: Some(client),
             tenant: TenantId::from_uuid(Uuid::nil()),
-            open: true,
-        };
-        tx.client().batch_execute(begin).await?;
-        let row = tx
-            .query_opt(AUTHENTICATE, &[&key.prefix(), &key.hash(), &self.module])
-            .await?;
-        let Some(row) = row else {
+        })
+    }
+
+    /// Turns the key check's answer into the tenant, or the reason the request is refused.
+    fn check(&self, auth: Option<Row>, access: Access) -> Result<TenantId, ApiError> {
+        let Some(row) = auth else {
             return Err(ApiError::unauthenticated(
                 "invalid_api_key",
                 "the API key is not valid or has been revoked",
@@ -175,16 +233,15 @@ impl ModuleDb {
                 format!("this API key lacks the {needed} scope"),
             ));
         }
-        tx.tenant = TenantId::from_uuid(row.get(0));
-        Ok(tx)
+        Ok(TenantId::from_uuid(row.get(0)))
     }
 }
 
-/// A request's transaction with its tenant bound. Dropped without [`TenantTx::commit`], it rolls back.
+/// A request's transaction with its tenant bound; [`ModuleDb::read`] and [`ModuleDb::write`] open and end it.
+/// Dropped without being committed (a failed body, a cancelled request), it rolls back.
 pub struct TenantTx {
     client: Option<Object>,
     tenant: TenantId,
-    open: bool,
 }
 
 impl TenantTx {
@@ -238,32 +295,33 @@ impl TenantTx {
         client.execute(&statement, params).await
     }
 
-    pub async fn commit(mut self) -> Result<(), ApiError> {
-        let client = self.client.take();
-        self.open = false;
-        if let Some(client) = client {
+    async fn commit(mut self) -> Result<(), ApiError> {
+        if let Some(client) = self.client.take() {
             client.batch_execute("commit").await?;
         }
         Ok(())
     }
 }
 
+/// Ends the connection's transaction before it goes back to the pool; a connection that cannot is discarded,
+/// and so is one when there is no runtime to do it on.
+fn end_in_background(client: Object, statement: &'static str) {
+    match tokio::runtime::Handle::try_current() {
+        Ok(handle) => {
+            handle.spawn(async move {
+                if client.batch_execute(statement).await.is_err() {
+                    drop(Object::take(client));
+                }
+            });
+        }
+        Err(_) => drop(Object::take(client)),
+    }
+}
+
 impl Drop for TenantTx {
     fn drop(&mut self) {
-        let Some(client) = self.client.take() else { return };
-        if !self.open {
-            return;
-        }
-        // Roll back before the connection goes back to the pool; without a runtime, discard it instead.
-        match tokio::runtime::Handle::try_current() {
-            Ok(handle) => {
-                handle.spawn(async move {
-                    if client.batch_execute("rollback").await.is_err() {
-                        let _ = Object::take(client);
-                    }
-                });
-            }
-            Err(_) => drop(Object::take(client)),
+        if let Some(client) = self.client.take() {
+            end_in_background(client, "rollback");
         }
     }
 }

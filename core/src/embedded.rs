@@ -126,7 +126,7 @@ fn debian_bindirs(root: &Path) -> Vec<PathBuf> {
             Some((major, e.path().join("bin")))
         })
         .collect();
-    found.sort_by(|a, b| b.0.cmp(&a.0));
+    found.sort_by_key(|(major, _)| std::cmp::Reverse(*major));
     found.into_iter().map(|(_, p)| p).collect()
 }
 

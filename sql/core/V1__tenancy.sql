@@ -104,3 +104,7 @@ revoke all on function core.current_tenant_id() from public;
 grant usage on schema core to tessera_runtime, tessera_reporting;
 grant execute on function core.current_tenant_id() to tessera_runtime, tessera_reporting;
 grant execute on function core.authenticate_api_key(text, bytea, text) to tessera_runtime;
+-- The gateway's login role prepares the key check before it switches to a module's role (so the check can
+-- be pipelined with BEGIN); it has no other rights.
+grant usage on schema core to tessera_app;
+grant execute on function core.authenticate_api_key(text, bytea, text) to tessera_app;

@@ -1,1 +1,9 @@
+//! End-to-end tests of the platform against a real PostgreSQL (see `support`).
 
+mod bad_input;
+mod catalog;
+mod crud;
+mod isolation;
+mod migrations;
+mod support;
+mod up;

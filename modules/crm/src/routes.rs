@@ -1,6 +1,7 @@
 //! `/v1/crm/…`: list (cursor pagination and filters), get, create, partial update and delete for companies,
-//! contacts and deals. Each handler authenticates inside its transaction (see `tessera_core::db`), parses
-//! its input strictly, runs one store function and commits.
+//! contacts and deals. Each handler parses its input strictly and runs one store function inside
+//! `ModuleDb::read` or `ModuleDb::write`, which authenticate the key and bind its tenant in the same
+//! transaction (see `tessera_core::db`). Writes check the key before they parse the body.
 
 use axum::Json;
 use axum::extract::{Path, RawQuery, State};
@@ -9,7 +10,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use serde::Serialize;
 use tessera_core::ApiError;
-use tessera_core::apikey::{Access, PresentedKey};
+use tessera_core::apikey::PresentedKey;
 use tessera_core::db::ModuleDb;
 use tessera_core::input::{JsonObject, Page, QueryParams};
 use tessera_core::problem::Constraint;
@@ -85,7 +86,6 @@ async fn list_companies(
     key: PresentedKey,
     RawQuery(query): RawQuery,
 ) -> Result<Json<Page<Company>>, ApiError> {
-    let tx = db.begin(&key, Access::Read).await?;
     let mut q = QueryParams::parse(query.as_deref())?;
     let domain = q.text("domain", 253)?;
     let window = Window {
@@ -93,10 +93,13 @@ async fn list_companies(
         after: q.cursor()?,
     };
     q.finish()?;
-    let items = store::list_companies(&tx, domain.as_deref(), &window)
-        .await
-        .map_err(db_error)?;
-    tx.commit().await?;
+    let items = db
+        .read(&key, async |tx| {
+            store::list_companies(tx, domain.as_deref(), &window)
+                .await
+                .map_err(db_error)
+        })
+        .await?;
     Ok(Json(Page::from_items(items, window.limit, Company::cursor)))
 }
 
@@ -105,14 +108,13 @@ async fn get_company(
     key: PresentedKey,
     Path(id): Path<String>,
 ) -> Result<Json<Company>, ApiError> {
-    let tx = db.begin(&key, Access::Read).await?;
     let id = parse_id(&id)?;
-    let company = store::get_company(&tx, id)
-        .await
-        .map_err(db_error)?
-        .ok_or_else(|| ApiError::not_found("company"))?;
-    tx.commit().await?;
-    Ok(Json(company))
+    let company = db
+        .read(&key, async |tx| {
+            store::get_company(tx, id).await.map_err(db_error)
+        })
+        .await?;
+    Ok(Json(company.ok_or_else(|| ApiError::not_found("company"))?))
 }
 
 async fn create_company(
@@ -120,13 +122,13 @@ async fn create_company(
     key: PresentedKey,
     body: JsonObject,
 ) -> Result<Response, ApiError> {
-    let tx = db.begin(&key, Access::Write).await?;
-    let input = CompanyInput::parse(body)?;
-    let name = input.name.clone().required("name")?;
-    let company = store::insert_company(&tx, &name, &input)
-        .await
-        .map_err(db_error)?;
-    tx.commit().await?;
+    let company = db
+        .write(&key, async |tx| {
+            let input = CompanyInput::parse(body)?;
+            let name = input.name.clone().required("name")?;
+            store::insert_company(tx, &name, &input).await.map_err(db_error)
+        })
+        .await?;
     Ok(created("companies", company.id, company))
 }
 
@@ -136,15 +138,17 @@ async fn update_company(
     Path(id): Path<String>,
     body: JsonObject,
 ) -> Result<Json<Company>, ApiError> {
-    let tx = db.begin(&key, Access::Write).await?;
-    let id = parse_id(&id)?;
-    let input = CompanyInput::parse(body)?;
-    input.check_nulls()?;
-    let company = store::update_company(&tx, id, &input)
-        .await
-        .map_err(db_error)?
-        .ok_or_else(|| ApiError::not_found("company"))?;
-    tx.commit().await?;
+    let company = db
+        .write(&key, async |tx| {
+            let id = parse_id(&id)?;
+            let input = CompanyInput::parse(body)?;
+            input.check_nulls()?;
+            store::update_company(tx, id, &input)
+                .await
+                .map_err(db_error)?
+                .ok_or_else(|| ApiError::not_found("company"))
+        })
+        .await?;
     Ok(Json(company))
 }
 
@@ -153,16 +157,18 @@ async fn delete_company(
     key: PresentedKey,
     Path(id): Path<String>,
 ) -> Result<StatusCode, ApiError> {
-    let tx = db.begin(&key, Access::Write).await?;
-    let id = parse_id(&id)?;
-    let deleted = store::delete_company(&tx, id)
-        .await
-        .map_err(|e| ApiError::from_db(e, DELETE_COMPANY_CONSTRAINTS))?;
-    if !deleted {
-        return Err(ApiError::not_found("company"));
-    }
-    tx.commit().await?;
-    Ok(StatusCode::NO_CONTENT)
+    db.write(&key, async |tx| {
+        let id = parse_id(&id)?;
+        let deleted = store::delete_company(tx, id)
+            .await
+            .map_err(|e| ApiError::from_db(e, DELETE_COMPANY_CONSTRAINTS))?;
+        if deleted {
+            Ok(StatusCode::NO_CONTENT)
+        } else {
+            Err(ApiError::not_found("company"))
+        }
+    })
+    .await
 }
 
 // Contacts
@@ -172,7 +178,6 @@ async fn list_contacts(
     key: PresentedKey,
     RawQuery(query): RawQuery,
 ) -> Result<Json<Page<Contact>>, ApiError> {
-    let tx = db.begin(&key, Access::Read).await?;
     let mut q = QueryParams::parse(query.as_deref())?;
     let company_id = q.uuid("company_id")?;
     let email = q.text("email", 254)?;
@@ -181,10 +186,13 @@ async fn list_contacts(
         after: q.cursor()?,
     };
     q.finish()?;
-    let items = store::list_contacts(&tx, company_id, email.as_deref(), &window)
-        .await
-        .map_err(db_error)?;
-    tx.commit().await?;
+    let items = db
+        .read(&key, async |tx| {
+            store::list_contacts(tx, company_id, email.as_deref(), &window)
+                .await
+                .map_err(db_error)
+        })
+        .await?;
     Ok(Json(Page::from_items(items, window.limit, Contact::cursor)))
 }
 
@@ -193,14 +201,13 @@ async fn get_contact(
     key: PresentedKey,
     Path(id): Path<String>,
 ) -> Result<Json<Contact>, ApiError> {
-    let tx = db.begin(&key, Access::Read).await?;
     let id = parse_id(&id)?;
-    let contact = store::get_contact(&tx, id)
-        .await
-        .map_err(db_error)?
-        .ok_or_else(|| ApiError::not_found("contact"))?;
-    tx.commit().await?;
-    Ok(Json(contact))
+    let contact = db
+        .read(&key, async |tx| {
+            store::get_contact(tx, id).await.map_err(db_error)
+        })
+        .await?;
+    Ok(Json(contact.ok_or_else(|| ApiError::not_found("contact"))?))
 }
 
 async fn create_contact(
@@ -208,13 +215,15 @@ async fn create_contact(
     key: PresentedKey,
     body: JsonObject,
 ) -> Result<Response, ApiError> {
-    let tx = db.begin(&key, Access::Write).await?;
-    let input = ContactInput::parse(body)?;
-    let first_name = input.first_name.clone().required("first_name")?;
-    let contact = store::insert_contact(&tx, &first_name, &input)
-        .await
-        .map_err(db_error)?;
-    tx.commit().await?;
+    let contact = db
+        .write(&key, async |tx| {
+            let input = ContactInput::parse(body)?;
+            let first_name = input.first_name.clone().required("first_name")?;
+            store::insert_contact(tx, &first_name, &input)
+                .await
+                .map_err(db_error)
+        })
+        .await?;
     Ok(created("contacts", contact.id, contact))
 }
 
@@ -224,15 +233,17 @@ async fn update_contact(
     Path(id): Path<String>,
     body: JsonObject,
 ) -> Result<Json<Contact>, ApiError> {
-    let tx = db.begin(&key, Access::Write).await?;
-    let id = parse_id(&id)?;
-    let input = ContactInput::parse(body)?;
-    input.check_nulls()?;
-    let contact = store::update_contact(&tx, id, &input)
-        .await
-        .map_err(db_error)?
-        .ok_or_else(|| ApiError::not_found("contact"))?;
-    tx.commit().await?;
+    let contact = db
+        .write(&key, async |tx| {
+            let id = parse_id(&id)?;
+            let input = ContactInput::parse(body)?;
+            input.check_nulls()?;
+            store::update_contact(tx, id, &input)
+                .await
+                .map_err(db_error)?
+                .ok_or_else(|| ApiError::not_found("contact"))
+        })
+        .await?;
     Ok(Json(contact))
 }
 
@@ -241,13 +252,16 @@ async fn delete_contact(
     key: PresentedKey,
     Path(id): Path<String>,
 ) -> Result<StatusCode, ApiError> {
-    let tx = db.begin(&key, Access::Write).await?;
-    let id = parse_id(&id)?;
-    if !store::delete_contact(&tx, id).await.map_err(db_error)? {
-        return Err(ApiError::not_found("contact"));
-    }
-    tx.commit().await?;
-    Ok(StatusCode::NO_CONTENT)
+    db.write(&key, async |tx| {
+        let id = parse_id(&id)?;
+        let deleted = store::delete_contact(tx, id).await.map_err(db_error)?;
+        if deleted {
+            Ok(StatusCode::NO_CONTENT)
+        } else {
+            Err(ApiError::not_found("contact"))
+        }
+    })
+    .await
 }
 
 // Deals
@@ -257,7 +271,6 @@ async fn list_deals(
     key: PresentedKey,
     RawQuery(query): RawQuery,
 ) -> Result<Json<Page<Deal>>, ApiError> {
-    let tx = db.begin(&key, Access::Read).await?;
     let mut q = QueryParams::parse(query.as_deref())?;
     let filter = DealFilter {
         stage: q.one_of("stage", STAGES)?,
@@ -269,8 +282,11 @@ async fn list_deals(
         after: q.cursor()?,
     };
     q.finish()?;
-    let items = store::list_deals(&tx, &filter, &window).await.map_err(db_error)?;
-    tx.commit().await?;
+    let items = db
+        .read(&key, async |tx| {
+            store::list_deals(tx, &filter, &window).await.map_err(db_error)
+        })
+        .await?;
     Ok(Json(Page::from_items(items, window.limit, Deal::cursor)))
 }
 
@@ -279,14 +295,11 @@ async fn get_deal(
     key: PresentedKey,
     Path(id): Path<String>,
 ) -> Result<Json<Deal>, ApiError> {
-    let tx = db.begin(&key, Access::Read).await?;
     let id = parse_id(&id)?;
-    let deal = store::get_deal(&tx, id)
-        .await
-        .map_err(db_error)?
-        .ok_or_else(|| ApiError::not_found("deal"))?;
-    tx.commit().await?;
-    Ok(Json(deal))
+    let deal = db
+        .read(&key, async |tx| store::get_deal(tx, id).await.map_err(db_error))
+        .await?;
+    Ok(Json(deal.ok_or_else(|| ApiError::not_found("deal"))?))
 }
 
 async fn create_deal(
@@ -294,12 +307,14 @@ async fn create_deal(
     key: PresentedKey,
     body: JsonObject,
 ) -> Result<Response, ApiError> {
-    let tx = db.begin(&key, Access::Write).await?;
-    let input = DealInput::parse(body)?;
-    let title = input.title.clone().required("title")?;
-    input.check_nulls()?;
-    let deal = store::insert_deal(&tx, &title, &input).await.map_err(db_error)?;
-    tx.commit().await?;
+    let deal = db
+        .write(&key, async |tx| {
+            let input = DealInput::parse(body)?;
+            let title = input.title.clone().required("title")?;
+            input.check_nulls()?;
+            store::insert_deal(tx, &title, &input).await.map_err(db_error)
+        })
+        .await?;
     Ok(created("deals", deal.id, deal))
 }
 
@@ -309,15 +324,17 @@ async fn update_deal(
     Path(id): Path<String>,
     body: JsonObject,
 ) -> Result<Json<Deal>, ApiError> {
-    let tx = db.begin(&key, Access::Write).await?;
-    let id = parse_id(&id)?;
-    let input = DealInput::parse(body)?;
-    input.check_nulls()?;
-    let deal = store::update_deal(&tx, id, &input)
-        .await
-        .map_err(db_error)?
-        .ok_or_else(|| ApiError::not_found("deal"))?;
-    tx.commit().await?;
+    let deal = db
+        .write(&key, async |tx| {
+            let id = parse_id(&id)?;
+            let input = DealInput::parse(body)?;
+            input.check_nulls()?;
+            store::update_deal(tx, id, &input)
+                .await
+                .map_err(db_error)?
+                .ok_or_else(|| ApiError::not_found("deal"))
+        })
+        .await?;
     Ok(Json(deal))
 }
 
@@ -326,11 +343,14 @@ async fn delete_deal(
     key: PresentedKey,
     Path(id): Path<String>,
 ) -> Result<StatusCode, ApiError> {
-    let tx = db.begin(&key, Access::Write).await?;
-    let id = parse_id(&id)?;
-    if !store::delete_deal(&tx, id).await.map_err(db_error)? {
-        return Err(ApiError::not_found("deal"));
-    }
-    tx.commit().await?;
-    Ok(StatusCode::NO_CONTENT)
+    db.write(&key, async |tx| {
+        let id = parse_id(&id)?;
+        let deleted = store::delete_deal(tx, id).await.map_err(db_error)?;
+        if deleted {
+            Ok(StatusCode::NO_CONTENT)
+        } else {
+            Err(ApiError::not_found("deal"))
+        }
+    })
+    .await
 }

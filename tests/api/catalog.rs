@@ -1,0 +1,193 @@
+//! The tenancy rules, read back from the catalog so that no future module can forget one: every table in a
+//! tenant-scoped schema has `tenant_id` leading its primary key and every foreign key, ENABLE + FORCE row
+//! level security and a policy on `core.current_tenant_id()`; no runtime role can bypass RLS.
+
+use crate::support::{TestApp, cluster, connect};
+
+/// Schemas whose tables are tenant-scoped: `core` and every module's.
+fn tenant_schemas() -> Vec<String> {
+    let mut schemas = vec!["core".to_owned()];
+    schemas.extend(crate::support::modules().iter().map(|m| m.name().to_owned()));
+    schemas
+}
+
+/// Registry tables that are deliberately not tenant-scoped: runtime roles have no rights on them.
+const REGISTRIES: &[&str] = &["core.tenants"];
+
+#[tokio::test]
+async fn every_tenant_table_leads_with_tenant_id_and_forces_row_level_security() {
+    let app = TestApp::spawn().await;
+    let admin = connect(&cluster().superuser, &app.db.name).await;
+    let rows = admin
+        .query(
+            "select n.nspname || '.' || c.relname, c.relrowsecurity, c.relforcerowsecurity,
+                    exists (select 1 from pg_attribute a where a.attrelid = c.oid and a.attname = 'tenant_id'
+                            and not a.attisdropped and a.attnotnull),
+                    (select a.attname from pg_constraint k
+                       join pg_attribute a on a.attrelid = k.conrelid and a.attnum = k.conkey[1]
+                      where k.conrelid = c.oid and k.contype = 'p')::text,
+                    coalesce((select array_agg(pg_get_expr(p.polqual, p.polrelid)) from pg_policy p where p.polrelid = c.oid),
+                             '{}')::text[],
+                    coalesce((select array_agg(pg_get_expr(p.polwithcheck, p.polrelid)) from pg_policy p where p.polrelid = c.oid
+                              and p.polwithcheck is not null), '{}')::text[]
+               from pg_class c join pg_namespace n on n.oid = c.relnamespace
+              where n.nspname = any($1) and c.relkind in ('r', 'p')
+              order by 1",
+            &[&tenant_schemas()],
+        )
+        .await
+        .expect("catalog");
+    assert!(
+        rows.len() >= 5,
+        "expected the core and crm tables, got {}",
+        rows.len()
+    );
+    let mut problems = Vec::new();
+    for row in &rows {
+        let table: String = row.get(0);
+        if REGISTRIES.contains(&table.as_str()) {
+            continue;
+        }
+        let (rls, forced, has_tenant): (bool, bool, bool) = (row.get(1), row.get(2), row.get(3));
+        let pk_first: Option<String> = row.get(4);
+        let using: Vec<String> = row.get(5);
+        let checks: Vec<String> = row.get(6);
+        if !has_tenant {
+            problems.push(format!("{table}: no `tenant_id uuid not null` column"));
+        }
+        if pk_first.as_deref() != Some("tenant_id") {
+            problems.push(format!(
+                "{table}: primary key does not lead with tenant_id ({pk_first:?})"
+            ));
+        }
+        if !rls || !forced {
+            problems.push(format!(
+                "{table}: row level security enabled={rls} forced={forced}"
+            ));
+        }
+        let scoped = |e: &String| e.contains("tenant_id = ( SELECT core.current_tenant_id()");
+        if using.is_empty() || !using.iter().all(scoped) {
+            problems.push(format!(
+                "{table}: policies must compare tenant_id with (select core.current_tenant_id()): {using:?}"
+            ));
+        }
+        if checks.is_empty() || !checks.iter().all(scoped) {
+            problems.push(format!(
+                "{table}: policies must check written rows the same way: {checks:?}"
+            ));
+        }
+    }
+
+    // Every foreign key between tenant-scoped tables carries tenant_id first.
+    let fks = admin
+        .query(
+            "select k.conname::text, (select a.attname from pg_attribute a where a.attrelid = k.conrelid
+                                       and a.attnum = k.conkey[1])::text,
+                    n.nspname || '.' || c.relname
+               from pg_constraint k join pg_class c on c.oid = k.conrelid join pg_namespace n on n.oid = c.relnamespace
+              where k.contype = 'f' and n.nspname = any($1)",
+            &[&tenant_schemas()],
+        )
+        .await
+        .expect("foreign keys");
+    for fk in &fks {
+        let (name, first, table): (String, String, String) = (fk.get(0), fk.get(1), fk.get(2));
+        if first != "tenant_id" {
+            problems.push(format!(
+                "{table}: foreign key {name} does not lead with tenant_id"
+            ));
+        }
+    }
+    assert!(
+        problems.is_empty(),
+        "tenancy rules broken:\n{}",
+        problems.join("\n")
+    );
+}
+
+#[tokio::test]
+async fn no_runtime_role_can_bypass_row_level_security() {
+    let app = TestApp::spawn().await;
+    let admin = connect(&cluster().superuser, &app.db.name).await;
+    let mut runtime: Vec<String> = ["tessera_app", "tessera_runtime", "tessera_reporting"]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+    runtime.extend(
+        crate::support::modules()
+            .iter()
+            .map(|m| format!("tessera_{}", m.name())),
+    );
+    // Each runtime role, and every role it can become through membership.
+    let rows = admin
+        .query(
+            "with recursive reach(root, role) as (
+                 select r.rolname::text, r.oid from pg_roles r where r.rolname = any($1)
+                 union
+                 select reach.root, m.roleid from reach join pg_auth_members m on m.member = reach.role
+             )
+             select reach.root, r.rolname::text, r.rolsuper, r.rolbypassrls,
+                    exists (select 1 from pg_class c join pg_namespace n on n.oid = c.relnamespace
+                             where c.relowner = r.oid and n.nspname = any($2))
+               from reach join pg_roles r on r.oid = reach.role",
+            &[&runtime, &tenant_schemas()],
+        )
+        .await
+        .expect("roles");
+    let roots: std::collections::BTreeSet<String> = rows.iter().map(|r| r.get::<_, String>(0)).collect();
+    assert_eq!(roots.len(), runtime.len(), "every runtime role exists: {roots:?}");
+    let mut problems = Vec::new();
+    for row in &rows {
+        let (root, role, sup, bypass, owns): (String, String, bool, bool, bool) =
+            (row.get(0), row.get(1), row.get(2), row.get(3), row.get(4));
+        if sup || bypass || owns {
+            problems.push(format!(
+                "{root} can become {role}: superuser={sup} bypassrls={bypass} owns_tables={owns}"
+            ));
+        }
+    }
+    assert!(problems.is_empty(), "{}", problems.join("\n"));
+
+    // And the gateway refuses to start as a privileged role.
+    let owner_pool =
+        tessera_core::db::Database::new(cluster().endpoint.pg_config("tessera_owner", &app.db.name), 1)
+            .expect("pool");
+    assert!(
+        owner_pool.ensure_unprivileged().await.is_err(),
+        "serving as the owner must be refused"
+    );
+    let super_pool = tessera_core::db::Database::new(
+        cluster().endpoint.pg_config(&cluster().superuser, &app.db.name),
+        1,
+    )
+    .expect("pool");
+    assert!(
+        super_pool.ensure_unprivileged().await.is_err(),
+        "serving as a superuser must be refused"
+    );
+}
+
+#[tokio::test]
+async fn module_roles_have_no_rights_outside_their_schema() {
+    let app = TestApp::spawn().await;
+    let admin = connect(&cluster().superuser, &app.db.name).await;
+    let rows = admin
+        .query(
+            "select n.nspname::text || '.' || c.relname::text, has_table_privilege('tessera_crm', c.oid, 'select, insert, update, delete')
+               from pg_class c join pg_namespace n on n.oid = c.relnamespace
+              where c.relkind in ('r', 'p') and n.nspname not in ('pg_catalog', 'information_schema', 'crm')
+                and n.nspname not like 'pg_toast%'",
+            &[],
+        )
+        .await
+        .expect("privileges");
+    let leaks: Vec<String> = rows
+        .iter()
+        .filter(|r| r.get::<_, bool>(1))
+        .map(|r| r.get(0))
+        .collect();
+    assert!(
+        leaks.is_empty(),
+        "tessera_crm reaches tables outside crm: {leaks:?}"
+    );
+}

@@ -1,0 +1,209 @@
+//! `tessera up` as a newcomer runs it: the real binary on a fresh data folder, then again on the reused one.
+
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::Duration;
+
+const BIN: &str = env!("CARGO_BIN_EXE_tessera");
+
+struct Running {
+    child: Child,
+    lines: mpsc::Receiver<String>,
+    seen: Vec<String>,
+}
+
+impl Running {
+    fn start(data_dir: &Path) -> Self {
+        let mut child = Command::new(BIN)
+            .args(["up", "--listen", "127.0.0.1:0", "--data-dir"])
+            .arg(data_dir)
+            .env("TESSERA_LOG", "warn")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("run tessera up");
+        let stdout = child.stdout.take().expect("stdout");
+        let (tx, lines) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        Self {
+            child,
+            lines,
+            seen: Vec::new(),
+        }
+    }
+
+    /// Waits for the line that says the gateway serves, returning it and what came before.
+    fn wait_until_up(&mut self) {
+        let deadline = std::time::Instant::now() + Duration::from_secs(60);
+        while !self.seen.iter().any(|l| l.starts_with("Stop with Ctrl-C")) {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            match self.lines.recv_timeout(left) {
+                Ok(line) => self.seen.push(line),
+                Err(_) => panic!("tessera up did not come up; output so far: {:?}", self.seen),
+            }
+        }
+    }
+
+    fn value_after(&self, marker: &str) -> Option<String> {
+        self.seen
+            .iter()
+            .find_map(|l| l.trim().strip_prefix(marker).map(|v| v.trim().to_owned()))
+    }
+
+    fn terminate(mut self) -> std::process::ExitStatus {
+        let status = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()
+            .expect("kill");
+        assert!(status.success());
+        self.child.wait().expect("wait")
+    }
+}
+
+fn postgres_running(data_dir: &Path) -> bool {
+    let pid = std::fs::read_to_string(data_dir.join("pg/postmaster.pid")).ok();
+    pid.and_then(|p| p.lines().next().map(str::to_owned))
+        .is_some_and(|pid| Path::new(&format!("/proc/{pid}")).exists())
+}
+
+#[tokio::test]
+async fn tessera_up_serves_the_demo_tenant_then_stops_cleanly_and_reuses_its_cluster() {
+    let data_dir = std::env::temp_dir().join(format!(
+        "tessera-up-{}",
+        &uuid::Uuid::new_v4().simple().to_string()[..12]
+    ));
+    let http = reqwest::Client::new();
+
+    let mut first = Running::start(&data_dir);
+    first.wait_until_up();
+    let base = first.value_after("REST gateway").expect("gateway address");
+    let key = first
+        .value_after("export TESSERA_API_KEY=")
+        .expect("the demo key is printed on first start");
+    let deals: serde_json::Value = http
+        .get(format!("{base}/v1/crm/deals"))
+        .bearer_auth(&key)
+        .send()
+        .await
+        .expect("request")
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(deals["data"].as_array().expect("sample deals").len(), 3);
+
+    // A second `tessera up` on the same folder refuses instead of touching the running cluster.
+    let second = Command::new(BIN)
+        .args(["up", "--listen", "127.0.0.1:0", "--data-dir"])
+        .arg(&data_dir)
+        .output()
+        .expect("second up");
+    assert!(!second.status.success());
+    let err = String::from_utf8_lossy(&second.stderr);
+    assert!(err.contains("already running"), "{err}");
+
+    // Operator commands work beside the running platform.
+    let minted = Command::new(BIN)
+        .args([
+            "key",
+            "create",
+            "--tenant",
+            "demo",
+            "--scopes",
+            "crm:read",
+            "--data-dir",
+        ])
+        .arg(&data_dir)
+        .output()
+        .expect("key create");
+    assert!(
+        minted.status.success(),
+        "{}",
+        String::from_utf8_lossy(&minted.stderr)
+    );
+    let reader_key = String::from_utf8_lossy(&minted.stdout).trim().to_owned();
+    let status = http
+        .get(format!("{base}/v1/crm/companies"))
+        .bearer_auth(&reader_key)
+        .send()
+        .await
+        .expect("req")
+        .status();
+    assert_eq!(status, 200);
+
+    let exit = first.terminate();
+    assert!(exit.success(), "SIGTERM is a clean stop: {exit:?}");
+    assert!(!postgres_running(&data_dir), "postgres is stopped with tessera");
+
+    // Reused: no new demo tenant, the old key still works.
+    let mut again = Running::start(&data_dir);
+    again.wait_until_up();
+    assert!(again.value_after("export TESSERA_API_KEY=").is_none());
+    assert!(again.seen.iter().any(|l| l.contains("exists already")));
+    let base = again.value_after("REST gateway").expect("gateway address");
+    let status = http
+        .get(format!("{base}/v1/crm/deals"))
+        .bearer_auth(&key)
+        .send()
+        .await
+        .expect("req")
+        .status();
+    assert_eq!(status, 200);
+    assert!(again.terminate().success());
+    let _ = std::fs::remove_dir_all(&data_dir);
+}
+
+#[test]
+fn every_command_has_help_and_the_scripts_print() {
+    for args in [
+        vec!["--help"],
+        vec!["up", "--help"],
+        vec!["serve", "--help"],
+        vec!["migrate", "--help"],
+        vec!["roles", "--help"],
+        vec!["tenant", "create", "--help"],
+        vec!["key", "create", "--help"],
+        vec!["key", "revoke", "--help"],
+    ] {
+        let out = Command::new(BIN).args(&args).output().expect("run");
+        assert!(out.status.success(), "{args:?}");
+        assert!(String::from_utf8_lossy(&out.stdout).contains("Usage"), "{args:?}");
+    }
+    let roles = Command::new(BIN)
+        .args(["roles", "--print"])
+        .output()
+        .expect("roles");
+    let script = String::from_utf8_lossy(&roles.stdout);
+    assert!(
+        script.contains("create role \"tessera_crm\"") && script.contains("nobypassrls noinherit"),
+        "{script}"
+    );
+    let migrations = Command::new(BIN)
+        .args(["migrate", "--print", "--data-dir", "/nonexistent-tessera"])
+        .env_remove("TESSERA_DATABASE_URL")
+        .output()
+        .expect("migrate --print");
+    let sql = String::from_utf8_lossy(&migrations.stdout);
+    assert!(
+        sql.contains("create table crm.deals") && sql.contains("force row level security"),
+        "{sql}"
+    );
+}
+
+#[test]
+fn serve_without_a_database_says_what_it_needs() {
+    let out = Command::new(BIN)
+        .args(["serve"])
+        .env_remove("TESSERA_DATABASE_URL")
+        .output()
+        .expect("run");
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--database-url"));
+}
