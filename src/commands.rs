@@ -64,16 +64,9 @@ fn settings(file: &FileConfig, target: &Target, serving: Option<&Serving>) -> an
             Some(addr) => addr,
             None => DEFAULT_LISTEN.parse()?,
         },
-        database_url: target
-            .database_url
-            .clone()
-            .map(Secret::new)
-            .or_else(|| file.database_url.clone()),
+        database_url: target.database_url.clone().map(Secret::new).or_else(|| file.database_url.clone()),
         pg_bindir: target.pg_bindir.clone().or_else(|| file.pg_bindir.clone()),
-        pool_size: serving
-            .and_then(|s| s.pool_size)
-            .or(file.pool_size)
-            .unwrap_or(DEFAULT_POOL_SIZE),
+        pool_size: serving.and_then(|s| s.pool_size).or(file.pool_size).unwrap_or(DEFAULT_POOL_SIZE),
         body_limit_bytes: file.body_limit_bytes.unwrap_or(DEFAULT_BODY_LIMIT),
     };
     settings.validate()?;
@@ -86,6 +79,8 @@ struct Embedded {
     endpoint: Endpoint,
     /// Held while this process manages the cluster (`tessera up`, or a one-off command when none runs).
     lock: Option<File>,
+    /// The migrations this process applied while provisioning.
+    applied: Vec<migrate::Applied>,
 }
 
 fn lock_path(data_dir: &Path) -> PathBuf {
@@ -157,11 +152,7 @@ async fn open_embedded(
                 settings.data_dir.display()
             )
         })?;
-        return Ok(Embedded {
-            cluster,
-            endpoint,
-            lock: None,
-        });
+        return Ok(Embedded { cluster, endpoint, lock: None, applied: Vec::new() });
     };
     if !cluster.is_initialized() {
         let password = tessera_core::apikey::random_hex(24)?;
@@ -169,19 +160,13 @@ async fn open_embedded(
             &settings.data_dir.join("postgres.password"),
             password.as_bytes(),
         )?;
-        eprintln!(
-            "creating a PostgreSQL cluster in {}",
-            cluster.data_dir().display()
-        );
+        eprintln!("creating a PostgreSQL cluster in {}", cluster.data_dir().display());
         cluster.init(&password)?;
     }
     let endpoint = cluster.start()?;
-    bootstrap::provision(&endpoint, cluster.superuser(), DATABASE, &module_refs(modules)).await?;
-    Ok(Embedded {
-        cluster,
-        endpoint,
-        lock: Some(lock),
-    })
+    let applied =
+        bootstrap::provision(&endpoint, cluster.superuser(), DATABASE, &module_refs(modules)).await?;
+    Ok(Embedded { cluster, endpoint, lock: Some(lock), applied })
 }
 
 impl Embedded {
@@ -238,10 +223,7 @@ async fn up_serving(
 
     let db = Database::new(endpoint.pg_config(APP, DATABASE), settings.pool_size)?;
     db.ensure_unprivileged().await?;
-    let config = GatewayConfig {
-        listen: settings.listen,
-        body_limit_bytes: settings.body_limit_bytes,
-    };
+    let config = GatewayConfig { listen: settings.listen, body_limit_bytes: settings.body_limit_bytes };
     let app = Application::build(&config, db, modules)
         .await
         .with_context(|| format!("could not listen on {}", settings.listen))?;
@@ -260,10 +242,11 @@ async fn up_serving(
         }
         None => {
             println!("The demo tenant \"{DEMO_SLUG}\" exists already. Mint a new key for it with:");
-            println!(
-                "  tessera key create --tenant {DEMO_SLUG} --scopes {}",
-                scopes.join(",")
-            );
+            let data_dir = match settings.data_dir.to_str() {
+                Some(".tessera") => String::new(),
+                _ => format!(" --data-dir {}", settings.data_dir.display()),
+            };
+            println!("  tessera key create --tenant {DEMO_SLUG} --scopes {}{data_dir}", scopes.join(","));
         }
     }
     println!("Try:");
@@ -282,10 +265,7 @@ async fn serve(settings: Settings, modules: &[Arc<dyn Module>]) -> anyhow::Resul
     let config: tokio_postgres::Config = url.expose().parse()?;
     let db = Database::new(config, settings.pool_size)?;
     db.ensure_unprivileged().await?;
-    let gateway = GatewayConfig {
-        listen: settings.listen,
-        body_limit_bytes: settings.body_limit_bytes,
-    };
+    let gateway = GatewayConfig { listen: settings.listen, body_limit_bytes: settings.body_limit_bytes };
     let app = Application::build(&gateway, db, modules)
         .await
         .with_context(|| format!("could not listen on {}", settings.listen))?;
@@ -305,20 +285,12 @@ impl OwnerSession {
     async fn open(settings: &Settings, modules: &[Arc<dyn Module>]) -> anyhow::Result<Self> {
         if let Some(url) = &settings.database_url {
             let config: tokio_postgres::Config = url.expose().parse()?;
-            let client = bootstrap::connect(&config)
-                .await
-                .context("could not connect to --database-url")?;
-            return Ok(Self {
-                client,
-                embedded: None,
-            });
+            let client = bootstrap::connect(&config).await.context("could not connect to --database-url")?;
+            return Ok(Self { client, embedded: None });
         }
         let embedded = open_embedded(settings, modules, false).await?;
         let client = bootstrap::connect(&embedded.endpoint.pg_config(OWNER, DATABASE)).await?;
-        Ok(Self {
-            client,
-            embedded: Some(embedded),
-        })
+        Ok(Self { client, embedded: Some(embedded) })
     }
 
     fn close(self) -> anyhow::Result<()> {
@@ -335,9 +307,7 @@ async fn migrate_cmd(settings: Settings, modules: &[Arc<dyn Module>], print: boo
     if print {
         if let Some(url) = &settings.database_url {
             let config: tokio_postgres::Config = url.expose().parse()?;
-            let client = bootstrap::connect(&config)
-                .await
-                .context("could not connect to --database-url")?;
+            let client = bootstrap::connect(&config).await.context("could not connect to --database-url")?;
             let sql = migrate::pending_sql(&client, &refs).await?;
             if sql.is_empty() {
                 eprintln!("nothing to migrate");
@@ -354,16 +324,17 @@ async fn migrate_cmd(settings: Settings, modules: &[Arc<dyn Module>], print: boo
     match &settings.database_url {
         Some(url) => {
             let config: tokio_postgres::Config = url.expose().parse()?;
-            let mut client = bootstrap::connect(&config)
-                .await
-                .context("could not connect to --database-url")?;
+            let mut client =
+                bootstrap::connect(&config).await.context("could not connect to --database-url")?;
             report(&migrate::run(&mut client, &refs).await?);
         }
         None => {
-            // Provisioning the embedded cluster applies what is pending.
+            // Opening the embedded cluster provisions it, which applies what is pending.
             let session = OwnerSession::open(&settings, modules).await?;
             let mut client = session.client;
-            report(&migrate::run(&mut client, &refs).await?);
+            let mut applied = session.embedded.as_ref().map(|e| e.applied.clone()).unwrap_or_default();
+            applied.extend(migrate::run(&mut client, &refs).await?);
+            report(&applied);
             drop(client);
             if let Some(e) = session.embedded {
                 e.close()?;
@@ -388,32 +359,19 @@ async fn tenant_cmd(
     modules: &[Arc<dyn Module>],
 ) -> anyhow::Result<()> {
     match action {
-        TenantAction::Create {
-            target,
-            slug,
-            name,
-            modules: wanted,
-        } => {
+        TenantAction::Create { target, slug, name, modules: wanted } => {
             let settings = settings(file, &target, None)?;
             let slug = TenantSlug::parse(&slug)?;
             let all: Vec<&str> = modules.iter().map(|m| m.name()).collect();
-            let wanted: Vec<&str> = if wanted.is_empty() {
-                all
-            } else {
-                wanted.iter().map(String::as_str).collect()
-            };
+            let wanted: Vec<&str> =
+                if wanted.is_empty() { all } else { wanted.iter().map(String::as_str).collect() };
             let enabled = admin::known_modules(&module_refs(modules), &wanted)?;
             let name = name.unwrap_or_else(|| slug.to_string());
             let mut session = OwnerSession::open(&settings, modules).await?;
             let result = admin::create_tenant(&mut session.client, &slug, &name, &enabled).await;
             session.close()?;
             let tenant = result?;
-            println!(
-                "created tenant {} ({}) with modules: {}",
-                tenant.slug,
-                tenant.id,
-                enabled.join(", ")
-            );
+            println!("created tenant {} ({}) with modules: {}", tenant.slug, tenant.id, enabled.join(", "));
         }
         TenantAction::List { target } => {
             let settings = settings(file, &target, None)?;
@@ -430,17 +388,9 @@ async fn tenant_cmd(
 
 async fn key_cmd(file: &FileConfig, action: KeyAction, modules: &[Arc<dyn Module>]) -> anyhow::Result<()> {
     match action {
-        KeyAction::Create {
-            target,
-            tenant,
-            scopes,
-            name,
-        } => {
+        KeyAction::Create { target, tenant, scopes, name } => {
             let settings = settings(file, &target, None)?;
-            let scopes = scopes
-                .iter()
-                .map(|s| Scope::parse(s))
-                .collect::<Result<Vec<_>, _>>()?;
+            let scopes = scopes.iter().map(|s| Scope::parse(s)).collect::<Result<Vec<_>, _>>()?;
             let named: Vec<&str> = scopes.iter().map(|s| s.module.as_str()).collect();
             admin::known_modules(&module_refs(modules), &named)?;
             let mut session = OwnerSession::open(&settings, modules).await?;
@@ -464,19 +414,8 @@ async fn key_cmd(file: &FileConfig, action: KeyAction, modules: &[Arc<dyn Module
             .await;
             session.close()?;
             for k in result? {
-                let state = if k.revoked_at.is_some() {
-                    "revoked"
-                } else {
-                    "active"
-                };
-                println!(
-                    "{}\t{}\t{}\t{}\t{}",
-                    k.id,
-                    k.prefix,
-                    state,
-                    k.scopes.join(","),
-                    k.name
-                );
+                let state = if k.revoked_at.is_some() { "revoked" } else { "active" };
+                println!("{}\t{}\t{}\t{}\t{}", k.id, k.prefix, state, k.scopes.join(","), k.name);
             }
         }
         KeyAction::Revoke { target, tenant, key } => {

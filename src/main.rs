@@ -30,12 +30,7 @@ pub struct Target {
 
     /// An existing PostgreSQL server instead of the embedded one. For `serve` connect as tessera_app;
     /// for `migrate`, `tenant` and `key` as tessera_owner.
-    #[arg(
-        long,
-        env = "TESSERA_DATABASE_URL",
-        value_name = "URL",
-        hide_env_values = true
-    )]
+    #[arg(long, env = "TESSERA_DATABASE_URL", value_name = "URL", hide_env_values = true)]
     pub database_url: Option<String>,
 
     /// Folder holding initdb, pg_ctl and postgres (found automatically when unset).

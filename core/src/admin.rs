@@ -1,6 +1,7 @@
-//! Operator actions: tenants, their modules and their API keys. The CLI runs these as the owner role, which
-//! is subject to row-level security like everyone else (the tables FORCE it), so each action binds the tenant
-//! it acts for inside its own transaction.
+//! Operator actions: tenants, their modules and their API keys. The CLI runs these as the owner role. The
+//! tables FORCE row-level security, so the owner's statements are filtered like everyone's and each action
+//! binds the tenant it acts for inside its own transaction. (The owner is trusted nonetheless: it owns the
+//! tables and may hand functions to `tessera_auth`.)
 
 use time::OffsetDateTime;
 use tokio_postgres::{Client, Transaction};
@@ -35,11 +36,7 @@ pub struct Tenant {
 }
 
 async fn bind(tx: &Transaction<'_>, tenant: TenantId) -> Result<(), tokio_postgres::Error> {
-    tx.execute(
-        "select set_config('tessera.tenant_id', $1, true)",
-        &[&tenant.to_string()],
-    )
-    .await?;
+    tx.execute("select set_config('tessera.tenant_id', $1, true)", &[&tenant.to_string()]).await?;
     Ok(())
 }
 
@@ -51,6 +48,18 @@ pub async fn create_tenant(
     modules: &[&str],
 ) -> Result<Tenant, AdminError> {
     let tx = client.transaction().await?;
+    let tenant = create_tenant_in(&tx, slug, name, modules).await?;
+    tx.commit().await?;
+    Ok(tenant)
+}
+
+/// Creates a tenant inside `tx` and leaves it bound there.
+async fn create_tenant_in(
+    tx: &Transaction<'_>,
+    slug: &TenantSlug,
+    name: &str,
+    modules: &[&str],
+) -> Result<Tenant, AdminError> {
     let id = TenantId::new();
     let inserted = tx
         .execute(
@@ -61,42 +70,24 @@ pub async fn create_tenant(
     if inserted == 0 {
         return Err(AdminError::TenantExists(slug.to_string()));
     }
-    bind(&tx, id).await?;
+    bind(tx, id).await?;
     for module in modules {
-        tx.execute("insert into core.tenant_modules (module) values ($1)", &[module])
-            .await?;
+        tx.execute("insert into core.tenant_modules (module) values ($1)", &[module]).await?;
     }
-    tx.commit().await?;
-    Ok(Tenant {
-        id,
-        slug: slug.to_string(),
-        name: name.to_owned(),
-        status: "active".into(),
-    })
+    Ok(Tenant { id, slug: slug.to_string(), name: name.to_owned(), status: "active".into() })
 }
 
 pub async fn find_tenant(client: &Client, slug: &str) -> Result<Tenant, AdminError> {
     let row = client
-        .query_opt(
-            "select id, slug, name, status from core.tenants where slug = $1",
-            &[&slug],
-        )
+        .query_opt("select id, slug, name, status from core.tenants where slug = $1", &[&slug])
         .await?
         .ok_or_else(|| AdminError::NoSuchTenant(slug.to_owned()))?;
-    Ok(Tenant {
-        id: TenantId::from_uuid(row.get(0)),
-        slug: row.get(1),
-        name: row.get(2),
-        status: row.get(3),
-    })
+    Ok(Tenant { id: TenantId::from_uuid(row.get(0)), slug: row.get(1), name: row.get(2), status: row.get(3) })
 }
 
 pub async fn list_tenants(client: &Client) -> Result<Vec<Tenant>, AdminError> {
     let rows = client
-        .query(
-            "select id, slug, name, status from core.tenants order by created_at, slug",
-            &[],
-        )
+        .query("select id, slug, name, status from core.tenants order by created_at, slug", &[])
         .await?;
     Ok(rows
         .iter()
@@ -127,17 +118,27 @@ pub async fn create_api_key(
     name: &str,
     scopes: &[Scope],
 ) -> Result<(Uuid, String), AdminError> {
-    let key = apikey::generate()?;
-    let scopes: Vec<String> = scopes.iter().map(|s| s.to_string()).collect();
     let tx = client.transaction().await?;
     bind(&tx, tenant).await?;
+    let key = create_api_key_in(&tx, name, scopes).await?;
+    tx.commit().await?;
+    Ok(key)
+}
+
+/// Mints a key for the tenant bound in `tx`.
+async fn create_api_key_in(
+    tx: &Transaction<'_>,
+    name: &str,
+    scopes: &[Scope],
+) -> Result<(Uuid, String), AdminError> {
+    let key = apikey::generate()?;
+    let scopes: Vec<String> = scopes.iter().map(|s| s.to_string()).collect();
     let row = tx
         .query_one(
             "insert into core.api_keys (name, prefix, secret_hash, scopes) values ($1, $2, $3, $4) returning id",
             &[&name, &key.prefix, &key.hash.as_slice(), &scopes],
         )
         .await?;
-    tx.commit().await?;
     Ok((row.get(0), key.token))
 }
 
@@ -196,31 +197,25 @@ pub fn known_modules<'a>(all: &[&dyn Module], wanted: &[&'a str]) -> Result<Vec<
 /// The demo tenant's slug.
 pub const DEMO_SLUG: &str = "demo";
 
-/// Creates the demo tenant with every module enabled, each module's sample data and a key with every scope.
-/// Returns the key's token, or `None` when the demo tenant already exists.
+/// Creates the demo tenant with every module enabled, each module's sample data and a key with every scope,
+/// all in one transaction. Returns the key's token, or `None` when the demo tenant already exists.
 pub async fn seed_demo(client: &mut Client, modules: &[&dyn Module]) -> Result<Option<String>, AdminError> {
     let slug = TenantSlug::parse(DEMO_SLUG).map_err(|_| AdminError::NoSuchTenant(DEMO_SLUG.into()))?;
     let names: Vec<&str> = modules.iter().map(|m| m.name()).collect();
-    let tenant = match create_tenant(client, &slug, "Demo Company", &names).await {
-        Ok(t) => t,
+    let tx = client.transaction().await?;
+    match create_tenant_in(&tx, &slug, "Demo Company", &names).await {
+        Ok(_) => {}
         Err(AdminError::TenantExists(_)) => return Ok(None),
         Err(e) => return Err(e),
-    };
-    let tx = client.transaction().await?;
-    bind(&tx, tenant.id).await?;
+    }
     for module in modules {
         if let Some(sql) = module.demo_data() {
             tx.batch_execute(sql).await?;
         }
     }
+    let scopes: Vec<Scope> =
+        names.iter().map(|m| Scope { module: (*m).to_owned(), access: apikey::Access::Write }).collect();
+    let (_, token) = create_api_key_in(&tx, "demo", &scopes).await?;
     tx.commit().await?;
-    let scopes: Vec<Scope> = names
-        .iter()
-        .map(|m| Scope {
-            module: (*m).to_owned(),
-            access: apikey::Access::Write,
-        })
-        .collect();
-    let (_, token) = create_api_key(client, tenant.id, "demo", &scopes).await?;
     Ok(Some(token))
 }

@@ -31,9 +31,7 @@ impl PresentedKey {
 
 impl fmt::Debug for PresentedKey {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("PresentedKey")
-            .field("prefix", &self.prefix)
-            .finish_non_exhaustive()
+        f.debug_struct("PresentedKey").field("prefix", &self.prefix).finish_non_exhaustive()
     }
 }
 
@@ -50,10 +48,7 @@ pub fn parse(token: &str) -> Result<PresentedKey, MalformedKey> {
     if !hex(prefix, PREFIX_LEN) || !hex(secret, SECRET_LEN) {
         return Err(MalformedKey);
     }
-    Ok(PresentedKey {
-        prefix: prefix.to_owned(),
-        hash: hash(token),
-    })
+    Ok(PresentedKey { prefix: prefix.to_owned(), hash: hash(token) })
 }
 
 fn hash(token: &str) -> [u8; 32] {
@@ -69,9 +64,7 @@ pub struct NewKey {
 
 impl fmt::Debug for NewKey {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("NewKey")
-            .field("prefix", &self.prefix)
-            .finish_non_exhaustive()
+        f.debug_struct("NewKey").field("prefix", &self.prefix).finish_non_exhaustive()
     }
 }
 
@@ -124,18 +117,12 @@ impl Scope {
         if !valid_module {
             return Err(InvalidScope(s.to_owned()));
         }
-        Ok(Self {
-            module: module.to_owned(),
-            access,
-        })
+        Ok(Self { module: module.to_owned(), access })
     }
 
     /// Whether a set of scope strings (as stored) grants `access` to `module`.
     pub fn allows(scopes: &[String], module: &str, access: Access) -> bool {
-        scopes
-            .iter()
-            .filter_map(|s| Scope::parse(s).ok())
-            .any(|s| s.module == module && s.access >= access)
+        scopes.iter().filter_map(|s| Scope::parse(s).ok()).any(|s| s.module == module && s.access >= access)
     }
 }
 

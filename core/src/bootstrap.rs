@@ -40,10 +40,7 @@ pub async fn connect(config: &tokio_postgres::Config) -> Result<Client, tokio_po
 async fn connect_as(endpoint: &Endpoint, user: &str, dbname: &str) -> Result<Client, BootstrapError> {
     connect(&endpoint.pg_config(user, dbname))
         .await
-        .map_err(|source| BootstrapError::Connect {
-            what: format!("database {dbname} as {user}"),
-            source,
-        })
+        .map_err(|source| BootstrapError::Connect { what: format!("database {dbname} as {user}"), source })
 }
 
 /// Creates the roles and the database `dbname` (when missing), grants its rights and applies every pending
@@ -57,17 +54,10 @@ pub async fn provision(
     let names: Vec<&str> = modules.iter().map(|m| m.name()).collect();
     let admin = connect_as(endpoint, superuser, "postgres").await?;
     admin.batch_execute(&roles::cluster_script(&names)).await?;
-    let exists = admin
-        .query_opt("select 1 from pg_database where datname = $1", &[&dbname])
-        .await?
-        .is_some();
+    let exists = admin.query_opt("select 1 from pg_database where datname = $1", &[&dbname]).await?.is_some();
     if !exists {
         admin
-            .batch_execute(&format!(
-                "create database {} owner {}",
-                quote_ident(dbname),
-                quote_ident(OWNER)
-            ))
+            .batch_execute(&format!("create database {} owner {}", quote_ident(dbname), quote_ident(OWNER)))
             .await?;
     }
     drop(admin);

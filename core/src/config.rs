@@ -77,10 +77,8 @@ impl FileConfig {
                 default
             }
         };
-        let text = std::fs::read_to_string(&path).map_err(|source| ConfigError::Read {
-            path: path.clone(),
-            source,
-        })?;
+        let text = std::fs::read_to_string(&path)
+            .map_err(|source| ConfigError::Read { path: path.clone(), source })?;
         toml::from_str(&text).map_err(|source| ConfigError::Parse { path, source })
     }
 }
@@ -103,10 +101,7 @@ pub const DEFAULT_BODY_LIMIT: usize = 64 * 1024;
 impl Settings {
     pub fn validate(&self) -> Result<(), ConfigError> {
         if !(1..=1000).contains(&self.pool_size) {
-            return Err(ConfigError::Invalid(format!(
-                "pool_size must be 1 to 1000, got {}",
-                self.pool_size
-            )));
+            return Err(ConfigError::Invalid(format!("pool_size must be 1 to 1000, got {}", self.pool_size)));
         }
         if !(1024..=64 * 1024 * 1024).contains(&self.body_limit_bytes) {
             return Err(ConfigError::Invalid(format!(

@@ -21,7 +21,6 @@ use std::time::Duration;
 use deadpool_postgres::{Manager, ManagerConfig, Object, Pool, RecyclingMethod, Runtime};
 use tokio_postgres::types::ToSql;
 use tokio_postgres::{NoTls, Row};
-use uuid::Uuid;
 
 use crate::apikey::{Access, PresentedKey, Scope};
 use crate::problem::ApiError;
@@ -51,13 +50,8 @@ pub enum DbSetupError {
 
 impl Database {
     pub fn new(config: tokio_postgres::Config, max_size: usize) -> Result<Self, DbSetupError> {
-        let manager = Manager::from_config(
-            config,
-            NoTls,
-            ManagerConfig {
-                recycling_method: RecyclingMethod::Fast,
-            },
-        );
+        let manager =
+            Manager::from_config(config, NoTls, ManagerConfig { recycling_method: RecyclingMethod::Fast });
         let pool = Pool::builder(manager)
             .max_size(max_size)
             .runtime(Runtime::Tokio1)
@@ -97,10 +91,7 @@ impl Database {
             let client = self.pool.get().await.ok()?;
             client.simple_query("select 1").await.ok()
         };
-        matches!(
-            tokio::time::timeout(Duration::from_secs(1), probe).await,
-            Ok(Some(_))
-        )
+        matches!(tokio::time::timeout(Duration::from_secs(1), probe).await, Ok(Some(_)))
     }
 
     /// The handle a module's handlers use.
@@ -143,11 +134,9 @@ impl ModuleDb {
         key: &PresentedKey,
         body: impl AsyncFnOnce(&TenantTx) -> Result<T, ApiError>,
     ) -> Result<T, ApiError> {
-        let mut tx = self.connect().await?;
-        let (auth, value) = self
-            .authenticate_alongside(&tx, &self.begin_read, key, body(&tx))
-            .await?;
-        tx.tenant = self.check(auth, Access::Read)?;
+        let tx = self.connect().await?;
+        let (auth, value) = self.authenticate_alongside(&tx, &self.begin_read, key, body(&tx)).await?;
+        self.check(auth, Access::Read)?;
         let value = value?;
         tx.commit().await?;
         Ok(value)
@@ -160,11 +149,10 @@ impl ModuleDb {
         key: &PresentedKey,
         body: impl AsyncFnOnce(&TenantTx) -> Result<T, ApiError>,
     ) -> Result<T, ApiError> {
-        let mut tx = self.connect().await?;
-        let (auth, ()) = self
-            .authenticate_alongside(&tx, &self.begin_write, key, std::future::ready(()))
-            .await?;
-        tx.tenant = self.check(auth, Access::Write)?;
+        let tx = self.connect().await?;
+        let (auth, ()) =
+            self.authenticate_alongside(&tx, &self.begin_write, key, std::future::ready(())).await?;
+        self.check(auth, Access::Write)?;
         let value = body(&tx).await?;
         tx.commit().await?;
         Ok(value)
@@ -184,7 +172,9 @@ impl ModuleDb {
         let authenticate = client.prepare_cached(AUTHENTICATE).await?;
         let (prefix, hash) = (key.prefix(), key.hash());
         let params: [&(dyn ToSql + Sync); 3] = [&prefix, &hash, &self.module];
+        // `biased`: polled, and so sent, strictly in this order.
         let (began, auth, other) = tokio::join!(
+            biased;
             client.batch_execute(begin),
             client.query_opt(&authenticate, &params),
             alongside
@@ -195,13 +185,10 @@ impl ModuleDb {
 
     async fn connect(&self) -> Result<TenantTx, ApiError> {
         let client = self.pool.get().await.map_err(|e| ApiError::unavailable(&e))?;
-        Ok(TenantTx {
-            client: Some(client),
-            tenant: TenantId::from_uuid(Uuid::nil()),
-        })
+        Ok(TenantTx { client: Some(client) })
     }
 
-    /// Turns the key check's answer into the tenant, or the reason the request is refused.
+    /// Turns the key check's answer into the key's tenant, or the reason the request is refused.
     fn check(&self, auth: Option<Row>, access: Access) -> Result<TenantId, ApiError> {
         let Some(row) = auth else {
             return Err(ApiError::unauthenticated(
@@ -211,10 +198,7 @@ impl ModuleDb {
         };
         let status: String = row.get(2);
         if status != "active" {
-            return Err(ApiError::forbidden(
-                "tenant_suspended",
-                "this tenant is suspended",
-            ));
+            return Err(ApiError::forbidden("tenant_suspended", "this tenant is suspended"));
         }
         if !row.get::<_, bool>(3) {
             return Err(ApiError::forbidden(
@@ -224,10 +208,7 @@ impl ModuleDb {
         }
         let scopes: Vec<String> = row.get(1);
         if !Scope::allows(&scopes, self.module, access) {
-            let needed = Scope {
-                module: self.module.to_owned(),
-                access,
-            };
+            let needed = Scope { module: self.module.to_owned(), access };
             return Err(ApiError::forbidden(
                 "insufficient_scope",
                 format!("this API key lacks the {needed} scope"),
@@ -239,16 +220,13 @@ impl ModuleDb {
 
 /// A request's transaction with its tenant bound; [`ModuleDb::read`] and [`ModuleDb::write`] open and end it.
 /// Dropped without being committed (a failed body, a cancelled request), it rolls back.
+///
+/// It deliberately does not expose the tenant: a read's body runs before the key check's answer is known.
 pub struct TenantTx {
     client: Option<Object>,
-    tenant: TenantId,
 }
 
 impl TenantTx {
-    pub fn tenant(&self) -> TenantId {
-        self.tenant
-    }
-
     fn client(&self) -> &Object {
         // Only `commit` and `drop` take the client, and both consume the transaction.
         #[allow(clippy::unwrap_used)]

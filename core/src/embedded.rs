@@ -6,9 +6,10 @@
 //! initialised is reused; one that is already running (for example left by a killed `tessera up`) is adopted.
 //!
 //! PostgreSQL refuses to run as root, so when this process is root every server command runs through
-//! `runuser -u <user>` as an unprivileged OS user (`postgres` when it exists, else `nobody`), who then owns the
-//! data folder. Port and socket folder are written to `tessera.runtime.conf`, included from
-//! `postgresql.conf`, so that no path is ever passed through a shell.
+//! `runuser -u <user>` as an unprivileged OS user (`postgres`, or `TESSERA_PG_OS_USER`), who then owns the
+//! data folder. Every file inside the data folder is written as that user too: root never opens a path that
+//! user controls, so a planted symlink cannot turn a write into a root write. Port and socket folder are
+//! written to `tessera.runtime.conf`, included from `postgresql.conf`, so that no path goes through a shell.
 
 use std::fs;
 use std::io::{self, Write};
@@ -19,6 +20,7 @@ use std::process::{Command, Output, Stdio};
 
 const MIN_MAJOR: u32 = 15;
 const RUNTIME_CONF: &str = "tessera.runtime.conf";
+const MAX_DATA_DIR_LEN: usize = 107 - "/.s.PGSQL.65535".len();
 
 #[derive(Debug, thiserror::Error)]
 pub enum LauncherError {
@@ -85,29 +87,19 @@ impl PgBinaries {
         }
         let mut too_old = None;
         for dir in &candidates {
-            if !["initdb", "pg_ctl", "postgres"]
-                .iter()
-                .all(|b| is_executable(&dir.join(b)))
-            {
+            if !["initdb", "pg_ctl", "postgres"].iter().all(|b| is_executable(&dir.join(b))) {
                 continue;
             }
             let version = server_version(dir)?;
             if major_of(&version).is_some_and(|m| m >= MIN_MAJOR) {
-                return Ok(Self {
-                    bindir: dir.clone(),
-                    version,
-                });
+                return Ok(Self { bindir: dir.clone(), version });
             }
             too_old.get_or_insert(version);
         }
         if let Some(found) = too_old {
             return Err(LauncherError::TooOld { found });
         }
-        let searched = candidates
-            .iter()
-            .map(|p| p.display().to_string())
-            .collect::<Vec<_>>()
-            .join(", ");
+        let searched = candidates.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(", ");
         Err(LauncherError::NotFound { searched })
     }
 
@@ -202,11 +194,7 @@ impl Endpoint {
 
     /// The same as a libpq connection URL, for psql and the README.
     pub fn url(&self, user: &str, dbname: &str) -> String {
-        format!(
-            "postgresql://{user}@/{dbname}?host={}&port={}",
-            self.socket_dir.display(),
-            self.port
-        )
+        format!("postgresql://{user}@/{dbname}?host={}&port={}", self.socket_dir.display(), self.port)
     }
 }
 
@@ -232,19 +220,18 @@ impl Cluster {
     pub fn new(bin: PgBinaries, mut options: ClusterOptions) -> Result<Self, LauncherError> {
         options.data_dir = std::path::absolute(&options.data_dir)
             .map_err(io_err(format!("resolve {}", options.data_dir.display())))?;
-        if options.data_dir.as_os_str().len() > 100 {
+        // The socket path, <data_dir>/.s.PGSQL.<port>, must fit Postgres's 107 bytes.
+        if options.data_dir.as_os_str().len() > MAX_DATA_DIR_LEN {
             return Err(LauncherError::PathTooLong(options.data_dir));
         }
         let runas = if running_as_root() {
             let wanted = std::env::var("TESSERA_PG_OS_USER").ok();
             let tried: Vec<String> = match wanted {
                 Some(name) => vec![name],
-                None => vec!["postgres".into(), "nobody".into()],
+                None => vec!["postgres".into()],
             };
             let user = tried.iter().find_map(|n| OsUser::lookup(n));
-            Some(user.ok_or_else(|| LauncherError::NoOsUser {
-                tried: tried.join(", "),
-            })?)
+            Some(user.ok_or_else(|| LauncherError::NoOsUser { tried: tried.join(", ") })?)
         } else {
             None
         };
@@ -290,10 +277,7 @@ impl Cluster {
             if text.is_empty() {
                 text = String::from_utf8_lossy(&out.stdout).trim().to_owned();
             }
-            Err(LauncherError::CommandFailed {
-                command: rendered,
-                output: text,
-            })
+            Err(LauncherError::CommandFailed { command: rendered, output: text })
         }
     }
 
@@ -322,36 +306,28 @@ impl Cluster {
             .map_err(io_err(format!("restrict {}", data.display())))?;
         self.give_to_server_user(data)?;
         if let Some(user) = &self.runas {
-            let reachable = self
-                .command("pg_ctl")
-                .arg("--version")
-                .current_dir(data)
-                .output()
-                .is_ok_and(|o| o.status.success());
+            // Checked as that user: every folder above the data folder must let it through.
+            let reachable = Command::new("runuser")
+                .args(["-u", &user.name, "--", "test", "-w"])
+                .arg(data)
+                .current_dir("/")
+                .status()
+                .is_ok_and(|s| s.success());
             if !reachable {
-                return Err(LauncherError::Unreachable {
-                    user: user.name.clone(),
-                    dir: data.clone(),
-                });
+                return Err(LauncherError::Unreachable { user: user.name.clone(), dir: data.clone() });
             }
         }
 
         // The password file sits beside the data folder, readable only by the server's OS user.
-        let pwfile = parent.join(format!(
-            ".{}.pw",
-            data.file_name().and_then(|n| n.to_str()).unwrap_or("pg")
-        ));
+        let pwfile =
+            parent.join(format!(".{}.pw", data.file_name().and_then(|n| n.to_str()).unwrap_or("pg")));
         write_private(&pwfile, password.as_bytes())?;
         self.give_to_server_user(&pwfile)?;
         let mut cmd = self.command("initdb");
         cmd.arg("-D")
             .arg(data)
             .args(["-U", &self.options.superuser, "-E", "UTF8", "--no-locale"])
-            .args([
-                "--auth-local=trust",
-                "--auth-host=scram-sha-256",
-                "--no-instructions",
-            ])
+            .args(["--auth-local=trust", "--auth-host=scram-sha-256", "--no-instructions"])
             .arg(format!("--pwfile={}", pwfile.display()));
         if !self.options.durable {
             cmd.arg("--no-sync");
@@ -376,12 +352,7 @@ impl Cluster {
              {durable}\
              include_if_exists = '{RUNTIME_CONF}'\n"
         );
-        let conf = data.join("postgresql.conf");
-        fs::OpenOptions::new()
-            .append(true)
-            .open(&conf)
-            .and_then(|mut f| f.write_all(settings.as_bytes()))
-            .map_err(io_err(format!("write {}", conf.display())))?;
+        self.write_as_server_user(&data.join("postgresql.conf"), &settings, true)?;
         Ok(())
     }
 
@@ -434,15 +405,11 @@ impl Cluster {
         }
         let tail = self.log_tail();
         Err(match last_error {
-            Some(LauncherError::CommandFailed { command, output }) => LauncherError::CommandFailed {
-                command,
-                output: format!("{output}\n{tail}"),
-            },
+            Some(LauncherError::CommandFailed { command, output }) => {
+                LauncherError::CommandFailed { command, output: format!("{output}\n{tail}") }
+            }
             Some(other) => other,
-            None => LauncherError::CommandFailed {
-                command: "pg_ctl start".into(),
-                output: tail,
-            },
+            None => LauncherError::CommandFailed { command: "pg_ctl start".into(), output: tail },
         })
     }
 
@@ -452,8 +419,45 @@ impl Cluster {
         let text = format!(
             "# Written by tessera at every start.\nport = {port}\nunix_socket_directories = '{quoted}'\n"
         );
-        fs::write(&path, text).map_err(io_err(format!("write {}", path.display())))?;
-        self.give_to_server_user(&path)
+        self.write_as_server_user(&path, &text, false)
+    }
+
+    /// Writes (or appends to) a file inside the data folder as the server's OS user, never as root.
+    fn write_as_server_user(&self, path: &Path, text: &str, append: bool) -> Result<(), LauncherError> {
+        let Some(user) = &self.runas else {
+            let mut options = fs::OpenOptions::new();
+            options.create(true);
+            if append {
+                options.append(true)
+            } else {
+                options.write(true).truncate(true)
+            };
+            return options
+                .open(path)
+                .and_then(|mut f| f.write_all(text.as_bytes()))
+                .map_err(io_err(format!("write {}", path.display())));
+        };
+        let script = if append { r#"cat >> "$1""# } else { r#"cat > "$1""# };
+        let mut child = Command::new("runuser")
+            .args(["-u", &user.name, "--", "sh", "-c", script, "sh"])
+            .arg(path)
+            .current_dir("/")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .map_err(io_err(format!("write {} as {}", path.display(), user.name)))?;
+        if let Some(mut stdin) = child.stdin.take() {
+            stdin.write_all(text.as_bytes()).map_err(io_err(format!("write {}", path.display())))?;
+        }
+        let out = child.wait_with_output().map_err(io_err(format!("write {}", path.display())))?;
+        if !out.status.success() {
+            return Err(LauncherError::CommandFailed {
+                command: format!("write {} as {}", path.display(), user.name),
+                output: String::from_utf8_lossy(&out.stderr).trim().to_owned(),
+            });
+        }
+        Ok(())
     }
 
     fn log_tail(&self) -> String {
@@ -484,12 +488,10 @@ impl Cluster {
     /// (even when killed): a watchdog shell waits for this process's end of a pipe to close. The returned
     /// handle must be kept alive for as long as the cluster is wanted.
     pub fn stop_when_process_exits(&self, remove: Option<&Path>) -> Result<WatchdogGuard, LauncherError> {
-        let pid = self
-            .postmaster_pid()
-            .ok_or_else(|| LauncherError::CommandFailed {
-                command: "read postmaster.pid".into(),
-                output: "the cluster is not running".into(),
-            })?;
+        let pid = self.postmaster_pid().ok_or_else(|| LauncherError::CommandFailed {
+            command: "read postmaster.pid".into(),
+            output: "the cluster is not running".into(),
+        })?;
         let remove = remove.map(|p| p.display().to_string()).unwrap_or_default();
         let script = r#"cat >/dev/null
 kill -QUIT "$1" 2>/dev/null
@@ -514,10 +516,7 @@ pub struct WatchdogGuard {
 
 fn free_port() -> Result<u16, LauncherError> {
     let listener = TcpListener::bind(("127.0.0.1", 0)).map_err(io_err("find a free loopback port"))?;
-    let port = listener
-        .local_addr()
-        .map_err(io_err("read the free port"))?
-        .port();
+    let port = listener.local_addr().map_err(io_err("read the free port"))?.port();
     Ok(port)
 }
 
@@ -554,10 +553,7 @@ mod tests {
         }
         let found = debian_bindirs(&root);
         let _ = fs::remove_dir_all(&root);
-        assert_eq!(
-            found,
-            vec![root.join("15/bin"), root.join("13/bin"), root.join("9/bin")]
-        );
+        assert_eq!(found, vec![root.join("15/bin"), root.join("13/bin"), root.join("9/bin")]);
     }
 
     #[test]

@@ -57,11 +57,7 @@ impl<S: Send + Sync> FromRequest<S> for JsonObject {
                     "the request body is too large",
                 )
             } else {
-                ApiError::new(
-                    StatusCode::BAD_REQUEST,
-                    "invalid_body",
-                    "the request body could not be read",
-                )
+                ApiError::new(StatusCode::BAD_REQUEST, "invalid_body", "the request body could not be read")
             }
         })?;
         match serde_json::from_slice::<Value>(&bytes) {
@@ -74,11 +70,7 @@ impl<S: Send + Sync> FromRequest<S> for JsonObject {
             Err(e) => Err(ApiError::new(
                 StatusCode::BAD_REQUEST,
                 "malformed_json",
-                format!(
-                    "the request body is not valid JSON (line {}, column {})",
-                    e.line(),
-                    e.column()
-                ),
+                format!("the request body is not valid JSON (line {}, column {})", e.line(), e.column()),
             )),
         }
     }
@@ -97,11 +89,7 @@ impl<T> Patch<T> {
     pub fn required(self, field: &str) -> Result<T, ApiError> {
         match self {
             Patch::Value(v) => Ok(v),
-            _ => Err(ApiError::invalid_field(
-                "missing_field",
-                field,
-                format!("{field} is required"),
-            )),
+            _ => Err(ApiError::invalid_field("missing_field", field, format!("{field} is required"))),
         }
     }
 
@@ -110,11 +98,9 @@ impl<T> Patch<T> {
         match self {
             Patch::Value(v) => Ok(Some(v)),
             Patch::Absent => Ok(None),
-            Patch::Null => Err(ApiError::invalid_field(
-                "missing_field",
-                field,
-                format!("{field} cannot be null"),
-            )),
+            Patch::Null => {
+                Err(ApiError::invalid_field("missing_field", field, format!("{field} cannot be null")))
+            }
         }
     }
 
@@ -143,10 +129,7 @@ impl Fields {
             return Err(ApiError::invalid_field(
                 "unknown_field",
                 &shown,
-                format!(
-                    "{shown} is not a field of this resource; allowed: {}",
-                    allowed.join(", ")
-                ),
+                format!("{shown} is not a field of this resource; allowed: {}", allowed.join(", ")),
             ));
         }
         Ok(Self(body.0))
@@ -168,12 +151,15 @@ impl Fields {
             Patch::Value(Value::String(s)) => {
                 let s = s.trim();
                 let len = s.chars().count();
-                if len == 0 {
+                if s.contains('\0') {
+                    // Postgres text cannot hold NUL.
                     Err(ApiError::invalid_field(
-                        "too_short",
+                        "invalid_value",
                         field,
-                        format!("{field} must not be empty"),
+                        format!("{field} must not contain NUL characters"),
                     ))
+                } else if len == 0 {
+                    Err(ApiError::invalid_field("too_short", field, format!("{field} must not be empty")))
                 } else if len > max {
                     Err(ApiError::invalid_field(
                         "too_long",
@@ -254,11 +240,7 @@ impl Fields {
         if ok {
             Ok(Patch::Value(text))
         } else {
-            Err(ApiError::invalid_field(
-                "invalid_value",
-                field,
-                format!("{field} must be {expected}"),
-            ))
+            Err(ApiError::invalid_field("invalid_value", field, format!("{field} must be {expected}")))
         }
     }
 
@@ -293,16 +275,35 @@ fn wrong_type(field: &str, expected: &str, got: &Value) -> ApiError {
         Value::Array(_) => "an array",
         Value::Object(_) => "an object",
     };
-    ApiError::invalid_field(
-        "invalid_type",
-        field,
-        format!("{field} must be {expected}, got {got}"),
-    )
+    ApiError::invalid_field("invalid_type", field, format!("{field} must be {expected}, got {got}"))
+}
+
+/// Years Postgres and clients agree on: 1 to 9999.
+fn plausible_year(year: i32) -> bool {
+    (1..=9999).contains(&year)
 }
 
 fn parse_date(s: &str) -> Option<Date> {
     let format = time::macros::format_description!("[year]-[month]-[day]");
-    Date::parse(s, &format).ok()
+    Date::parse(s, &format).ok().filter(|d| plausible_year(d.year()))
+}
+
+/// A record id from the path (`/…/{id}`): a UUID, or 400 `invalid_parameter` naming `id`.
+#[derive(Debug, Clone, Copy)]
+pub struct IdPath(pub Uuid);
+
+impl<S: Send + Sync> axum::extract::FromRequestParts<S> for IdPath {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        state: &S,
+    ) -> Result<Self, Self::Rejection> {
+        let invalid = || ApiError::invalid_parameter("id", "id must be a UUID");
+        let axum::extract::Path(raw) =
+            axum::extract::Path::<String>::from_request_parts(parts, state).await.map_err(|_| invalid())?;
+        Uuid::parse_str(&raw).map(Self).map_err(|_| invalid())
+    }
 }
 
 /// The query string of a request, consumed parameter by parameter; what is left over is refused.
@@ -315,18 +316,11 @@ pub const DEFAULT_LIMIT: i64 = 20;
 impl QueryParams {
     pub fn parse(raw: Option<&str>) -> Result<Self, ApiError> {
         let pairs: Vec<(String, String)> = serde_urlencoded::from_str(raw.unwrap_or("")).map_err(|_| {
-            ApiError::new(
-                StatusCode::BAD_REQUEST,
-                "invalid_parameter",
-                "the query string is malformed",
-            )
+            ApiError::new(StatusCode::BAD_REQUEST, "invalid_parameter", "the query string is malformed")
         })?;
         for (i, (name, _)) in pairs.iter().enumerate() {
             if pairs[..i].iter().any(|(n, _)| n == name) {
-                return Err(ApiError::invalid_parameter(
-                    name,
-                    format!("{name} is given more than once"),
-                ));
+                return Err(ApiError::invalid_parameter(name, format!("{name} is given more than once")));
             }
         }
         Ok(Self(pairs))
@@ -365,11 +359,8 @@ impl QueryParams {
     pub fn text(&mut self, name: &str, max: usize) -> Result<Option<String>, ApiError> {
         self.take(name)
             .map(|v| {
-                if v.is_empty() || v.chars().count() > max {
-                    Err(ApiError::invalid_parameter(
-                        name,
-                        format!("{name} must be 1 to {max} characters"),
-                    ))
+                if v.is_empty() || v.chars().count() > max || v.contains('\0') {
+                    Err(ApiError::invalid_parameter(name, format!("{name} must be 1 to {max} characters")))
                 } else {
                     Ok(v)
                 }
@@ -381,16 +372,12 @@ impl QueryParams {
     pub fn limit(&mut self) -> Result<i64, ApiError> {
         match self.take("limit") {
             None => Ok(DEFAULT_LIMIT),
-            Some(v) => v
-                .parse::<i64>()
-                .ok()
-                .filter(|n| (1..=MAX_LIMIT).contains(n))
-                .ok_or_else(|| {
-                    ApiError::invalid_parameter(
-                        "limit",
-                        format!("limit must be an integer from 1 to {MAX_LIMIT}"),
-                    )
-                }),
+            Some(v) => v.parse::<i64>().ok().filter(|n| (1..=MAX_LIMIT).contains(n)).ok_or_else(|| {
+                ApiError::invalid_parameter(
+                    "limit",
+                    format!("limit must be an integer from 1 to {MAX_LIMIT}"),
+                )
+            }),
         }
     }
 
@@ -444,10 +431,10 @@ impl Cursor {
         let (micros, id) = text.split_once('.')?;
         let micros: i128 = micros.parse().ok()?;
         let created_at = OffsetDateTime::from_unix_timestamp_nanos(micros.checked_mul(1_000)?).ok()?;
-        Some(Self {
-            created_at,
-            id: Uuid::parse_str(id).ok()?,
-        })
+        if !plausible_year(created_at.year()) {
+            return None;
+        }
+        Some(Self { created_at, id: Uuid::parse_str(id).ok()? })
     }
 }
 
@@ -464,9 +451,7 @@ mod tests {
 
     #[test]
     fn unknown_fields_are_named() {
-        let err = fields(r#"{"title":"x","bogus":1}"#, &["title"])
-            .err()
-            .expect("refused");
+        let err = fields(r#"{"title":"x","bogus":1}"#, &["title"]).err().expect("refused");
         assert_eq!((err.code(), err.field()), ("unknown_field", Some("bogus")));
     }
 
@@ -487,25 +472,12 @@ mod tests {
             &["a", "b", "c", "d", "e", "f", "g", "h"],
         )
         .expect("ok");
-        assert_eq!(
-            f.decimal("a", 16, 2).expect("ok"),
-            Patch::Value("1200.50".to_owned())
-        );
-        assert_eq!(
-            f.decimal("b", 16, 2).expect("ok"),
-            Patch::Value("1200.5".to_owned())
-        );
+        assert_eq!(f.decimal("a", 16, 2).expect("ok"), Patch::Value("1200.50".to_owned()));
+        assert_eq!(f.decimal("b", 16, 2).expect("ok"), Patch::Value("1200.5".to_owned()));
         for bad in ["c", "d", "e", "f", "g"] {
-            assert_eq!(
-                f.decimal(bad, 16, 2).err().map(|e| e.code()),
-                Some("invalid_value"),
-                "{bad}"
-            );
+            assert_eq!(f.decimal(bad, 16, 2).err().map(|e| e.code()), Some("invalid_value"), "{bad}");
         }
-        assert_eq!(
-            f.decimal("h", 16, 2).err().map(|e| e.code()),
-            Some("invalid_type")
-        );
+        assert_eq!(f.decimal("h", 16, 2).err().map(|e| e.code()), Some("invalid_type"));
     }
 
     #[test]
@@ -513,14 +485,8 @@ mod tests {
         let f = fields(r#"{"a":null}"#, &["a", "b"]).expect("ok");
         assert_eq!(f.uuid("a").expect("ok"), Patch::Null);
         assert_eq!(f.uuid("b").expect("ok"), Patch::Absent);
-        assert_eq!(
-            f.text("a", 5).expect("ok").required("a").err().map(|e| e.code()),
-            Some("missing_field")
-        );
-        assert_eq!(
-            f.text("a", 5).expect("ok").not_null("a").err().map(|e| e.code()),
-            Some("missing_field")
-        );
+        assert_eq!(f.text("a", 5).expect("ok").required("a").err().map(|e| e.code()), Some("missing_field"));
+        assert_eq!(f.text("a", 5).expect("ok").not_null("a").err().map(|e| e.code()), Some("missing_field"));
         assert_eq!(f.text("b", 5).expect("ok").not_null("b").expect("ok"), None);
     }
 
@@ -531,22 +497,31 @@ mod tests {
             id: Uuid::now_v7(),
         };
         assert_eq!(Cursor::decode(&c.encode()), Some(c));
-        for bad in [
-            "",
-            "!!",
-            "bm90LWEtY3Vyc29y",
-            &URL_SAFE_NO_PAD.encode("1.not-a-uuid"),
-        ] {
+        for bad in ["", "!!", "bm90LWEtY3Vyc29y", &URL_SAFE_NO_PAD.encode("1.not-a-uuid")] {
             assert_eq!(Cursor::decode(bad), None, "{bad}");
         }
     }
 
     #[test]
+    fn nul_characters_and_implausible_dates_are_refused() {
+        let f = fields(
+            r#"{"a":"x\u0000y","d":"-9999-01-01","e":"10000-01-01","g":"2027-01-31"}"#,
+            &["a", "d", "e", "g"],
+        )
+        .expect("ok");
+        assert_eq!(f.text("a", 10).err().map(|e| e.code()), Some("invalid_value"));
+        assert_eq!(f.date("d").err().map(|e| e.code()), Some("invalid_value"));
+        assert_eq!(f.date("e").err().map(|e| e.code()), Some("invalid_value"));
+        assert!(matches!(f.date("g"), Ok(Patch::Value(_))));
+        let mut q = QueryParams::parse(Some("domain=a%00b")).expect("ok");
+        assert_eq!(q.text("domain", 10).err().map(|e| e.code()), Some("invalid_parameter"));
+        let far = URL_SAFE_NO_PAD.encode(format!("-300000000000000000.{}", Uuid::nil().simple()));
+        assert_eq!(Cursor::decode(&far), None);
+    }
+
+    #[test]
     fn query_parameters_are_strict() {
-        assert_eq!(
-            QueryParams::parse(Some("a=1&a=2")).err().map(|e| e.code()),
-            Some("invalid_parameter")
-        );
+        assert_eq!(QueryParams::parse(Some("a=1&a=2")).err().map(|e| e.code()), Some("invalid_parameter"));
         let mut q = QueryParams::parse(Some("limit=101")).expect("ok");
         assert_eq!(q.limit().err().map(|e| e.code()), Some("invalid_parameter"));
         let mut q = QueryParams::parse(Some("limit=5&x=1")).expect("ok");
@@ -570,16 +545,7 @@ impl<T> Page<T> {
         let limit = usize::try_from(limit).unwrap_or(0);
         let has_more = items.len() > limit;
         items.truncate(limit);
-        let next_cursor = if has_more {
-            items.last().map(|last| cursor_of(last).encode())
-        } else {
-            None
-        };
-        Self {
-            object: "list",
-            data: items,
-            has_more,
-            next_cursor,
-        }
+        let next_cursor = if has_more { items.last().map(|last| cursor_of(last).encode()) } else { None };
+        Self { object: "list", data: items, has_more, next_cursor }
     }
 }

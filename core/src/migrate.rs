@@ -44,14 +44,8 @@ impl SchemaMigrations {
 
 /// `core` first, then every module in order.
 pub fn plan(modules: &[&dyn Module]) -> Vec<SchemaMigrations> {
-    let mut plan = vec![SchemaMigrations {
-        schema: "core",
-        runner: embedded::migrations::runner(),
-    }];
-    plan.extend(modules.iter().map(|m| SchemaMigrations {
-        schema: m.name(),
-        runner: m.migrations(),
-    }));
+    let mut plan = vec![SchemaMigrations { schema: "core", runner: embedded::migrations::runner() }];
+    plan.extend(modules.iter().map(|m| SchemaMigrations { schema: m.name(), runner: m.migrations() }));
     plan
 }
 
@@ -66,22 +60,16 @@ pub struct Applied {
 /// Applies every pending migration. `client` must be connected as the owner role.
 pub async fn run(client: &mut Client, modules: &[&dyn Module]) -> Result<Vec<Applied>, MigrateError> {
     check_roles(client, modules).await?;
-    client
-        .execute("select pg_advisory_lock($1)", &[&MIGRATION_LOCK])
-        .await?;
+    client.execute("select pg_advisory_lock($1)", &[&MIGRATION_LOCK]).await?;
     let result = run_locked(client, modules).await;
-    let unlock = client
-        .execute("select pg_advisory_unlock($1)", &[&MIGRATION_LOCK])
-        .await;
+    let unlock = client.execute("select pg_advisory_unlock($1)", &[&MIGRATION_LOCK]).await;
     let applied = result?;
     unlock?;
     Ok(applied)
 }
 
 async fn run_locked(client: &mut Client, modules: &[&dyn Module]) -> Result<Vec<Applied>, MigrateError> {
-    client
-        .batch_execute("create schema if not exists migrations")
-        .await?;
+    client.batch_execute("create schema if not exists migrations").await?;
     let mut applied = Vec::new();
     for mut step in plan(modules) {
         let table = step.history_table();
@@ -90,22 +78,10 @@ async fn run_locked(client: &mut Client, modules: &[&dyn Module]) -> Result<Vec<
             .runner
             .run_async(client)
             .await
-            .map_err(|source| MigrateError::Migration {
-                schema: step.schema.to_owned(),
-                source,
-            })?;
+            .map_err(|source| MigrateError::Migration { schema: step.schema.to_owned(), source })?;
         for m in report.applied_migrations() {
-            tracing::info!(
-                schema = step.schema,
-                version = m.version(),
-                name = m.name(),
-                "migration applied"
-            );
-            applied.push(Applied {
-                schema: step.schema,
-                version: m.version(),
-                name: m.name().to_owned(),
-            });
+            tracing::info!(schema = step.schema, version = m.version(), name = m.name(), "migration applied");
+            applied.push(Applied { schema: step.schema, version: m.version(), name: m.name().to_owned() });
         }
     }
     Ok(applied)
@@ -113,16 +89,11 @@ async fn run_locked(client: &mut Client, modules: &[&dyn Module]) -> Result<Vec<
 
 async fn check_roles(client: &Client, modules: &[&dyn Module]) -> Result<(), MigrateError> {
     use crate::roles::{APP, AUTH, OWNER, REPORTING, RUNTIME, module_role};
-    let mut needed: Vec<String> = [OWNER, AUTH, RUNTIME, APP, REPORTING]
-        .iter()
-        .map(|r| r.to_string())
-        .collect();
+    let mut needed: Vec<String> =
+        [OWNER, AUTH, RUNTIME, APP, REPORTING].iter().map(|r| r.to_string()).collect();
     needed.extend(modules.iter().map(|m| module_role(m.name())));
     for role in needed {
-        let exists = client
-            .query_opt("select 1 from pg_roles where rolname = $1", &[&role])
-            .await?
-            .is_some();
+        let exists = client.query_opt("select 1 from pg_roles where rolname = $1", &[&role]).await?.is_some();
         if !exists {
             return Err(MigrateError::MissingRole(role));
         }
@@ -136,10 +107,7 @@ pub async fn pending_sql(client: &Client, modules: &[&dyn Module]) -> Result<Str
     let mut out = String::new();
     for step in plan(modules) {
         let table = format!("migrations.{}_history", step.schema);
-        let exists: bool = client
-            .query_one("select to_regclass($1) is not null", &[&table])
-            .await?
-            .get(0);
+        let exists: bool = client.query_one("select to_regclass($1) is not null", &[&table]).await?.get(0);
         let applied: Vec<i32> = if exists {
             let sql = format!("select version from {} order by version", step.history_table());
             client.query(&sql, &[]).await?.iter().map(|r| r.get(0)).collect()

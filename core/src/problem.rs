@@ -37,13 +37,7 @@ struct ProblemBody<'a> {
 
 impl ApiError {
     pub fn new(status: StatusCode, code: &'static str, detail: impl Into<Cow<'static, str>>) -> Self {
-        Self {
-            status,
-            code,
-            detail: detail.into(),
-            field: None,
-            internal: None,
-        }
+        Self { status, code, detail: detail.into(), field: None, internal: None }
     }
 
     /// Names the request field (body member or query parameter) that the error is about.
@@ -120,60 +114,60 @@ impl ApiError {
             return Self::unavailable(&err);
         };
         let state = db.code();
-        let known = db
-            .constraint()
-            .and_then(|name| constraints.iter().find(|c| c.name == name));
+        let known = db.constraint().and_then(|name| constraints.iter().find(|c| c.name == name));
         let field = known.map(|c| Cow::Borrowed(c.field));
-        let (status, code, detail): (StatusCode, &'static str, Cow<'static, str>) =
-            if *state == SqlState::UNIQUE_VIOLATION {
-                let detail = match known {
-                    Some(c) => format!("another record already has this {}", c.field).into(),
-                    None => "a record with these values already exists".into(),
-                };
-                (StatusCode::CONFLICT, "already_exists", detail)
-            } else if *state == SqlState::FOREIGN_KEY_VIOLATION {
-                match known {
-                    Some(c) if c.referenced_by_others => (
-                        StatusCode::CONFLICT,
-                        "still_referenced",
-                        format!("other records still refer to this one through {}", c.field).into(),
-                    ),
-                    Some(c) => (
-                        StatusCode::UNPROCESSABLE_ENTITY,
-                        "invalid_reference",
-                        format!("{} does not refer to an existing {}", c.field, c.target).into(),
-                    ),
-                    None => (
-                        StatusCode::UNPROCESSABLE_ENTITY,
-                        "invalid_reference",
-                        "a reference is invalid".into(),
-                    ),
-                }
-            } else if *state == SqlState::CHECK_VIOLATION
-                || *state == SqlState::NOT_NULL_VIOLATION
-                || *state == SqlState::STRING_DATA_RIGHT_TRUNCATION
-                || *state == SqlState::NUMERIC_VALUE_OUT_OF_RANGE
-                || *state == SqlState::INVALID_TEXT_REPRESENTATION
-                || *state == SqlState::DATETIME_FIELD_OVERFLOW
-            {
-                let detail = match known {
-                    Some(c) => format!("{} is not valid", c.field).into(),
-                    None => "a value is not valid".into(),
-                };
-                (StatusCode::UNPROCESSABLE_ENTITY, "invalid_value", detail)
-            } else if *state == SqlState::INSUFFICIENT_PRIVILEGE {
-                // Row-level security refusing a write, or a missing grant: never the client's to see in detail.
-                return Self::internal(&err);
-            } else if *state == SqlState::T_R_SERIALIZATION_FAILURE
-                || *state == SqlState::T_R_DEADLOCK_DETECTED
-                || *state == SqlState::TOO_MANY_CONNECTIONS
-                || *state == SqlState::ADMIN_SHUTDOWN
-                || *state == SqlState::CANNOT_CONNECT_NOW
-            {
-                return Self::unavailable(&err);
-            } else {
-                return Self::internal(&err);
+        let (status, code, detail): (StatusCode, &'static str, Cow<'static, str>) = if *state
+            == SqlState::UNIQUE_VIOLATION
+        {
+            let detail = match known {
+                Some(c) => format!("another record already has this {}", c.field).into(),
+                None => "a record with these values already exists".into(),
             };
+            (StatusCode::CONFLICT, "already_exists", detail)
+        } else if *state == SqlState::FOREIGN_KEY_VIOLATION {
+            match known {
+                Some(c) if c.referenced_by_others => (
+                    StatusCode::CONFLICT,
+                    "still_referenced",
+                    format!("other records still refer to this one through {}", c.field).into(),
+                ),
+                Some(c) => (
+                    StatusCode::UNPROCESSABLE_ENTITY,
+                    "invalid_reference",
+                    format!("{} does not refer to an existing {}", c.field, c.target).into(),
+                ),
+                None => {
+                    (StatusCode::UNPROCESSABLE_ENTITY, "invalid_reference", "a reference is invalid".into())
+                }
+            }
+        } else if *state == SqlState::CHECK_VIOLATION
+            || *state == SqlState::NOT_NULL_VIOLATION
+            || *state == SqlState::STRING_DATA_RIGHT_TRUNCATION
+            || *state == SqlState::NUMERIC_VALUE_OUT_OF_RANGE
+            || *state == SqlState::INVALID_TEXT_REPRESENTATION
+            || *state == SqlState::DATETIME_FIELD_OVERFLOW
+            || *state == SqlState::DATETIME_VALUE_OUT_OF_RANGE
+            || *state == SqlState::CHARACTER_NOT_IN_REPERTOIRE
+            || *state == SqlState::UNTRANSLATABLE_CHARACTER
+        {
+            let detail = match known {
+                Some(c) => format!("{} is not valid", c.field).into(),
+                None => "a value is not valid".into(),
+            };
+            (StatusCode::UNPROCESSABLE_ENTITY, "invalid_value", detail)
+        } else if *state == SqlState::INSUFFICIENT_PRIVILEGE {
+            // Row-level security refusing a write, or a missing grant: never the client's to see in detail.
+            return Self::internal(&err);
+        } else if *state == SqlState::T_R_SERIALIZATION_FAILURE
+            || *state == SqlState::T_R_DEADLOCK_DETECTED
+            || *state == SqlState::TOO_MANY_CONNECTIONS
+            || *state == SqlState::ADMIN_SHUTDOWN
+            || *state == SqlState::CANNOT_CONNECT_NOW
+        {
+            return Self::unavailable(&err);
+        } else {
+            return Self::internal(&err);
+        };
         let mut e = Self::new(status, code, detail);
         e.field = field;
         e
@@ -193,30 +187,15 @@ pub struct Constraint {
 
 impl Constraint {
     pub const fn field(name: &'static str, field: &'static str) -> Self {
-        Self {
-            name,
-            field,
-            target: "",
-            referenced_by_others: false,
-        }
+        Self { name, field, target: "", referenced_by_others: false }
     }
 
     pub const fn reference(name: &'static str, field: &'static str, target: &'static str) -> Self {
-        Self {
-            name,
-            field,
-            target,
-            referenced_by_others: false,
-        }
+        Self { name, field, target, referenced_by_others: false }
     }
 
     pub const fn referenced_by(name: &'static str, field: &'static str) -> Self {
-        Self {
-            name,
-            field,
-            target: "",
-            referenced_by_others: true,
-        }
+        Self { name, field, target: "", referenced_by_others: true }
     }
 }
 
@@ -246,15 +225,13 @@ impl IntoResponse for ApiError {
         };
         let bytes = serde_json::to_vec(&body).unwrap_or_default();
         let mut response = (self.status, bytes).into_response();
-        response.headers_mut().insert(
-            header::CONTENT_TYPE,
-            HeaderValue::from_static("application/problem+json"),
-        );
+        response
+            .headers_mut()
+            .insert(header::CONTENT_TYPE, HeaderValue::from_static("application/problem+json"));
         if self.status == StatusCode::UNAUTHORIZED {
-            response.headers_mut().insert(
-                header::WWW_AUTHENTICATE,
-                HeaderValue::from_static("Bearer realm=\"tessera\""),
-            );
+            response
+                .headers_mut()
+                .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer realm=\"tessera\""));
         }
         response
     }

@@ -53,18 +53,9 @@ pub fn script(modules: &[&str]) -> String {
 pub fn cluster_script(modules: &[&str]) -> String {
     let module_roles: Vec<String> = modules.iter().map(|m| module_role(m)).collect();
     let mut roles: Vec<(String, &str)> = vec![
-        (
-            OWNER.into(),
-            "login nosuperuser nocreatedb nocreaterole noreplication nobypassrls inherit",
-        ),
-        (
-            AUTH.into(),
-            "nologin nosuperuser nocreatedb nocreaterole noreplication bypassrls",
-        ),
-        (
-            RUNTIME.into(),
-            "nologin nosuperuser nocreatedb nocreaterole noreplication nobypassrls",
-        ),
+        (OWNER.into(), "login nosuperuser nocreatedb nocreaterole noreplication nobypassrls inherit"),
+        (AUTH.into(), "nologin nosuperuser nocreatedb nocreaterole noreplication bypassrls"),
+        (RUNTIME.into(), "nologin nosuperuser nocreatedb nocreaterole noreplication nobypassrls"),
     ];
     for role in &module_roles {
         roles.push((
@@ -72,18 +63,9 @@ pub fn cluster_script(modules: &[&str]) -> String {
             "nologin nosuperuser nocreatedb nocreaterole noreplication nobypassrls inherit",
         ));
     }
-    roles.push((
-        APP.into(),
-        "login nosuperuser nocreatedb nocreaterole noreplication nobypassrls noinherit",
-    ));
-    roles.push((
-        REPORTING.into(),
-        "nologin nosuperuser nocreatedb nocreaterole noreplication nobypassrls",
-    ));
-    roles.push((
-        REPLICATION.into(),
-        "login nosuperuser nocreatedb nocreaterole replication nobypassrls",
-    ));
+    roles.push((APP.into(), "login nosuperuser nocreatedb nocreaterole noreplication nobypassrls noinherit"));
+    roles.push((REPORTING.into(), "nologin nosuperuser nocreatedb nocreaterole noreplication nobypassrls"));
+    roles.push((REPLICATION.into(), "login nosuperuser nocreatedb nocreaterole replication nobypassrls"));
 
     let mut out = String::new();
     for (role, attributes) in &roles {
@@ -95,17 +77,9 @@ pub fn cluster_script(modules: &[&str]) -> String {
         ));
     }
     out.push_str("\n-- The owner hands the key-lookup functions to tessera_auth.\n");
-    out.push_str(&format!(
-        "grant {} to {};\n",
-        quote_ident(AUTH),
-        quote_ident(OWNER)
-    ));
+    out.push_str(&format!("grant {} to {};\n", quote_ident(AUTH), quote_ident(OWNER)));
     for role in &module_roles {
-        out.push_str(&format!(
-            "grant {} to {};\n",
-            quote_ident(RUNTIME),
-            quote_ident(role)
-        ));
+        out.push_str(&format!("grant {} to {};\n", quote_ident(RUNTIME), quote_ident(role)));
         out.push_str(&format!("grant {} to {};\n", quote_ident(role), quote_ident(APP)));
     }
     out

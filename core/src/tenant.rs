@@ -47,15 +47,10 @@ pub struct InvalidSlug(String);
 impl TenantSlug {
     pub fn parse(s: &str) -> Result<Self, InvalidSlug> {
         let ok = (2..=63).contains(&s.len())
-            && s.bytes()
-                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+            && s.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
             && !s.starts_with('-')
             && !s.ends_with('-');
-        if ok {
-            Ok(Self(s.to_owned()))
-        } else {
-            Err(InvalidSlug(s.to_owned()))
-        }
+        if ok { Ok(Self(s.to_owned())) } else { Err(InvalidSlug(s.to_owned())) }
     }
 
     pub fn as_str(&self) -> &str {
@@ -77,16 +72,7 @@ mod tests {
     fn slugs_are_validated() {
         assert!(TenantSlug::parse("acme").is_ok());
         assert!(TenantSlug::parse("acme-2").is_ok());
-        for bad in [
-            "",
-            "a",
-            "Acme",
-            "-acme",
-            "acme-",
-            "ac me",
-            "acme_x",
-            &"a".repeat(64),
-        ] {
+        for bad in ["", "a", "Acme", "-acme", "acme-", "ac me", "acme_x", &"a".repeat(64)] {
             assert!(TenantSlug::parse(bad).is_err(), "{bad:?} should be refused");
         }
     }

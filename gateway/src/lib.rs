@@ -69,19 +69,14 @@ impl RequestIds {
     fn new() -> Self {
         let prefix =
             tessera_core::apikey::random_hex(6).unwrap_or_else(|_| format!("{:012x}", std::process::id()));
-        Self {
-            prefix: prefix.into(),
-            next: Arc::new(AtomicU64::new(1)),
-        }
+        Self { prefix: prefix.into(), next: Arc::new(AtomicU64::new(1)) }
     }
 }
 
 impl MakeRequestId for RequestIds {
     fn make_request_id<B>(&mut self, _: &axum::http::Request<B>) -> Option<RequestId> {
         let n = self.next.fetch_add(1, Ordering::Relaxed);
-        HeaderValue::from_str(&format!("{}-{n:010}", self.prefix))
-            .ok()
-            .map(RequestId::new)
+        HeaderValue::from_str(&format!("{}-{n:010}", self.prefix)).ok().map(RequestId::new)
     }
 }
 
@@ -93,12 +88,8 @@ async fn readyz(State(db): State<Database>) -> Response {
     if db.is_ready().await {
         axum::Json(serde_json::json!({ "status": "ready" })).into_response()
     } else {
-        ApiError::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "not_ready",
-            "the database does not answer",
-        )
-        .into_response()
+        ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "not_ready", "the database does not answer")
+            .into_response()
     }
 }
 
@@ -128,10 +119,7 @@ impl Application {
         modules: &[Arc<dyn Module>],
     ) -> std::io::Result<Self> {
         let listener = TcpListener::bind(config.listen).await?;
-        Ok(Self {
-            listener,
-            router: router(db, modules, config.body_limit_bytes),
-        })
+        Ok(Self { listener, router: router(db, modules, config.body_limit_bytes) })
     }
 
     pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
@@ -143,8 +131,6 @@ impl Application {
         self,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> std::io::Result<()> {
-        axum::serve(self.listener, self.router)
-            .with_graceful_shutdown(shutdown)
-            .await
+        axum::serve(self.listener, self.router).with_graceful_shutdown(shutdown).await
     }
 }

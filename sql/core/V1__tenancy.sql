@@ -78,6 +78,9 @@ as $$
 declare
     found_key record;
 begin
+    -- Whatever was bound before is dropped first: only a valid key for an active tenant with the module
+    -- enabled leaves a tenant bound.
+    perform set_config('tessera.tenant_id', '', true);
     select k.tenant_id, k.scopes, t.status,
            exists (select 1 from core.tenant_modules m where m.tenant_id = k.tenant_id and m.module = p_module)
                as module_enabled
@@ -98,6 +101,8 @@ $$;
 grant usage, create on schema core to tessera_auth;
 grant select on core.tenants, core.tenant_modules, core.api_keys to tessera_auth;
 alter function core.authenticate_api_key(text, bytea, text) owner to tessera_auth;
+-- CREATE was needed only to take ownership.
+revoke create on schema core from tessera_auth;
 
 revoke all on function core.authenticate_api_key(text, bytea, text) from public;
 revoke all on function core.current_tenant_id() from public;

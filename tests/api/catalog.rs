@@ -37,11 +37,7 @@ async fn every_tenant_table_leads_with_tenant_id_and_forces_row_level_security()
         )
         .await
         .expect("catalog");
-    assert!(
-        rows.len() >= 5,
-        "expected the core and crm tables, got {}",
-        rows.len()
-    );
+    assert!(rows.len() >= 5, "expected the core and crm tables, got {}", rows.len());
     let mut problems = Vec::new();
     for row in &rows {
         let table: String = row.get(0);
@@ -56,14 +52,10 @@ async fn every_tenant_table_leads_with_tenant_id_and_forces_row_level_security()
             problems.push(format!("{table}: no `tenant_id uuid not null` column"));
         }
         if pk_first.as_deref() != Some("tenant_id") {
-            problems.push(format!(
-                "{table}: primary key does not lead with tenant_id ({pk_first:?})"
-            ));
+            problems.push(format!("{table}: primary key does not lead with tenant_id ({pk_first:?})"));
         }
         if !rls || !forced {
-            problems.push(format!(
-                "{table}: row level security enabled={rls} forced={forced}"
-            ));
+            problems.push(format!("{table}: row level security enabled={rls} forced={forced}"));
         }
         let scoped = |e: &String| e.contains("tenant_id = ( SELECT core.current_tenant_id()");
         if using.is_empty() || !using.iter().all(scoped) {
@@ -72,9 +64,7 @@ async fn every_tenant_table_leads_with_tenant_id_and_forces_row_level_security()
             ));
         }
         if checks.is_empty() || !checks.iter().all(scoped) {
-            problems.push(format!(
-                "{table}: policies must check written rows the same way: {checks:?}"
-            ));
+            problems.push(format!("{table}: policies must check written rows the same way: {checks:?}"));
         }
     }
 
@@ -93,31 +83,19 @@ async fn every_tenant_table_leads_with_tenant_id_and_forces_row_level_security()
     for fk in &fks {
         let (name, first, table): (String, String, String) = (fk.get(0), fk.get(1), fk.get(2));
         if first != "tenant_id" {
-            problems.push(format!(
-                "{table}: foreign key {name} does not lead with tenant_id"
-            ));
+            problems.push(format!("{table}: foreign key {name} does not lead with tenant_id"));
         }
     }
-    assert!(
-        problems.is_empty(),
-        "tenancy rules broken:\n{}",
-        problems.join("\n")
-    );
+    assert!(problems.is_empty(), "tenancy rules broken:\n{}", problems.join("\n"));
 }
 
 #[tokio::test]
 async fn no_runtime_role_can_bypass_row_level_security() {
     let app = TestApp::spawn().await;
     let admin = connect(&cluster().superuser, &app.db.name).await;
-    let mut runtime: Vec<String> = ["tessera_app", "tessera_runtime", "tessera_reporting"]
-        .iter()
-        .map(|s| s.to_string())
-        .collect();
-    runtime.extend(
-        crate::support::modules()
-            .iter()
-            .map(|m| format!("tessera_{}", m.name())),
-    );
+    let mut runtime: Vec<String> =
+        ["tessera_app", "tessera_runtime", "tessera_reporting"].iter().map(|s| s.to_string()).collect();
+    runtime.extend(crate::support::modules().iter().map(|m| format!("tessera_{}", m.name())));
     // Each runtime role, and every role it can become through membership.
     let rows = admin
         .query(
@@ -152,19 +130,11 @@ async fn no_runtime_role_can_bypass_row_level_security() {
     let owner_pool =
         tessera_core::db::Database::new(cluster().endpoint.pg_config("tessera_owner", &app.db.name), 1)
             .expect("pool");
-    assert!(
-        owner_pool.ensure_unprivileged().await.is_err(),
-        "serving as the owner must be refused"
-    );
-    let super_pool = tessera_core::db::Database::new(
-        cluster().endpoint.pg_config(&cluster().superuser, &app.db.name),
-        1,
-    )
-    .expect("pool");
-    assert!(
-        super_pool.ensure_unprivileged().await.is_err(),
-        "serving as a superuser must be refused"
-    );
+    assert!(owner_pool.ensure_unprivileged().await.is_err(), "serving as the owner must be refused");
+    let super_pool =
+        tessera_core::db::Database::new(cluster().endpoint.pg_config(&cluster().superuser, &app.db.name), 1)
+            .expect("pool");
+    assert!(super_pool.ensure_unprivileged().await.is_err(), "serving as a superuser must be refused");
 }
 
 #[tokio::test]
@@ -181,13 +151,6 @@ async fn module_roles_have_no_rights_outside_their_schema() {
         )
         .await
         .expect("privileges");
-    let leaks: Vec<String> = rows
-        .iter()
-        .filter(|r| r.get::<_, bool>(1))
-        .map(|r| r.get(0))
-        .collect();
-    assert!(
-        leaks.is_empty(),
-        "tessera_crm reaches tables outside crm: {leaks:?}"
-    );
+    let leaks: Vec<String> = rows.iter().filter(|r| r.get::<_, bool>(1)).map(|r| r.get(0)).collect();
+    assert!(leaks.is_empty(), "tessera_crm reaches tables outside crm: {leaks:?}");
 }

@@ -9,13 +9,7 @@ use crate::support::TestApp;
 async fn a_deal_goes_through_its_whole_life() {
     let mut app = TestApp::spawn().await;
     let (_, key) = app.tenant("acme").await;
-    let company = app
-        .create(
-            "companies",
-            &key,
-            json!({"name": "Globex", "domain": "Globex.example"}),
-        )
-        .await;
+    let company = app.create("companies", &key, json!({"name": "Globex", "domain": "Globex.example"})).await;
     let contact = app
         .create(
             "contacts",
@@ -34,10 +28,7 @@ async fn a_deal_goes_through_its_whole_life() {
         .await;
     assert_eq!(created.status, StatusCode::CREATED);
     let id = created.body["id"].as_str().expect("id").to_owned();
-    assert_eq!(
-        created.headers["location"],
-        format!("/v1/crm/deals/{id}").as_str()
-    );
+    assert_eq!(created.headers["location"], format!("/v1/crm/deals/{id}").as_str());
     assert_eq!(created.body["object"], "deal");
     assert_eq!(created.body["stage"], "lead");
     assert_eq!(created.body["amount"], "87500.50");
@@ -48,13 +39,8 @@ async fn a_deal_goes_through_its_whole_life() {
     assert_eq!(fetched.status, StatusCode::OK);
     assert_eq!(fetched.body, created.body);
 
-    let updated = app
-        .patch(
-            &format!("/v1/crm/deals/{id}"),
-            &key,
-            json!({"stage": "won", "contact_id": null}),
-        )
-        .await;
+    let updated =
+        app.patch(&format!("/v1/crm/deals/{id}"), &key, json!({"stage": "won", "contact_id": null})).await;
     assert_eq!(updated.status, StatusCode::OK, "{}", updated.body);
     assert_eq!(updated.body["stage"], "won");
     assert_eq!(updated.body["contact_id"], serde_json::Value::Null);
@@ -64,12 +50,8 @@ async fn a_deal_goes_through_its_whole_life() {
 
     let deleted = app.delete(&format!("/v1/crm/deals/{id}"), &key).await;
     assert_eq!(deleted.status, StatusCode::NO_CONTENT);
-    app.get(&format!("/v1/crm/deals/{id}"), &key)
-        .await
-        .assert_problem(404, "not_found");
-    app.delete(&format!("/v1/crm/deals/{id}"), &key)
-        .await
-        .assert_problem(404, "not_found");
+    app.get(&format!("/v1/crm/deals/{id}"), &key).await.assert_problem(404, "not_found");
+    app.delete(&format!("/v1/crm/deals/{id}"), &key).await.assert_problem(404, "not_found");
 }
 
 #[tokio::test]
@@ -78,21 +60,11 @@ async fn companies_and_contacts_are_created_read_updated_and_deleted() {
     let (_, key) = app.tenant("acme").await;
 
     let company = app
-        .post(
-            "/v1/crm/companies",
-            &key,
-            json!({"name": "  Initech  ", "domain": "INITECH.example"}),
-        )
+        .post("/v1/crm/companies", &key, json!({"name": "  Initech  ", "domain": "INITECH.example"}))
         .await;
     assert_eq!(company.status, StatusCode::CREATED);
-    assert_eq!(
-        company.body["name"], "Initech",
-        "surrounding whitespace is trimmed"
-    );
-    assert_eq!(
-        company.body["domain"], "initech.example",
-        "domains are lowercased"
-    );
+    assert_eq!(company.body["name"], "Initech", "surrounding whitespace is trimmed");
+    assert_eq!(company.body["domain"], "initech.example", "domains are lowercased");
     let company_id = company.body["id"].as_str().expect("id").to_owned();
 
     let contact = app
@@ -105,48 +77,28 @@ async fn companies_and_contacts_are_created_read_updated_and_deleted() {
     assert_eq!(contact.status, StatusCode::CREATED);
     let contact_id = contact.body["id"].as_str().expect("id").to_owned();
 
-    let renamed = app
-        .patch(
-            &format!("/v1/crm/companies/{company_id}"),
-            &key,
-            json!({"name": "Initrode"}),
-        )
-        .await;
+    let renamed =
+        app.patch(&format!("/v1/crm/companies/{company_id}"), &key, json!({"name": "Initrode"})).await;
     assert_eq!(renamed.body["name"], "Initrode");
     assert_eq!(renamed.body["domain"], "initech.example");
-    let cleared = app
-        .patch(
-            &format!("/v1/crm/companies/{company_id}"),
-            &key,
-            json!({"domain": null}),
-        )
-        .await;
+    let cleared = app.patch(&format!("/v1/crm/companies/{company_id}"), &key, json!({"domain": null})).await;
     assert_eq!(cleared.body["domain"], serde_json::Value::Null);
 
-    let moved = app
-        .patch(
-            &format!("/v1/crm/contacts/{contact_id}"),
-            &key,
-            json!({"phone": "+1 555 0100"}),
-        )
-        .await;
+    let moved =
+        app.patch(&format!("/v1/crm/contacts/{contact_id}"), &key, json!({"phone": "+1 555 0100"})).await;
     assert_eq!(moved.body["phone"], "+1 555 0100");
     assert_eq!(moved.body["company_id"], company_id.as_str());
 
     // Deleting the company detaches its contacts rather than deleting them.
     assert_eq!(
-        app.delete(&format!("/v1/crm/companies/{company_id}"), &key)
-            .await
-            .status,
+        app.delete(&format!("/v1/crm/companies/{company_id}"), &key).await.status,
         StatusCode::NO_CONTENT
     );
     let orphan = app.get(&format!("/v1/crm/contacts/{contact_id}"), &key).await;
     assert_eq!(orphan.status, StatusCode::OK);
     assert_eq!(orphan.body["company_id"], serde_json::Value::Null);
     assert_eq!(
-        app.delete(&format!("/v1/crm/contacts/{contact_id}"), &key)
-            .await
-            .status,
+        app.delete(&format!("/v1/crm/contacts/{contact_id}"), &key).await.status,
         StatusCode::NO_CONTENT
     );
 }
@@ -156,16 +108,10 @@ async fn a_company_with_deals_cannot_be_deleted() {
     let mut app = TestApp::spawn().await;
     let (_, key) = app.tenant("acme").await;
     let company = app.create("companies", &key, json!({"name": "Acme"})).await;
-    app.create("deals", &key, json!({"title": "Anvils", "company_id": company}))
-        .await;
+    app.create("deals", &key, json!({"title": "Anvils", "company_id": company})).await;
     let r = app.delete(&format!("/v1/crm/companies/{company}"), &key).await;
     r.assert_problem(409, "still_referenced");
-    assert_eq!(
-        app.get(&format!("/v1/crm/companies/{company}"), &key)
-            .await
-            .status,
-        StatusCode::OK
-    );
+    assert_eq!(app.get(&format!("/v1/crm/companies/{company}"), &key).await.status, StatusCode::OK);
 }
 
 #[tokio::test]
@@ -174,10 +120,7 @@ async fn lists_page_through_every_record_once_in_a_stable_order() {
     let (_, key) = app.tenant("acme").await;
     let mut ids = Vec::new();
     for i in 0..23 {
-        ids.push(
-            app.create("companies", &key, json!({"name": format!("Company {i:02}")}))
-                .await,
-        );
+        ids.push(app.create("companies", &key, json!({"name": format!("Company {i:02}")})).await);
     }
 
     let mut seen = Vec::new();
@@ -220,18 +163,8 @@ async fn deals_are_filtered_by_stage_company_and_owner() {
         json!({"title": "1", "company_id": a, "stage": "won", "owner_email": "x@acme.example"}),
     )
     .await;
-    app.create(
-        "deals",
-        &key,
-        json!({"title": "2", "company_id": a, "stage": "lead"}),
-    )
-    .await;
-    app.create(
-        "deals",
-        &key,
-        json!({"title": "3", "company_id": b, "stage": "won"}),
-    )
-    .await;
+    app.create("deals", &key, json!({"title": "2", "company_id": a, "stage": "lead"})).await;
+    app.create("deals", &key, json!({"title": "3", "company_id": b, "stage": "won"})).await;
 
     let titles = |r: &crate::support::TestResponse| -> Vec<String> {
         r.body["data"]
@@ -241,27 +174,25 @@ async fn deals_are_filtered_by_stage_company_and_owner() {
             .map(|d| d["title"].as_str().expect("t").to_owned())
             .collect()
     };
-    assert_eq!(
-        titles(&app.get("/v1/crm/deals?stage=won", &key).await),
-        ["1", "3"]
-    );
-    assert_eq!(
-        titles(&app.get(&format!("/v1/crm/deals?company_id={a}"), &key).await),
-        ["1", "2"]
-    );
-    assert_eq!(
-        titles(
-            &app.get(&format!("/v1/crm/deals?company_id={a}&stage=won"), &key)
-                .await
-        ),
-        ["1"]
-    );
-    assert_eq!(
-        titles(&app.get("/v1/crm/deals?owner_email=X@acme.example", &key).await),
-        ["1"]
-    );
+    assert_eq!(titles(&app.get("/v1/crm/deals?stage=won", &key).await), ["1", "3"]);
+    assert_eq!(titles(&app.get(&format!("/v1/crm/deals?company_id={a}"), &key).await), ["1", "2"]);
+    assert_eq!(titles(&app.get(&format!("/v1/crm/deals?company_id={a}&stage=won"), &key).await), ["1"]);
+    assert_eq!(titles(&app.get("/v1/crm/deals?owner_email=X@acme.example", &key).await), ["1"]);
     let contacts = app.get(&format!("/v1/crm/contacts?company_id={b}"), &key).await;
     assert_eq!(contacts.body["data"].as_array().expect("data").len(), 0);
+}
+
+#[tokio::test]
+async fn e_mail_filters_ignore_case_beyond_ascii() {
+    let mut app = TestApp::spawn().await;
+    let (_, key) = app.tenant("acme").await;
+    let id = app.create("contacts", &key, json!({"first_name": "Émile", "email": "Émile@Exemple.fr"})).await;
+    for query in ["email=%C3%89mile@exemple.fr", "email=%C3%A9MILE@EXEMPLE.FR"] {
+        let r = app.get(&format!("/v1/crm/contacts?{query}"), &key).await;
+        let found: Vec<&str> =
+            r.body["data"].as_array().expect("data").iter().filter_map(|c| c["id"].as_str()).collect();
+        assert_eq!(found, [id.as_str()], "{query}");
+    }
 }
 
 #[tokio::test]

@@ -7,15 +7,9 @@ use crate::support::{cluster, connect, modules};
 async fn empty_database() -> String {
     let name = format!("m_{}", uuid::Uuid::new_v4().simple());
     let admin = connect(&cluster().superuser, "postgres").await;
-    admin
-        .batch_execute(&format!("create database {name} owner tessera_owner"))
-        .await
-        .expect("create");
+    admin.batch_execute(&format!("create database {name} owner tessera_owner")).await.expect("create");
     let admin = connect(&cluster().superuser, &name).await;
-    admin
-        .batch_execute(&roles::database_script())
-        .await
-        .expect("grants");
+    admin.batch_execute(&roles::database_script()).await.expect("grants");
     name
 }
 
@@ -28,10 +22,7 @@ async fn concurrent_migration_runs_apply_each_migration_once() {
         let refs: Vec<&dyn Module> = modules.iter().map(|m| m.as_ref()).collect();
         migrate::pending_sql(&client, &refs).await.expect("pending")
     };
-    assert!(
-        before.contains("-- core: V1__tenancy") && before.contains("-- crm: V1__crm"),
-        "{before}"
-    );
+    assert!(before.contains("-- core: V1__tenancy") && before.contains("-- crm: V1__crm"), "{before}");
 
     let runs = (0..4).map(|_| {
         let db = db.clone();
@@ -39,19 +30,14 @@ async fn concurrent_migration_runs_apply_each_migration_once() {
         tokio::spawn(async move {
             let mut client = connect("tessera_owner", &db).await;
             let refs: Vec<&dyn Module> = modules.iter().map(|m| m.as_ref()).collect();
-            migrate::run(&mut client, &refs)
-                .await
-                .map(|applied| applied.len())
+            migrate::run(&mut client, &refs).await.map(|applied| applied.len())
         })
     });
     let mut applied_total = 0;
     for run in runs {
         applied_total += run.await.expect("join").expect("every run succeeds");
     }
-    assert_eq!(
-        applied_total, 2,
-        "core V1 and crm V1, each applied by exactly one run"
-    );
+    assert_eq!(applied_total, 2, "core V1 and crm V1, each applied by exactly one run");
 
     let client = connect("tessera_owner", &db).await;
     for schema in ["core", "crm"] {
@@ -66,10 +52,7 @@ async fn concurrent_migration_runs_apply_each_migration_once() {
     assert_eq!(migrate::pending_sql(&client, &refs).await.expect("pending"), "");
     drop(client);
     let admin = connect(&cluster().superuser, "postgres").await;
-    admin
-        .batch_execute(&format!("drop database {db} with (force)"))
-        .await
-        .expect("drop");
+    admin.batch_execute(&format!("drop database {db} with (force)")).await.expect("drop");
 }
 
 #[tokio::test]
@@ -94,18 +77,10 @@ async fn migrating_without_the_roles_says_what_to_do() {
     let mut with_ghost = refs.clone();
     with_ghost.push(&Ghost);
     let mut owner = connect("tessera_owner", &db).await;
-    let err = migrate::run(&mut owner, &with_ghost)
-        .await
-        .expect_err("missing role");
-    assert!(
-        err.to_string().contains("tessera_ghost") && err.to_string().contains("roles --print"),
-        "{err}"
-    );
+    let err = migrate::run(&mut owner, &with_ghost).await.expect_err("missing role");
+    assert!(err.to_string().contains("tessera_ghost") && err.to_string().contains("roles --print"), "{err}");
     drop(owner);
     drop(admin);
     let admin = connect(&cluster().superuser, "postgres").await;
-    admin
-        .batch_execute(&format!("drop database {db} with (force)"))
-        .await
-        .expect("drop");
+    admin.batch_execute(&format!("drop database {db} with (force)")).await.expect("drop");
 }

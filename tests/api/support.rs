@@ -42,49 +42,31 @@ static CLUSTER: OnceLock<TestCluster> = OnceLock::new();
 pub fn cluster() -> &'static TestCluster {
     CLUSTER.get_or_init(|| {
         // Started on a thread of its own: the caller may be inside an async runtime.
-        std::thread::spawn(start_cluster)
-            .join()
-            .expect("the test cluster could not start")
+        std::thread::spawn(start_cluster).join().expect("the test cluster could not start")
     })
 }
 
 fn start_cluster() -> TestCluster {
-    let unique = format!(
-        "tessera-test-{}-{}",
-        std::process::id(),
-        uuid::Uuid::new_v4().simple()
-    );
+    let unique = format!("tessera-test-{}-{}", std::process::id(), uuid::Uuid::new_v4().simple());
     let root = std::env::temp_dir().join(&unique[..32]);
     std::fs::create_dir_all(&root).expect("create the test folder");
     let bindir = std::env::var_os("TESSERA_PG_BINDIR").map(PathBuf::from);
     let bin = PgBinaries::locate(bindir.as_deref()).expect("PostgreSQL server binaries");
     let cluster = Cluster::new(
         bin.clone(),
-        ClusterOptions {
-            data_dir: root.join("pg"),
-            superuser: "postgres".into(),
-            durable: false,
-        },
+        ClusterOptions { data_dir: root.join("pg"), superuser: "postgres".into(), durable: false },
     )
     .expect("cluster");
     cluster.init("test-only-password").expect("initdb");
     let endpoint = cluster.start().expect("start postgres");
     let watchdog = cluster.stop_when_process_exits(Some(&root)).expect("watchdog");
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .expect("runtime");
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
     let modules = modules();
     let refs: Vec<&dyn Module> = modules.iter().map(|m| m.as_ref()).collect();
     runtime
         .block_on(bootstrap::provision(&endpoint, "postgres", TEMPLATE, &refs))
         .expect("provision the template database");
-    TestCluster {
-        endpoint,
-        superuser: "postgres".into(),
-        bindir: bin.bindir,
-        _watchdog: watchdog,
-    }
+    TestCluster { endpoint, superuser: "postgres".into(), bindir: bin.bindir, _watchdog: watchdog }
 }
 
 /// A fresh database for one test, dropped when the test ends.
@@ -98,16 +80,11 @@ impl TestDb {
         let name = format!("t_{}", uuid::Uuid::new_v4().simple());
         let admin = connect(&cluster.superuser, "postgres").await;
         admin
-            .batch_execute(&format!(
-                "create database {name} template {TEMPLATE} owner {OWNER}"
-            ))
+            .batch_execute(&format!("create database {name} template {TEMPLATE} owner {OWNER}"))
             .await
             .expect("create the test database");
         let admin = connect(&cluster.superuser, &name).await;
-        admin
-            .batch_execute(&roles::database_script())
-            .await
-            .expect("database grants");
+        admin.batch_execute(&roles::database_script()).await.expect("database grants");
         Self { name }
     }
 
@@ -165,29 +142,23 @@ impl TestResponse {
     /// Asserts a problem+json error with this status and code.
     #[track_caller]
     pub fn assert_problem(&self, status: u16, code: &str) {
-        assert_eq!(
-            self.status.as_u16(),
-            status,
-            "unexpected status; body: {}",
-            self.body
-        );
+        assert_eq!(self.status.as_u16(), status, "unexpected status; body: {}", self.body);
         assert_eq!(self.code(), code, "unexpected code; body: {}", self.body);
-        let ct = self
-            .headers
-            .get("content-type")
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or("");
+        let ct = self.headers.get("content-type").and_then(|v| v.to_str().ok()).unwrap_or("");
         assert_eq!(ct, "application/problem+json");
     }
 }
 
 impl TestApp {
     pub async fn spawn() -> Self {
+        Self::spawn_with_pool(4).await
+    }
+
+    /// With a pool of one connection every request reuses the same session.
+    pub async fn spawn_with_pool(size: usize) -> Self {
         let db = TestDb::create().await;
-        let pool = Database::new(cluster().endpoint.pg_config(APP, &db.name), 4).expect("pool");
-        pool.ensure_unprivileged()
-            .await
-            .expect("the app role must be unprivileged");
+        let pool = Database::new(cluster().endpoint.pg_config(APP, &db.name), size).expect("pool");
+        pool.ensure_unprivileged().await.expect("the app role must be unprivileged");
         let router = tessera_gateway::router(pool, &modules(), BODY_LIMIT);
         let owner = db.connect_as(OWNER).await;
         Self { db, router, owner }
@@ -195,44 +166,31 @@ impl TestApp {
 
     /// Creates a tenant with every module enabled and returns it with a read-write key.
     pub async fn tenant(&mut self, slug: &str) -> (TenantId, String) {
-        let tenant = admin::create_tenant(
-            &mut self.owner,
-            &TenantSlug::parse(slug).expect("slug"),
-            slug,
-            &["crm"],
-        )
-        .await
-        .expect("create tenant");
+        let tenant =
+            admin::create_tenant(&mut self.owner, &TenantSlug::parse(slug).expect("slug"), slug, &["crm"])
+                .await
+                .expect("create tenant");
         let key = self.key(tenant.id, &["crm:write"]).await;
         (tenant.id, key)
     }
 
     pub async fn key(&mut self, tenant: TenantId, scopes: &[&str]) -> String {
         let scopes: Vec<Scope> = scopes.iter().map(|s| Scope::parse(s).expect("scope")).collect();
-        admin::create_api_key(&mut self.owner, tenant, "test", &scopes)
-            .await
-            .expect("create key")
-            .1
+        admin::create_api_key(&mut self.owner, tenant, "test", &scopes).await.expect("create key").1
     }
 
     pub async fn send(&self, request: Request<Body>) -> TestResponse {
         let response = self.router.clone().oneshot(request).await.expect("infallible");
         let status = response.status();
         let headers = response.headers().clone();
-        let bytes = axum::body::to_bytes(response.into_body(), 16 * 1024 * 1024)
-            .await
-            .expect("body");
+        let bytes = axum::body::to_bytes(response.into_body(), 16 * 1024 * 1024).await.expect("body");
         let body = if bytes.is_empty() {
             Value::Null
         } else {
             serde_json::from_slice(&bytes)
                 .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&bytes).into()))
         };
-        TestResponse {
-            status,
-            headers,
-            body,
-        }
+        TestResponse { status, headers, body }
     }
 
     pub async fn call(
@@ -282,10 +240,6 @@ impl TestApp {
     /// Counts the rows of a table across all tenants, as the cluster superuser.
     pub async fn count_all(&self, table: &str) -> i64 {
         let admin = connect(&cluster().superuser, &self.db.name).await;
-        admin
-            .query_one(&format!("select count(*) from {table}"), &[])
-            .await
-            .expect("count")
-            .get(0)
+        admin.query_one(&format!("select count(*) from {table}"), &[]).await.expect("count").get(0)
     }
 }

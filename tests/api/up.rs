@@ -33,11 +33,7 @@ impl Running {
                 }
             }
         });
-        Self {
-            child,
-            lines,
-            seen: Vec::new(),
-        }
+        Self { child, lines, seen: Vec::new() }
     }
 
     /// Waits for the line that says the gateway serves, returning it and what came before.
@@ -53,16 +49,12 @@ impl Running {
     }
 
     fn value_after(&self, marker: &str) -> Option<String> {
-        self.seen
-            .iter()
-            .find_map(|l| l.trim().strip_prefix(marker).map(|v| v.trim().to_owned()))
+        self.seen.iter().find_map(|l| l.trim().strip_prefix(marker).map(|v| v.trim().to_owned()))
     }
 
     fn terminate(mut self) -> std::process::ExitStatus {
-        let status = Command::new("kill")
-            .args(["-TERM", &self.child.id().to_string()])
-            .status()
-            .expect("kill");
+        let status =
+            Command::new("kill").args(["-TERM", &self.child.id().to_string()]).status().expect("kill");
         assert!(status.success());
         self.child.wait().expect("wait")
     }
@@ -76,18 +68,14 @@ fn postgres_running(data_dir: &Path) -> bool {
 
 #[tokio::test]
 async fn tessera_up_serves_the_demo_tenant_then_stops_cleanly_and_reuses_its_cluster() {
-    let data_dir = std::env::temp_dir().join(format!(
-        "tessera-up-{}",
-        &uuid::Uuid::new_v4().simple().to_string()[..12]
-    ));
+    let data_dir =
+        std::env::temp_dir().join(format!("tessera-up-{}", &uuid::Uuid::new_v4().simple().to_string()[..12]));
     let http = reqwest::Client::new();
 
     let mut first = Running::start(&data_dir);
     first.wait_until_up();
     let base = first.value_after("REST gateway").expect("gateway address");
-    let key = first
-        .value_after("export TESSERA_API_KEY=")
-        .expect("the demo key is printed on first start");
+    let key = first.value_after("export TESSERA_API_KEY=").expect("the demo key is printed on first start");
     let deals: serde_json::Value = http
         .get(format!("{base}/v1/crm/deals"))
         .bearer_auth(&key)
@@ -111,23 +99,11 @@ async fn tessera_up_serves_the_demo_tenant_then_stops_cleanly_and_reuses_its_clu
 
     // Operator commands work beside the running platform.
     let minted = Command::new(BIN)
-        .args([
-            "key",
-            "create",
-            "--tenant",
-            "demo",
-            "--scopes",
-            "crm:read",
-            "--data-dir",
-        ])
+        .args(["key", "create", "--tenant", "demo", "--scopes", "crm:read", "--data-dir"])
         .arg(&data_dir)
         .output()
         .expect("key create");
-    assert!(
-        minted.status.success(),
-        "{}",
-        String::from_utf8_lossy(&minted.stderr)
-    );
+    assert!(minted.status.success(), "{}", String::from_utf8_lossy(&minted.stderr));
     let reader_key = String::from_utf8_lossy(&minted.stdout).trim().to_owned();
     let status = http
         .get(format!("{base}/v1/crm/companies"))
@@ -148,13 +124,8 @@ async fn tessera_up_serves_the_demo_tenant_then_stops_cleanly_and_reuses_its_clu
     assert!(again.value_after("export TESSERA_API_KEY=").is_none());
     assert!(again.seen.iter().any(|l| l.contains("exists already")));
     let base = again.value_after("REST gateway").expect("gateway address");
-    let status = http
-        .get(format!("{base}/v1/crm/deals"))
-        .bearer_auth(&key)
-        .send()
-        .await
-        .expect("req")
-        .status();
+    let status =
+        http.get(format!("{base}/v1/crm/deals")).bearer_auth(&key).send().await.expect("req").status();
     assert_eq!(status, 200);
     assert!(again.terminate().success());
     let _ = std::fs::remove_dir_all(&data_dir);
@@ -176,10 +147,7 @@ fn every_command_has_help_and_the_scripts_print() {
         assert!(out.status.success(), "{args:?}");
         assert!(String::from_utf8_lossy(&out.stdout).contains("Usage"), "{args:?}");
     }
-    let roles = Command::new(BIN)
-        .args(["roles", "--print"])
-        .output()
-        .expect("roles");
+    let roles = Command::new(BIN).args(["roles", "--print"]).output().expect("roles");
     let script = String::from_utf8_lossy(&roles.stdout);
     assert!(
         script.contains("create role \"tessera_crm\"") && script.contains("nobypassrls noinherit"),
@@ -191,19 +159,12 @@ fn every_command_has_help_and_the_scripts_print() {
         .output()
         .expect("migrate --print");
     let sql = String::from_utf8_lossy(&migrations.stdout);
-    assert!(
-        sql.contains("create table crm.deals") && sql.contains("force row level security"),
-        "{sql}"
-    );
+    assert!(sql.contains("create table crm.deals") && sql.contains("force row level security"), "{sql}");
 }
 
 #[test]
 fn serve_without_a_database_says_what_it_needs() {
-    let out = Command::new(BIN)
-        .args(["serve"])
-        .env_remove("TESSERA_DATABASE_URL")
-        .output()
-        .expect("run");
+    let out = Command::new(BIN).args(["serve"]).env_remove("TESSERA_DATABASE_URL").output().expect("run");
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("--database-url"));
 }

@@ -36,10 +36,7 @@ impl Company {
     }
 
     pub fn cursor(&self) -> Cursor {
-        Cursor {
-            created_at: self.created_at,
-            id: self.id,
-        }
+        Cursor { created_at: self.created_at, id: self.id }
     }
 }
 
@@ -76,10 +73,7 @@ impl Contact {
     }
 
     pub fn cursor(&self) -> Cursor {
-        Cursor {
-            created_at: self.created_at,
-            id: self.id,
-        }
+        Cursor { created_at: self.created_at, id: self.id }
     }
 }
 
@@ -124,10 +118,7 @@ impl Deal {
     }
 
     pub fn cursor(&self) -> Cursor {
-        Cursor {
-            created_at: self.created_at,
-            id: self.id,
-        }
+        Cursor { created_at: self.created_at, id: self.id }
     }
 }
 
@@ -143,9 +134,7 @@ impl CompanyInput {
         let domain = match f.text("domain", 253)? {
             Patch::Value(d) => {
                 let d = d.to_ascii_lowercase();
-                let ok = d
-                    .bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'-')
+                let ok = d.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'-')
                     && !d.starts_with(['.', '-'])
                     && !d.ends_with(['.', '-']);
                 if !ok {
@@ -159,10 +148,7 @@ impl CompanyInput {
             }
             other => other,
         };
-        Ok(Self {
-            name: f.text("name", 200)?,
-            domain,
-        })
+        Ok(Self { name: f.text("name", 200)?, domain })
     }
 }
 
@@ -240,11 +226,9 @@ impl DealInput {
 /// Columns that have a value in every row: a body may leave them out but may not send null.
 fn refuse_nulls(fields: &[(&str, bool)]) -> Result<(), ApiError> {
     match fields.iter().find(|(_, is_null)| *is_null) {
-        Some((name, _)) => Err(ApiError::invalid_field(
-            "missing_field",
-            name,
-            format!("{name} cannot be null"),
-        )),
+        Some((name, _)) => {
+            Err(ApiError::invalid_field("missing_field", name, format!("{name} cannot be null")))
+        }
         None => Ok(()),
     }
 }

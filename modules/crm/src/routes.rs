@@ -4,7 +4,7 @@
 //! transaction (see `tessera_core::db`). Writes check the key before they parse the body.
 
 use axum::Json;
-use axum::extract::{Path, RawQuery, State};
+use axum::extract::{RawQuery, State};
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
@@ -12,7 +12,7 @@ use serde::Serialize;
 use tessera_core::ApiError;
 use tessera_core::apikey::PresentedKey;
 use tessera_core::db::ModuleDb;
-use tessera_core::input::{JsonObject, Page, QueryParams};
+use tessera_core::input::{IdPath, JsonObject, Page, QueryParams};
 use tessera_core::problem::Constraint;
 use uuid::Uuid;
 
@@ -22,20 +22,11 @@ use crate::store::{self, DealFilter, Window};
 pub fn router(db: ModuleDb) -> axum::Router {
     axum::Router::new()
         .route("/companies", get(list_companies).post(create_company))
-        .route(
-            "/companies/{id}",
-            get(get_company).patch(update_company).delete(delete_company),
-        )
+        .route("/companies/{id}", get(get_company).patch(update_company).delete(delete_company))
         .route("/contacts", get(list_contacts).post(create_contact))
-        .route(
-            "/contacts/{id}",
-            get(get_contact).patch(update_contact).delete(delete_contact),
-        )
+        .route("/contacts/{id}", get(get_contact).patch(update_contact).delete(delete_contact))
         .route("/deals", get(list_deals).post(create_deal))
-        .route(
-            "/deals/{id}",
-            get(get_deal).patch(update_deal).delete(delete_deal),
-        )
+        .route("/deals/{id}", get(get_deal).patch(update_deal).delete(delete_deal))
         .with_state(db)
 }
 
@@ -67,10 +58,6 @@ fn db_error(err: tokio_postgres::Error) -> ApiError {
     ApiError::from_db(err, CONSTRAINTS)
 }
 
-fn parse_id(raw: &str) -> Result<Uuid, ApiError> {
-    Uuid::parse_str(raw).map_err(|_| ApiError::invalid_parameter("id", "id must be a UUID"))
-}
-
 fn created<T: Serialize>(collection: &str, id: Uuid, body: T) -> Response {
     let mut response = (StatusCode::CREATED, Json(body)).into_response();
     if let Ok(location) = HeaderValue::from_str(&format!("/v1/crm/{collection}/{id}")) {
@@ -88,17 +75,10 @@ async fn list_companies(
 ) -> Result<Json<Page<Company>>, ApiError> {
     let mut q = QueryParams::parse(query.as_deref())?;
     let domain = q.text("domain", 253)?;
-    let window = Window {
-        limit: q.limit()?,
-        after: q.cursor()?,
-    };
+    let window = Window { limit: q.limit()?, after: q.cursor()? };
     q.finish()?;
     let items = db
-        .read(&key, async |tx| {
-            store::list_companies(tx, domain.as_deref(), &window)
-                .await
-                .map_err(db_error)
-        })
+        .read(&key, async |tx| store::list_companies(tx, domain.as_deref(), &window).await.map_err(db_error))
         .await?;
     Ok(Json(Page::from_items(items, window.limit, Company::cursor)))
 }
@@ -106,14 +86,9 @@ async fn list_companies(
 async fn get_company(
     State(db): State<ModuleDb>,
     key: PresentedKey,
-    Path(id): Path<String>,
+    IdPath(id): IdPath,
 ) -> Result<Json<Company>, ApiError> {
-    let id = parse_id(&id)?;
-    let company = db
-        .read(&key, async |tx| {
-            store::get_company(tx, id).await.map_err(db_error)
-        })
-        .await?;
+    let company = db.read(&key, async |tx| store::get_company(tx, id).await.map_err(db_error)).await?;
     Ok(Json(company.ok_or_else(|| ApiError::not_found("company"))?))
 }
 
@@ -135,12 +110,11 @@ async fn create_company(
 async fn update_company(
     State(db): State<ModuleDb>,
     key: PresentedKey,
-    Path(id): Path<String>,
+    IdPath(id): IdPath,
     body: JsonObject,
 ) -> Result<Json<Company>, ApiError> {
     let company = db
         .write(&key, async |tx| {
-            let id = parse_id(&id)?;
             let input = CompanyInput::parse(body)?;
             input.check_nulls()?;
             store::update_company(tx, id, &input)
@@ -155,18 +129,13 @@ async fn update_company(
 async fn delete_company(
     State(db): State<ModuleDb>,
     key: PresentedKey,
-    Path(id): Path<String>,
+    IdPath(id): IdPath,
 ) -> Result<StatusCode, ApiError> {
     db.write(&key, async |tx| {
-        let id = parse_id(&id)?;
         let deleted = store::delete_company(tx, id)
             .await
             .map_err(|e| ApiError::from_db(e, DELETE_COMPANY_CONSTRAINTS))?;
-        if deleted {
-            Ok(StatusCode::NO_CONTENT)
-        } else {
-            Err(ApiError::not_found("company"))
-        }
+        if deleted { Ok(StatusCode::NO_CONTENT) } else { Err(ApiError::not_found("company")) }
     })
     .await
 }
@@ -180,17 +149,13 @@ async fn list_contacts(
 ) -> Result<Json<Page<Contact>>, ApiError> {
     let mut q = QueryParams::parse(query.as_deref())?;
     let company_id = q.uuid("company_id")?;
-    let email = q.text("email", 254)?;
-    let window = Window {
-        limit: q.limit()?,
-        after: q.cursor()?,
-    };
+    // Lowercased here: the cluster's C locale folds only ASCII in lower().
+    let email = q.text("email", 254)?.map(|e| e.to_lowercase());
+    let window = Window { limit: q.limit()?, after: q.cursor()? };
     q.finish()?;
     let items = db
         .read(&key, async |tx| {
-            store::list_contacts(tx, company_id, email.as_deref(), &window)
-                .await
-                .map_err(db_error)
+            store::list_contacts(tx, company_id, email.as_deref(), &window).await.map_err(db_error)
         })
         .await?;
     Ok(Json(Page::from_items(items, window.limit, Contact::cursor)))
@@ -199,14 +164,9 @@ async fn list_contacts(
 async fn get_contact(
     State(db): State<ModuleDb>,
     key: PresentedKey,
-    Path(id): Path<String>,
+    IdPath(id): IdPath,
 ) -> Result<Json<Contact>, ApiError> {
-    let id = parse_id(&id)?;
-    let contact = db
-        .read(&key, async |tx| {
-            store::get_contact(tx, id).await.map_err(db_error)
-        })
-        .await?;
+    let contact = db.read(&key, async |tx| store::get_contact(tx, id).await.map_err(db_error)).await?;
     Ok(Json(contact.ok_or_else(|| ApiError::not_found("contact"))?))
 }
 
@@ -219,9 +179,7 @@ async fn create_contact(
         .write(&key, async |tx| {
             let input = ContactInput::parse(body)?;
             let first_name = input.first_name.clone().required("first_name")?;
-            store::insert_contact(tx, &first_name, &input)
-                .await
-                .map_err(db_error)
+            store::insert_contact(tx, &first_name, &input).await.map_err(db_error)
         })
         .await?;
     Ok(created("contacts", contact.id, contact))
@@ -230,12 +188,11 @@ async fn create_contact(
 async fn update_contact(
     State(db): State<ModuleDb>,
     key: PresentedKey,
-    Path(id): Path<String>,
+    IdPath(id): IdPath,
     body: JsonObject,
 ) -> Result<Json<Contact>, ApiError> {
     let contact = db
         .write(&key, async |tx| {
-            let id = parse_id(&id)?;
             let input = ContactInput::parse(body)?;
             input.check_nulls()?;
             store::update_contact(tx, id, &input)
@@ -250,16 +207,11 @@ async fn update_contact(
 async fn delete_contact(
     State(db): State<ModuleDb>,
     key: PresentedKey,
-    Path(id): Path<String>,
+    IdPath(id): IdPath,
 ) -> Result<StatusCode, ApiError> {
     db.write(&key, async |tx| {
-        let id = parse_id(&id)?;
         let deleted = store::delete_contact(tx, id).await.map_err(db_error)?;
-        if deleted {
-            Ok(StatusCode::NO_CONTENT)
-        } else {
-            Err(ApiError::not_found("contact"))
-        }
+        if deleted { Ok(StatusCode::NO_CONTENT) } else { Err(ApiError::not_found("contact")) }
     })
     .await
 }
@@ -275,30 +227,21 @@ async fn list_deals(
     let filter = DealFilter {
         stage: q.one_of("stage", STAGES)?,
         company_id: q.uuid("company_id")?,
-        owner_email: q.text("owner_email", 254)?,
+        owner_email: q.text("owner_email", 254)?.map(|e| e.to_lowercase()),
     };
-    let window = Window {
-        limit: q.limit()?,
-        after: q.cursor()?,
-    };
+    let window = Window { limit: q.limit()?, after: q.cursor()? };
     q.finish()?;
-    let items = db
-        .read(&key, async |tx| {
-            store::list_deals(tx, &filter, &window).await.map_err(db_error)
-        })
-        .await?;
+    let items =
+        db.read(&key, async |tx| store::list_deals(tx, &filter, &window).await.map_err(db_error)).await?;
     Ok(Json(Page::from_items(items, window.limit, Deal::cursor)))
 }
 
 async fn get_deal(
     State(db): State<ModuleDb>,
     key: PresentedKey,
-    Path(id): Path<String>,
+    IdPath(id): IdPath,
 ) -> Result<Json<Deal>, ApiError> {
-    let id = parse_id(&id)?;
-    let deal = db
-        .read(&key, async |tx| store::get_deal(tx, id).await.map_err(db_error))
-        .await?;
+    let deal = db.read(&key, async |tx| store::get_deal(tx, id).await.map_err(db_error)).await?;
     Ok(Json(deal.ok_or_else(|| ApiError::not_found("deal"))?))
 }
 
@@ -321,12 +264,11 @@ async fn create_deal(
 async fn update_deal(
     State(db): State<ModuleDb>,
     key: PresentedKey,
-    Path(id): Path<String>,
+    IdPath(id): IdPath,
     body: JsonObject,
 ) -> Result<Json<Deal>, ApiError> {
     let deal = db
         .write(&key, async |tx| {
-            let id = parse_id(&id)?;
             let input = DealInput::parse(body)?;
             input.check_nulls()?;
             store::update_deal(tx, id, &input)
@@ -341,16 +283,11 @@ async fn update_deal(
 async fn delete_deal(
     State(db): State<ModuleDb>,
     key: PresentedKey,
-    Path(id): Path<String>,
+    IdPath(id): IdPath,
 ) -> Result<StatusCode, ApiError> {
     db.write(&key, async |tx| {
-        let id = parse_id(&id)?;
         let deleted = store::delete_deal(tx, id).await.map_err(db_error)?;
-        if deleted {
-            Ok(StatusCode::NO_CONTENT)
-        } else {
-            Err(ApiError::not_found("deal"))
-        }
+        if deleted { Ok(StatusCode::NO_CONTENT) } else { Err(ApiError::not_found("deal")) }
     })
     .await
 }

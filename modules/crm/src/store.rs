@@ -18,11 +18,7 @@ pub struct Window {
 
 impl Window {
     fn bounds(&self) -> (Option<time::OffsetDateTime>, Option<Uuid>, i64) {
-        (
-            self.after.map(|c| c.created_at),
-            self.after.map(|c| c.id),
-            self.limit + 1,
-        )
+        (self.after.map(|c| c.created_at), self.after.map(|c| c.id), self.limit + 1)
     }
 }
 
@@ -63,9 +59,7 @@ pub async fn insert_company(tx: &TenantTx, name: &str, input: &CompanyInput) -> 
         "insert into crm.companies (id, name, domain) values ($1, $2, $3) returning {}",
         Company::COLUMNS
     );
-    let row = tx
-        .query_one(&sql, &[&Uuid::now_v7(), &name, &value(&input.domain)])
-        .await?;
+    let row = tx.query_one(&sql, &[&Uuid::now_v7(), &name, &value(&input.domain)]).await?;
     Ok(Company::from_row(&row))
 }
 
@@ -77,21 +71,13 @@ pub async fn update_company(tx: &TenantTx, id: Uuid, input: &CompanyInput) -> Re
          where id = $1 returning {}",
         Company::COLUMNS
     );
-    let params: [&(dyn tokio_postgres::types::ToSql + Sync); 5] = [
-        &id,
-        &flag(&input.name),
-        &value(&input.name),
-        &flag(&input.domain),
-        &value(&input.domain),
-    ];
+    let params: [&(dyn tokio_postgres::types::ToSql + Sync); 5] =
+        [&id, &flag(&input.name), &value(&input.name), &flag(&input.domain), &value(&input.domain)];
     Ok(tx.query_opt(&sql, &params).await?.as_ref().map(Company::from_row))
 }
 
 pub async fn delete_company(tx: &TenantTx, id: Uuid) -> Result<bool, Error> {
-    Ok(tx
-        .execute("delete from crm.companies where id = $1", &[&id])
-        .await?
-        == 1)
+    Ok(tx.execute("delete from crm.companies where id = $1", &[&id]).await? == 1)
 }
 
 // Contacts
@@ -106,7 +92,7 @@ pub async fn list_contacts(
     let sql = format!(
         "select {} from crm.contacts
          where ($1::uuid is null or company_id = $1)
-           and ($2::text is null or lower(email) = lower($2))
+           and ($2::text is null or lower(email) = $2)
            and ($3::timestamptz is null or (created_at, id) > ($3, $4::uuid))
          order by created_at, id limit $5",
         Contact::COLUMNS
@@ -170,10 +156,7 @@ pub async fn update_contact(tx: &TenantTx, id: Uuid, input: &ContactInput) -> Re
 }
 
 pub async fn delete_contact(tx: &TenantTx, id: Uuid) -> Result<bool, Error> {
-    Ok(tx
-        .execute("delete from crm.contacts where id = $1", &[&id])
-        .await?
-        == 1)
+    Ok(tx.execute("delete from crm.contacts where id = $1", &[&id]).await? == 1)
 }
 
 // Deals
@@ -190,24 +173,13 @@ pub async fn list_deals(tx: &TenantTx, filter: &DealFilter, window: &Window) -> 
         "select {} from crm.deals
          where ($1::text is null or stage = $1)
            and ($2::uuid is null or company_id = $2)
-           and ($3::text is null or owner_email = lower($3))
+           and ($3::text is null or owner_email = $3)
            and ($4::timestamptz is null or (created_at, id) > ($4, $5::uuid))
          order by created_at, id limit $6",
         Deal::COLUMNS
     );
-    let rows = tx
-        .query(
-            &sql,
-            &[
-                &filter.stage,
-                &filter.company_id,
-                &filter.owner_email,
-                &ts,
-                &id,
-                &limit,
-            ],
-        )
-        .await?;
+    let rows =
+        tx.query(&sql, &[&filter.stage, &filter.company_id, &filter.owner_email, &ts, &id, &limit]).await?;
     Ok(rows.iter().map(Deal::from_row).collect())
 }
 
