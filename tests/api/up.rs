@@ -168,3 +168,84 @@ fn serve_without_a_database_says_what_it_needs() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("--database-url"));
 }
+
+#[tokio::test]
+async fn serve_runs_against_an_existing_database_and_refuses_privileged_roles() {
+    let mut app = crate::support::TestApp::spawn().await;
+    let (_, key) = app.tenant("acme").await;
+    let endpoint = &crate::support::cluster().endpoint;
+
+    let owner_url = endpoint.url("tessera_owner", &app.db.name);
+    let refused = Command::new(BIN)
+        .args(["serve", "--listen", "127.0.0.1:0", "--database-url", &owner_url])
+        .output()
+        .expect("serve as owner");
+    assert!(!refused.status.success());
+    let err = String::from_utf8_lossy(&refused.stderr);
+    assert!(err.contains("refusing to serve"), "{err}");
+
+    let mut child = Command::new(BIN)
+        .args([
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--database-url",
+            &endpoint.url("tessera_app", &app.db.name),
+        ])
+        .env("TESSERA_LOG", "warn")
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("serve");
+    let stdout = child.stdout.take().expect("stdout");
+    let line = tokio::task::spawn_blocking(move || BufReader::new(stdout).lines().next())
+        .await
+        .expect("join")
+        .expect("a line")
+        .expect("utf-8");
+    let base = line.strip_prefix("Tessera gateway listening on ").expect("listening line").to_owned();
+    let http = reqwest::Client::new();
+    let r = http.get(format!("{base}/v1/crm/companies")).bearer_auth(&key).send().await.expect("request");
+    assert_eq!(r.status(), 200);
+    let ready = http.get(format!("{base}/readyz")).send().await.expect("readyz");
+    assert_eq!(ready.status(), 200);
+    Command::new("kill").args(["-TERM", &child.id().to_string()]).status().expect("kill");
+    assert!(child.wait().expect("wait").success());
+}
+
+#[test]
+fn configuration_files_are_validated_and_the_environment_overrides_them() {
+    let dir = std::env::temp_dir()
+        .join(format!("tessera-conf-{}", &uuid::Uuid::new_v4().simple().to_string()[..12]));
+    std::fs::create_dir_all(&dir).expect("dir");
+    let bad = dir.join("bad.toml");
+    std::fs::write(&bad, "listen = \"127.0.0.1:0\"\nbogus = 1\n").expect("write");
+    let out = Command::new(BIN).args(["serve", "--config"]).arg(&bad).output().expect("run");
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("not valid"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    let zero_pool = dir.join("zero.toml");
+    std::fs::write(
+        &zero_pool,
+        "pool_size = 0\ndatabase_url = \"postgresql://tessera_app@/x?host=/nonexistent\"\n",
+    )
+    .expect("write");
+    let out = Command::new(BIN).args(["serve", "--config"]).arg(&zero_pool).output().expect("run");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("pool_size must be 1 to 1000"));
+    // The environment wins over the file.
+    let out = Command::new(BIN)
+        .args(["serve", "--config"])
+        .arg(&zero_pool)
+        .env("TESSERA_POOL_SIZE", "2000")
+        .output()
+        .expect("run");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("got 2000"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
