@@ -2,6 +2,7 @@
 
 mod bad_input;
 mod catalog;
+mod cdc_decoding;
 mod crud;
 mod isolation;
 mod migrations;
