@@ -385,8 +385,13 @@ impl Cluster {
         }
         let mut last_error = None;
         // A free port can be taken between choosing and binding it: try a few.
+        // The previous port first, so that clients (and psql lines printed earlier) keep working.
+        let mut previous = self.previous_port().filter(|p| TcpListener::bind(("127.0.0.1", *p)).is_ok());
         for _ in 0..3 {
-            let port = free_port()?;
+            let port = match previous.take() {
+                Some(p) => p,
+                None => free_port()?,
+            };
             let socket_dir = self.options.data_dir.clone();
             self.write_runtime_conf(port, &socket_dir)?;
             let mut cmd = self.command("pg_ctl");
@@ -411,6 +416,11 @@ impl Cluster {
             Some(other) => other,
             None => LauncherError::CommandFailed { command: "pg_ctl start".into(), output: tail },
         })
+    }
+
+    fn previous_port(&self) -> Option<u16> {
+        let conf = fs::read_to_string(self.options.data_dir.join(RUNTIME_CONF)).ok()?;
+        conf.lines().find_map(|l| l.strip_prefix("port = ")?.trim().parse().ok())
     }
 
     fn write_runtime_conf(&self, port: u16, socket_dir: &Path) -> Result<(), LauncherError> {
@@ -464,6 +474,22 @@ impl Cluster {
         let log = fs::read_to_string(self.options.data_dir.join("postgres.log")).unwrap_or_default();
         let lines: Vec<&str> = log.lines().collect();
         lines[lines.len().saturating_sub(15)..].join("\n")
+    }
+
+    /// Restarts the running server on the same port and socket; `immediate` crashes it first (no
+    /// shutdown checkpoint), as a power cut would, so it recovers from WAL.
+    pub fn restart(&self, immediate: bool) -> Result<Endpoint, LauncherError> {
+        let mut cmd = self.command("pg_ctl");
+        cmd.arg("restart")
+            .arg("-D")
+            .arg(&self.options.data_dir)
+            .args(["-w", "-t", "60", "-m", if immediate { "immediate" } else { "fast" }, "-l"])
+            .arg(self.options.data_dir.join("postgres.log"));
+        self.run(cmd)?;
+        self.running().ok_or_else(|| LauncherError::CommandFailed {
+            command: "pg_ctl restart".into(),
+            output: self.log_tail(),
+        })
     }
 
     /// Stops the server: `fast` lets it finish cleanly (rolls back open transactions), `immediate` kills it.

@@ -73,7 +73,10 @@ async fn every_tenant_table_leads_with_tenant_id_and_forces_row_level_security()
         .query(
             "select k.conname::text, (select a.attname from pg_attribute a where a.attrelid = k.conrelid
                                        and a.attnum = k.conkey[1])::text,
-                    n.nspname || '.' || c.relname
+                    n.nspname || '.' || c.relname,
+                    (select a.attname from pg_attribute a where a.attrelid = k.confrelid
+                      and a.attnum = k.confkey[1])::text,
+                    k.confrelid::regclass::text
                from pg_constraint k join pg_class c on c.oid = k.conrelid join pg_namespace n on n.oid = c.relnamespace
               where k.contype = 'f' and n.nspname = any($1)",
             &[&tenant_schemas()],
@@ -81,9 +84,35 @@ async fn every_tenant_table_leads_with_tenant_id_and_forces_row_level_security()
         .await
         .expect("foreign keys");
     for fk in &fks {
-        let (name, first, table): (String, String, String) = (fk.get(0), fk.get(1), fk.get(2));
+        let (name, first, table, referenced_first, referenced): (String, String, String, String, String) =
+            (fk.get(0), fk.get(1), fk.get(2), fk.get(3), fk.get(4));
         if first != "tenant_id" {
             problems.push(format!("{table}: foreign key {name} does not lead with tenant_id"));
+        }
+        let into_registry = REGISTRIES.contains(&referenced.as_str()) && referenced_first == "id";
+        if referenced_first != "tenant_id" && !into_registry {
+            problems
+                .push(format!("{table}: foreign key {name} points at {referenced} without its tenant_id"));
+        }
+    }
+
+    // Views must run with the caller's rights (and so its row policies); materialized views cannot have
+    // policies at all.
+    let views = admin
+        .query(
+            "select n.nspname || '.' || c.relname, c.relkind::text, coalesce(c.reloptions, '{}')::text[]
+               from pg_class c join pg_namespace n on n.oid = c.relnamespace
+              where n.nspname = any($1) and c.relkind in ('v', 'm')",
+            &[&tenant_schemas()],
+        )
+        .await
+        .expect("views");
+    for v in &views {
+        let (view, kind, options): (String, String, Vec<String>) = (v.get(0), v.get(1), v.get(2));
+        if kind == "m" {
+            problems.push(format!("{view}: a materialized view cannot be tenant-scoped"));
+        } else if !options.iter().any(|o| o == "security_invoker=true" || o == "security_invoker=on") {
+            problems.push(format!("{view}: views in tenant schemas need security_invoker = true"));
         }
     }
     assert!(problems.is_empty(), "tenancy rules broken:\n{}", problems.join("\n"));

@@ -6,5 +6,6 @@ mod cdc_decoding;
 mod crud;
 mod isolation;
 mod migrations;
+mod restart;
 mod support;
 mod up;
