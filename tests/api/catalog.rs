@@ -119,6 +119,33 @@ async fn every_tenant_table_leads_with_tenant_id_and_forces_row_level_security()
 }
 
 #[tokio::test]
+async fn every_module_table_is_published_to_the_cdc_worker() {
+    let app = TestApp::spawn().await;
+    let admin = connect(&cluster().superuser, &app.db.name).await;
+    let modules: Vec<String> = crate::support::modules().iter().map(|m| m.name().to_owned()).collect();
+    let rows = admin
+        .query(
+            "select n.nspname || '.' || c.relname
+               from pg_class c join pg_namespace n on n.oid = c.relnamespace
+              where n.nspname = any($1) and c.relkind in ('r', 'p')
+                and not exists (select 1 from pg_publication_tables p
+                                 where p.pubname = 'tessera_cdc' and p.schemaname = n.nspname
+                                   and p.tablename = c.relname)",
+            &[&modules],
+        )
+        .await
+        .expect("publication");
+    let missing: Vec<String> = rows.iter().map(|r| r.get(0)).collect();
+    assert!(missing.is_empty(), "module tables missing from the tessera_cdc publication: {missing:?}");
+    let published: i64 = admin
+        .query_one("select count(*) from pg_publication_tables where pubname = 'tessera_cdc'", &[])
+        .await
+        .expect("count")
+        .get(0);
+    assert!(published >= 3, "the CRM's tables are published");
+}
+
+#[tokio::test]
 async fn no_runtime_role_can_bypass_row_level_security() {
     let app = TestApp::spawn().await;
     let admin = connect(&cluster().superuser, &app.db.name).await;

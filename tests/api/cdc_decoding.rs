@@ -30,10 +30,6 @@ async fn committed_rows_decode_from_a_real_slot() {
     let admin = connect(&cluster().superuser, &app.db.name).await;
     let slot = format!("test_{}", &uuid::Uuid::new_v4().simple().to_string()[..12]);
     admin
-        .batch_execute("create publication test_pub for table crm.companies, crm.deals")
-        .await
-        .expect("publication");
-    admin
         .query_one("select pg_create_logical_replication_slot($1, 'pgoutput')", &[&slot])
         .await
         .expect("slot");
@@ -52,7 +48,7 @@ async fn committed_rows_decode_from_a_real_slot() {
         let rows = admin
             .query(
                 "select data from pg_logical_slot_peek_binary_changes($1, null, null,
-                     'proto_version', '1', 'publication_names', 'test_pub')",
+                     'proto_version', '1', 'publication_names', 'tessera_cdc')",
                 &[&slot],
             )
             .await
