@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use anyhow::{Context, bail};
+use tessera_cdc::worker::CdcSettings;
 use tessera_core::admin::{self, DEMO_SLUG};
 use tessera_core::apikey::Scope;
 use tessera_core::bootstrap::{self, DATABASE};
@@ -14,7 +15,7 @@ use tessera_core::config::{
 };
 use tessera_core::db::Database;
 use tessera_core::embedded::{Cluster, ClusterOptions, Endpoint, PgBinaries};
-use tessera_core::roles::{APP, OWNER};
+use tessera_core::roles::{APP, OWNER, REPLICATION};
 use tessera_core::tenant::TenantSlug;
 use tessera_core::{Module, migrate};
 use tessera_gateway::{Application, GatewayConfig};
@@ -221,6 +222,20 @@ async fn up_serving(
     let demo_key = admin::seed_demo(&mut owner, &module_refs(modules)).await?;
     drop(owner);
 
+    // The CDC worker turns committed rows into events.log entries, in process. Its slot exists before the
+    // gateway serves, so no change made through it predates the slot.
+    let cdc = CdcSettings {
+        host: endpoint.socket_dir.display().to_string(),
+        port: endpoint.port,
+        database: DATABASE.into(),
+        replication_user: REPLICATION.into(),
+        replication_password: String::new(),
+        writer: endpoint.pg_config(APP, DATABASE),
+        slot: "tessera".into(),
+        publication: "tessera_cdc".into(),
+    };
+    tessera_cdc::worker::prepare(&cdc).await?;
+
     let db = Database::new(endpoint.pg_config(APP, DATABASE), settings.pool_size)?;
     db.ensure_unprivileged().await?;
     let config = GatewayConfig { listen: settings.listen, body_limit_bytes: settings.body_limit_bytes };
@@ -252,7 +267,10 @@ async fn up_serving(
     println!("Try:");
     println!("  curl -s http://{addr}/v1/crm/deals -H \"Authorization: Bearer $TESSERA_API_KEY\"");
     println!("Stop with Ctrl-C.");
-    app.run_until_stopped(shutdown_signal()).await?;
+    let cdc = tokio::spawn(tessera_cdc::worker::supervise(cdc));
+    let served = app.run_until_stopped(shutdown_signal()).await;
+    cdc.abort();
+    served?;
     Ok(())
 }
 

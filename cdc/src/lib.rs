@@ -6,3 +6,4 @@
 
 pub mod pgoutput;
 pub mod value;
+pub mod worker;

@@ -11,6 +11,10 @@ mod embedded {
     refinery::embed_migrations!("../sql/core");
 }
 
+mod events {
+    refinery::embed_migrations!("../sql/events");
+}
+
 /// Arbitrary but fixed: the advisory lock key that serialises migration runs.
 const MIGRATION_LOCK: i64 = 0x7465_7373_6572_6131;
 
@@ -42,9 +46,12 @@ impl SchemaMigrations {
     }
 }
 
-/// `core` first, then every module in order.
+/// `core` first, then the event log, then every module in order.
 pub fn plan(modules: &[&dyn Module]) -> Vec<SchemaMigrations> {
-    let mut plan = vec![SchemaMigrations { schema: "core", runner: embedded::migrations::runner() }];
+    let mut plan = vec![
+        SchemaMigrations { schema: "core", runner: embedded::migrations::runner() },
+        SchemaMigrations { schema: "events", runner: events::migrations::runner() },
+    ];
     plan.extend(modules.iter().map(|m| SchemaMigrations { schema: m.name(), runner: m.migrations() }));
     plan
 }

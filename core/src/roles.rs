@@ -8,6 +8,7 @@
 //! | `tessera_<module>` | no | one per module: rights on that module's schema only |
 //! | `tessera_app` | yes | the gateway's login: NOINHERIT, no rights of its own, may `SET ROLE` to a module role |
 //! | `tessera_reporting` | no | read-only access for the SQL endpoint |
+//! | `tessera_events` | no | the CDC worker's writes to the event log; `tessera_app` may `SET ROLE` to it |
 //! | `tessera_replication` | yes | REPLICATION, for the CDC worker |
 //!
 //! Roles are cluster-wide and created by a superuser: `tessera up` applies the script itself; against a
@@ -19,6 +20,7 @@ pub const RUNTIME: &str = "tessera_runtime";
 pub const APP: &str = "tessera_app";
 pub const REPORTING: &str = "tessera_reporting";
 pub const REPLICATION: &str = "tessera_replication";
+pub const EVENTS: &str = "tessera_events";
 
 /// The role a module's requests run as.
 pub fn module_role(module: &str) -> String {
@@ -65,6 +67,10 @@ pub fn cluster_script(modules: &[&str]) -> String {
     }
     roles.push((APP.into(), "login nosuperuser nocreatedb nocreaterole noreplication nobypassrls noinherit"));
     roles.push((REPORTING.into(), "nologin nosuperuser nocreatedb nocreaterole noreplication nobypassrls"));
+    roles.push((
+        EVENTS.into(),
+        "nologin nosuperuser nocreatedb nocreaterole noreplication nobypassrls inherit",
+    ));
     roles.push((REPLICATION.into(), "login nosuperuser nocreatedb nocreaterole replication nobypassrls"));
 
     let mut out = String::new();
@@ -76,6 +82,8 @@ pub fn cluster_script(modules: &[&str]) -> String {
             id = quote_ident(role),
         ));
     }
+    out.push_str(&format!("grant {} to {};\n", quote_ident(RUNTIME), quote_ident(EVENTS)));
+    out.push_str(&format!("grant {} to {};\n", quote_ident(EVENTS), quote_ident(APP)));
     out.push_str("\n-- The owner hands the key-lookup functions to tessera_auth.\n");
     out.push_str(&format!("grant {} to {};\n", quote_ident(AUTH), quote_ident(OWNER)));
     for role in &module_roles {

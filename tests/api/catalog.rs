@@ -4,15 +4,15 @@
 
 use crate::support::{TestApp, cluster, connect};
 
-/// Schemas whose tables are tenant-scoped: `core` and every module's.
+/// Schemas whose tables are tenant-scoped: `core`, `events` and every module's.
 fn tenant_schemas() -> Vec<String> {
-    let mut schemas = vec!["core".to_owned()];
+    let mut schemas = vec!["core".to_owned(), "events".to_owned()];
     schemas.extend(crate::support::modules().iter().map(|m| m.name().to_owned()));
     schemas
 }
 
 /// Registry tables that are deliberately not tenant-scoped: runtime roles have no rights on them.
-const REGISTRIES: &[&str] = &["core.tenants"];
+const REGISTRIES: &[&str] = &["core.tenants", "events.cdc_slots"];
 
 #[tokio::test]
 async fn every_tenant_table_leads_with_tenant_id_and_forces_row_level_security() {

@@ -3,6 +3,7 @@
 mod bad_input;
 mod catalog;
 mod cdc_decoding;
+mod cdc_worker;
 mod crud;
 mod isolation;
 mod migrations;

@@ -87,6 +87,33 @@ async fn tessera_up_serves_the_demo_tenant_then_stops_cleanly_and_reuses_its_clu
         .expect("json");
     assert_eq!(deals["data"].as_array().expect("sample deals").len(), 3);
 
+    // The in-process CDC worker turns the committed change into an event.
+    let psql = first.value_after("PostgreSQL").expect("psql line");
+    let url = psql.trim_start_matches("psql ").trim_matches('"').to_owned();
+    let db = tessera_core::bootstrap::connect(&url.parse().expect("url")).await.expect("connect");
+    let won = http
+        .patch(format!("{base}/v1/crm/deals/0190a000-0000-7000-8000-000000000021"))
+        .bearer_auth(&key)
+        .json(&serde_json::json!({"stage": "won"}))
+        .send()
+        .await
+        .expect("patch");
+    assert_eq!(won.status(), 200);
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let n: i64 = db
+            .query_one("select count(*) from events.log where type = 'crm.deals.update'", &[])
+            .await
+            .expect("count")
+            .get(0);
+        if n == 1 {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "no event for the update");
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    drop(db);
+
     // A second `tessera up` on the same folder refuses instead of touching the running cluster.
     let second = Command::new(BIN)
         .args(["up", "--listen", "127.0.0.1:0", "--data-dir"])

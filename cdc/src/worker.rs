@@ -1,0 +1,420 @@
+//! The CDC worker: tails the `tessera_cdc` publication through a logical replication slot and writes every
+//! committed change into `events.log`, then acknowledges the slot.
+//!
+//! ```text
+//! slot (pgoutput) ──▶ decode ──▶ change events ──▶ one DB transaction per source transaction ──▶ commit
+//!                                                   (chunks of CHUNK rows, so memory stays bounded)   │
+//!             ◀──────────────── acknowledge the source commit's end LSN only after that commit ◀──────┘
+//! ```
+//!
+//! Exactly-once in the log follows from two facts: nothing is acknowledged before it is durable in the log,
+//! so a crash at any point makes Postgres send it again; and event ids are derived from the source commit's
+//! LSN and the change's position in it, so what is sent again inserts nothing twice. While no transaction
+//! is open, keepalive positions are acknowledged too, so an idle publication does not pin WAL.
+//!
+//! A slot that disappears is never recreated silently (that would skip every change in between): the
+//! worker records the slot it created in `events.cdc_slots` and refuses to start when it is gone.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use pgwire_replication::{ReplicationClient, ReplicationConfig, ReplicationEvent};
+use serde_json::{Map, Value};
+use tessera_core::bootstrap;
+use tessera_core::roles::{EVENTS, quote_ident};
+use tokio_postgres::Client;
+use uuid::Uuid;
+
+use crate::pgoutput::{self, Datum, Message, OldTuple, Relation, Tuple};
+use crate::value::text_to_json;
+
+/// Rows written per statement while a large source transaction streams in.
+const CHUNK: usize = 1000;
+
+/// Where and how the worker connects.
+#[derive(Debug, Clone)]
+pub struct CdcSettings {
+    /// A socket folder (starting with `/`) or a host name.
+    pub host: String,
+    pub port: u16,
+    pub database: String,
+    /// A role with REPLICATION (`tessera_replication`).
+    pub replication_user: String,
+    pub replication_password: String,
+    /// The writer's connection: the runtime login role, which switches to `tessera_events`.
+    pub writer: tokio_postgres::Config,
+    pub slot: String,
+    pub publication: String,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum CdcError {
+    #[error("database error")]
+    Db(#[from] tokio_postgres::Error),
+    #[error("replication stream error")]
+    Replication(#[from] pgwire_replication::PgWireError),
+    #[error(
+        "replication slot {slot:?} was created by this worker but no longer exists: changes since it was lost \
+         cannot be recovered from it. Investigate, then run `select pg_create_logical_replication_slot('{slot}', \
+         'pgoutput')` as a replication role to start over from now"
+    )]
+    SlotLost { slot: String },
+    #[error("pgoutput message could not be decoded")]
+    Decode(#[from] pgoutput::DecodeError),
+}
+
+/// Makes sure the slot exists before anything is served, so that no committed change predates it.
+pub async fn prepare(settings: &CdcSettings) -> Result<(), CdcError> {
+    let writer = bootstrap::connect(&settings.writer).await?;
+    ensure_slot(settings, &writer).await
+}
+
+/// Makes sure the slot exists: creates it on first start, refuses to recreate one that was lost.
+async fn ensure_slot(settings: &CdcSettings, writer: &Client) -> Result<(), CdcError> {
+    let exists = writer
+        .query_opt("select 1 from pg_replication_slots where slot_name = $1", &[&settings.slot])
+        .await?
+        .is_some();
+    writer.batch_execute(&format!("begin; set local role {}", quote_ident(EVENTS))).await?;
+    let recorded = writer
+        .query_opt("select 1 from events.cdc_slots where slot_name = $1", &[&settings.slot])
+        .await?
+        .is_some();
+    if !exists {
+        if recorded {
+            writer.batch_execute("rollback").await?;
+            return Err(CdcError::SlotLost { slot: settings.slot.clone() });
+        }
+        let mut config = tokio_postgres::Config::new();
+        config
+            .host(&settings.host)
+            .port(settings.port)
+            .user(&settings.replication_user)
+            .password(&settings.replication_password)
+            .dbname(&settings.database);
+        let replication = bootstrap::connect(&config).await?;
+        replication
+            .query_one("select pg_create_logical_replication_slot($1, 'pgoutput')", &[&settings.slot])
+            .await?;
+        tracing::info!(slot = %settings.slot, "replication slot created");
+    }
+    if !recorded {
+        writer.execute("insert into events.cdc_slots (slot_name) values ($1)", &[&settings.slot]).await?;
+    }
+    writer.batch_execute("commit").await?;
+    Ok(())
+}
+
+/// Runs the worker until the stream ends or fails. Transient failures are the caller's to retry.
+pub async fn run(settings: &CdcSettings) -> Result<(), CdcError> {
+    let writer = bootstrap::connect(&settings.writer).await?;
+    ensure_slot(settings, &writer).await?;
+    let config = ReplicationConfig::new(
+        settings.host.clone(),
+        settings.replication_user.clone(),
+        settings.replication_password.clone(),
+        settings.database.clone(),
+        settings.slot.clone(),
+        settings.publication.clone(),
+    )
+    .with_port(settings.port)
+    .with_status_interval(Duration::from_millis(200));
+    let mut stream = connect_with_retry(config).await?;
+    let mut state = Stream { writer, relations: HashMap::new(), tx: None };
+    while let Some(event) = stream.recv().await? {
+        match event {
+            ReplicationEvent::Begin { final_lsn, commit_time_micros, .. } => {
+                state.tx = Some(SourceTx::new(final_lsn.as_u64(), commit_time_micros));
+            }
+            ReplicationEvent::XLogData { data, .. } => state.apply(pgoutput::decode(&data)?).await?,
+            ReplicationEvent::Commit { end_lsn, .. } => {
+                state.commit().await?;
+                stream.update_applied_lsn(end_lsn);
+            }
+            ReplicationEvent::KeepAlive { wal_end, .. } => {
+                // Everything before wal_end has been sent and, outside a transaction, written.
+                if state.tx.is_none() {
+                    stream.update_applied_lsn(wal_end);
+                }
+            }
+            ReplicationEvent::Message { .. } => {}
+            ReplicationEvent::StoppedAt { .. } => break,
+        }
+    }
+    Ok(())
+}
+
+/// Runs the worker for as long as the process lives: a transient failure (a lost connection, a restarted
+/// database) is retried with backoff; a definite one (the slot is lost) is logged for an operator and ends it.
+pub async fn supervise(settings: CdcSettings) {
+    let mut delay = Duration::from_millis(100);
+    loop {
+        match run(&settings).await {
+            Ok(()) => tracing::info!(slot = %settings.slot, "replication stream ended"),
+            Err(e @ CdcError::SlotLost { .. }) => {
+                tracing::error!(error = %e, "cdc worker stopped; an operator must act");
+                return;
+            }
+            Err(e) => tracing::warn!(error = format!("{e:#}"), "cdc worker failed; retrying"),
+        }
+        tokio::time::sleep(delay).await;
+        delay = (delay * 2).min(Duration::from_secs(5));
+    }
+}
+
+/// A stale walsender may still hold the slot for a moment after a previous worker died (55006).
+async fn connect_with_retry(config: ReplicationConfig) -> Result<ReplicationClient, CdcError> {
+    let mut delay = Duration::from_millis(50);
+    let mut attempts = 0;
+    loop {
+        match ReplicationClient::connect(config.clone()).await {
+            Ok(mut client) => match client.wait_started().await {
+                Ok(()) => return Ok(client),
+                Err(e) if attempts < 40 => tracing::warn!(error = %e, "replication slot busy, retrying"),
+                Err(e) => return Err(e.into()),
+            },
+            Err(e) if attempts < 40 => tracing::warn!(error = %e, "replication connection failed, retrying"),
+            Err(e) => return Err(e.into()),
+        }
+        attempts += 1;
+        tokio::time::sleep(delay).await;
+        delay = (delay * 2).min(Duration::from_secs(1));
+    }
+}
+
+struct SourceTx {
+    commit_lsn: u64,
+    commit_micros: i64,
+    position: i32,
+    pending: Vec<ChangeEvent>,
+    /// Whether a writer transaction is open (a chunk has been written).
+    writing: bool,
+}
+
+impl SourceTx {
+    fn new(commit_lsn: u64, commit_micros: i64) -> Self {
+        Self { commit_lsn, commit_micros, position: 0, pending: Vec::new(), writing: false }
+    }
+}
+
+struct ChangeEvent {
+    tenant: Uuid,
+    id: Uuid,
+    position: i32,
+    kind: String,
+    data: Value,
+}
+
+struct Stream {
+    writer: Client,
+    relations: HashMap<u32, Relation>,
+    tx: Option<SourceTx>,
+}
+
+impl Stream {
+    async fn apply(&mut self, message: Message) -> Result<(), CdcError> {
+        let (relation_id, op, old, new) = match message {
+            Message::Relation(r) => {
+                self.relations.insert(r.id, r);
+                return Ok(());
+            }
+            Message::Insert { relation_id, new } => (relation_id, "insert", None, Some(new)),
+            Message::Update { relation_id, old, new } => (relation_id, "update", old, Some(new)),
+            Message::Delete { relation_id, old } => (relation_id, "delete", Some(old), None),
+            Message::Truncate { relation_ids, .. } => {
+                tracing::warn!(relations = ?relation_ids, "truncate of published tables: no per-tenant events");
+                return Ok(());
+            }
+            _ => return Ok(()),
+        };
+        let Some(relation) = self.relations.get(&relation_id) else {
+            tracing::error!(relation_id, "change for a relation never described; skipped");
+            return Ok(());
+        };
+        let Some(tx) = self.tx.as_mut() else {
+            tracing::error!("change outside a transaction; skipped");
+            return Ok(());
+        };
+        let (old_row, old_full) = match &old {
+            Some(OldTuple::Full(t)) => (Some(row(relation, t, None).0), true),
+            Some(OldTuple::Key(t)) => (Some(row(relation, t, None).0), false),
+            None => (None, false),
+        };
+        let (new_row, unchanged) = match &new {
+            Some(t) => {
+                let (r, u) = row(relation, t, old_full.then_some(()).and(old_row.as_ref()));
+                (Some(r), u)
+            }
+            None => (None, Vec::new()),
+        };
+        let tenant = new_row
+            .as_ref()
+            .or(old_row.as_ref())
+            .and_then(|r| r.get("tenant_id"))
+            .and_then(Value::as_str)
+            .and_then(|s| Uuid::parse_str(s).ok());
+        let Some(tenant) = tenant else {
+            tracing::error!(table = %format!("{}.{}", relation.namespace, relation.name), "change without tenant_id; skipped");
+            return Ok(());
+        };
+        let table = format!("{}.{}", relation.namespace, relation.name);
+        let mut data = Map::new();
+        data.insert("table".into(), Value::String(table.clone()));
+        data.insert("op".into(), Value::String(op.into()));
+        data.insert("new".into(), new_row.map_or(Value::Null, Value::Object));
+        data.insert("old".into(), old_row.map_or(Value::Null, Value::Object));
+        if !unchanged.is_empty() {
+            data.insert("unchanged_toast".into(), Value::from(unchanged));
+        }
+        let position = tx.position;
+        tx.position += 1;
+        tx.pending.push(ChangeEvent {
+            tenant,
+            id: event_id(tx.commit_lsn, position),
+            position,
+            kind: format!("{table}.{op}"),
+            data: Value::Object(data),
+        });
+        if tx.pending.len() >= CHUNK {
+            self.flush().await?;
+        }
+        Ok(())
+    }
+
+    /// Writes what is pending into the open writer transaction (opening it first).
+    async fn flush(&mut self) -> Result<(), CdcError> {
+        let Some(tx) = self.tx.as_mut() else { return Ok(()) };
+        if tx.pending.is_empty() {
+            return Ok(());
+        }
+        if !tx.writing {
+            self.writer.batch_execute(&format!("begin; set local role {}", quote_ident(EVENTS))).await?;
+            tx.writing = true;
+        }
+        let events = std::mem::take(&mut tx.pending);
+        let lsn = format_lsn(tx.commit_lsn);
+        let mut start = 0;
+        while start < events.len() {
+            // Consecutive events of one tenant share one statement, with that tenant bound.
+            let tenant = events[start].tenant;
+            let end =
+                events[start..].iter().position(|e| e.tenant != tenant).map_or(events.len(), |n| start + n);
+            let group = &events[start..end];
+            self.writer
+                .execute("select set_config('tessera.tenant_id', $1, true)", &[&tenant.to_string()])
+                .await?;
+            let ids: Vec<Uuid> = group.iter().map(|e| e.id).collect();
+            let positions: Vec<i32> = group.iter().map(|e| e.position).collect();
+            let kinds: Vec<&str> = group.iter().map(|e| e.kind.as_str()).collect();
+            let data: Vec<&Value> = group.iter().map(|e| &e.data).collect();
+            self.writer
+                .execute(
+                    "insert into events.log (tenant_id, id, commit_lsn, position, type, commit_time, data)
+                     select $1, e.id, $2::text::pg_lsn, e.position, e.type,
+                            timestamptz '2000-01-01 00:00:00+00' + $3::bigint * interval '1 microsecond', e.data
+                       from unnest($4::uuid[], $5::int[], $6::text[], $7::jsonb[]) as e(id, position, type, data)
+                     on conflict do nothing",
+                    &[&tenant, &lsn, &tx.commit_micros, &ids, &positions, &kinds, &data],
+                )
+                .await?;
+            start = end;
+        }
+        Ok(())
+    }
+
+    /// Makes the source transaction's events durable; only then may the caller acknowledge it.
+    async fn commit(&mut self) -> Result<(), CdcError> {
+        self.flush().await?;
+        if let Some(tx) = self.tx.take()
+            && tx.writing
+        {
+            self.writer.batch_execute("commit").await?;
+        }
+        Ok(())
+    }
+}
+
+/// A row as JSON. An unchanged TOASTed value is taken from `old` (the full old row) when there is one,
+/// and otherwise left out and named in the returned list: never turned into null.
+fn row(
+    relation: &Relation,
+    tuple: &Tuple,
+    old: Option<&Map<String, Value>>,
+) -> (Map<String, Value>, Vec<String>) {
+    let mut out = Map::new();
+    let mut unchanged = Vec::new();
+    for (column, datum) in relation.columns.iter().zip(&tuple.0) {
+        let value = match datum {
+            Datum::Null => Value::Null,
+            Datum::Text(bytes) => text_to_json(column.type_oid, &String::from_utf8_lossy(bytes)),
+            Datum::Binary(bytes) => Value::String(bytes.iter().map(|b| format!("{b:02x}")).collect()),
+            Datum::UnchangedToast => match old.and_then(|o| o.get(&column.name)) {
+                Some(v) => v.clone(),
+                None => {
+                    unchanged.push(column.name.clone());
+                    continue;
+                }
+            },
+        };
+        out.insert(column.name.clone(), value);
+    }
+    (out, unchanged)
+}
+
+/// The event id of the change at `position` in the transaction that commits at `lsn`: an injective layout
+/// of both into a version-8 UUID, so a replay produces the same id.
+pub fn event_id(lsn: u64, position: i32) -> Uuid {
+    let l = lsn.to_be_bytes();
+    let p = position.to_be_bytes();
+    let bytes = [l[0], l[1], l[2], l[3], l[4], l[5], 0, l[6], 0, l[7], p[0], p[1], p[2], p[3], 0, 0];
+    Uuid::new_v8(bytes)
+}
+
+fn format_lsn(lsn: u64) -> String {
+    format!("{:X}/{:X}", lsn >> 32, lsn & 0xffff_ffff)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn event_ids_are_deterministic_and_distinct() {
+        assert_eq!(event_id(0x16B3748, 3), event_id(0x16B3748, 3));
+        let mut seen = std::collections::HashSet::new();
+        for lsn in [0u64, 1, 0x100, 0x1_0000_0000, u64::MAX, 0x00FF_0000_0000_0000, 0x0000_0000_0000_FF00] {
+            for position in [0, 1, 255, i32::MAX] {
+                assert!(seen.insert(event_id(lsn, position)), "{lsn:#x} {position}");
+            }
+        }
+        assert_eq!(format_lsn(0x1_0000_00AB), "1/AB");
+    }
+
+    #[test]
+    fn unchanged_toast_comes_from_the_old_row_or_is_named_never_null() {
+        let relation = Relation {
+            id: 1,
+            namespace: "crm".into(),
+            name: "notes".into(),
+            replica_identity: b'f',
+            columns: vec![
+                crate::pgoutput::Column { is_key: true, name: "id".into(), type_oid: 23, type_modifier: -1 },
+                crate::pgoutput::Column {
+                    is_key: false,
+                    name: "body".into(),
+                    type_oid: 25,
+                    type_modifier: -1,
+                },
+            ],
+        };
+        let new = Tuple(vec![Datum::Text(b"1".to_vec()), Datum::UnchangedToast]);
+        let (r, unchanged) = row(&relation, &new, None);
+        assert_eq!(unchanged, ["body"]);
+        assert!(!r.contains_key("body"));
+        let mut old = Map::new();
+        old.insert("body".into(), Value::String("long text".into()));
+        let (r, unchanged) = row(&relation, &new, Some(&old));
+        assert!(unchanged.is_empty());
+        assert_eq!(r["body"], "long text");
+    }
+}

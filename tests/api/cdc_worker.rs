@@ -1,0 +1,189 @@
+//! The CDC worker against a real slot: committed rows become events in `events.log` exactly once, however
+//! often the worker is killed; an idle publication still advances the slot; a lost slot is refused.
+
+use std::time::{Duration, Instant};
+
+use serde_json::json;
+use tessera_cdc::worker::{self, CdcError, CdcSettings};
+use tokio_postgres::Client;
+
+use crate::support::{TestApp, cluster, connect};
+
+fn settings(app: &TestApp) -> CdcSettings {
+    let endpoint = &cluster().endpoint;
+    CdcSettings {
+        host: endpoint.socket_dir.display().to_string(),
+        port: endpoint.port,
+        database: app.db.name.clone(),
+        replication_user: "tessera_replication".into(),
+        replication_password: String::new(),
+        writer: endpoint.pg_config("tessera_app", &app.db.name),
+        slot: format!("cdc_{}", &app.db.name[2..14]),
+        publication: "tessera_cdc".into(),
+    }
+}
+
+fn spawn(settings: &CdcSettings) -> tokio::task::JoinHandle<Result<(), CdcError>> {
+    let settings = settings.clone();
+    tokio::spawn(async move { worker::run(&settings).await })
+}
+
+async fn count(admin: &Client, sql: &str) -> i64 {
+    admin.query_one(sql, &[]).await.expect("count").get(0)
+}
+
+/// Starts a worker and waits until it holds its slot: changes committed before the slot exists are not its.
+async fn start(settings: &CdcSettings, admin: &Client) -> tokio::task::JoinHandle<Result<(), CdcError>> {
+    let handle = spawn(settings);
+    let active =
+        format!("select count(*) from pg_replication_slots where slot_name = '{}' and active", settings.slot);
+    assert_eq!(wait_for(admin, &active, 1).await, 1, "the worker holds its slot");
+    handle
+}
+
+/// Waits, with a deadline, until `sql` counts at least `want`.
+async fn wait_for(admin: &Client, sql: &str, want: i64) -> i64 {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let n = count(admin, sql).await;
+        if n >= want || Instant::now() > deadline {
+            return n;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn committed_changes_become_events_in_commit_order() {
+    let mut app = TestApp::spawn().await;
+    let (tenant, key) = app.tenant("acme").await;
+    let admin = connect(&cluster().superuser, &app.db.name).await;
+    let cdc = settings(&app);
+    let handle = start(&cdc, &admin).await;
+
+    let company = app.create("companies", &key, json!({"name": "Globex"})).await;
+    let deal = app.create("deals", &key, json!({"title": "Hammocks", "company_id": company})).await;
+    assert_eq!(app.patch(&format!("/v1/crm/deals/{deal}"), &key, json!({"stage": "won"})).await.status, 200);
+
+    let n = wait_for(&admin, "select count(*) from events.log", 3).await;
+    assert_eq!(n, 3, "three changes, three events");
+    let rows = admin
+        .query("select tenant_id, type, data from events.log order by commit_lsn, position", &[])
+        .await
+        .expect("log");
+    let types: Vec<String> = rows.iter().map(|r| r.get(1)).collect();
+    assert_eq!(types, ["crm.companies.insert", "crm.deals.insert", "crm.deals.update"]);
+    assert!(rows.iter().all(|r| r.get::<_, uuid::Uuid>(0) == tenant.as_uuid()));
+    let update: serde_json::Value = rows[2].get(2);
+    assert_eq!(
+        (update["old"]["stage"].as_str(), update["new"]["stage"].as_str()),
+        (Some("lead"), Some("won"))
+    );
+
+    // Acknowledged once durable: the slot's confirmed position reaches the last commit.
+    let confirmed_ok = wait_for(
+        &admin,
+        &format!(
+            "select count(*) from pg_replication_slots where slot_name = '{}'
+               and confirmed_flush_lsn >= (select max(commit_lsn) from events.log)",
+            cdc.slot
+        ),
+        1,
+    )
+    .await;
+    assert_eq!(confirmed_ok, 1);
+    handle.abort();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killing_the_worker_at_any_moment_loses_and_duplicates_nothing() {
+    let mut app = TestApp::spawn().await;
+    let (_, key) = app.tenant("acme").await;
+    let admin = connect(&cluster().superuser, &app.db.name).await;
+    let cdc = settings(&app);
+    let mut handle = start(&cdc, &admin).await;
+    let deal = app.create("deals", &key, json!({"title": "Churn"})).await;
+
+    const UPDATES: i64 = 400;
+    for i in 0..UPDATES {
+        admin
+            .execute(
+                "update crm.deals set amount = $1::text::numeric where id = $2::text::uuid",
+                &[&i.to_string(), &deal],
+            )
+            .await
+            .expect("update");
+        // Kill it at uneven points, mid-stream, and start another.
+        if i % 37 == 11 || i % 53 == 0 {
+            handle.abort();
+            let _ = handle.await;
+            handle = spawn(&cdc);
+        }
+    }
+    let updates =
+        wait_for(&admin, "select count(*) from events.log where type = 'crm.deals.update'", UPDATES).await;
+    assert_eq!(updates, UPDATES, "every update once");
+    let total = count(&admin, "select count(*) from events.log").await;
+    let distinct = count(&admin, "select count(distinct (commit_lsn, position)) from events.log").await;
+    assert_eq!(total, UPDATES + 1, "the insert and every update, nothing twice");
+    assert_eq!(total, distinct);
+    let amounts: Vec<String> = admin
+        .query("select data->'new'->>'amount' from events.log where type = 'crm.deals.update' order by commit_lsn", &[])
+        .await
+        .expect("amounts")
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    let expected: Vec<String> = (0..UPDATES).map(|i| format!("{i}.00")).collect();
+    assert_eq!(amounts, expected, "in commit order");
+    handle.abort();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_publication_still_advances_the_slot() {
+    let app = TestApp::spawn().await;
+    let admin = connect(&cluster().superuser, &app.db.name).await;
+    let cdc = settings(&app);
+    let handle = start(&cdc, &admin).await;
+    admin.batch_execute("create table public.noise (n int)").await.expect("noise table");
+    for i in 0..50 {
+        admin.execute("insert into public.noise values ($1)", &[&i]).await.expect("noise");
+    }
+    let target: String = admin.query_one("select pg_current_wal_lsn()::text", &[]).await.expect("lsn").get(0);
+    let advanced = wait_for(
+        &admin,
+        &format!(
+            "select count(*) from pg_replication_slots where slot_name = '{}' and confirmed_flush_lsn >= '{target}'",
+            cdc.slot
+        ),
+        1,
+    )
+    .await;
+    assert_eq!(advanced, 1, "keepalive positions are acknowledged while idle");
+    assert_eq!(count(&admin, "select count(*) from events.log").await, 0);
+    handle.abort();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lost_slot_is_refused_not_recreated() {
+    let app = TestApp::spawn().await;
+    let admin = connect(&cluster().superuser, &app.db.name).await;
+    let cdc = settings(&app);
+    let handle = start(&cdc, &admin).await;
+    handle.abort();
+    let _ = handle.await;
+    // Wait for the walsender to let go, then lose the slot.
+    wait_for(
+        &admin,
+        &format!("select count(*) from pg_replication_slots where slot_name = '{}' and not active", cdc.slot),
+        1,
+    )
+    .await;
+    admin.query_one("select pg_drop_replication_slot($1)", &[&cdc.slot]).await.expect("drop");
+    let err = worker::run(&cdc).await.expect_err("must refuse");
+    assert!(matches!(err, CdcError::SlotLost { .. }), "{err}");
+    let slots =
+        count(&admin, &format!("select count(*) from pg_replication_slots where slot_name = '{}'", cdc.slot))
+            .await;
+    assert_eq!(slots, 0, "no slot was recreated");
+}
