@@ -218,23 +218,23 @@ async fn up_serving(
     modules: &[Arc<dyn Module>],
     endpoint: &Endpoint,
 ) -> anyhow::Result<()> {
-    let mut owner = bootstrap::connect(&endpoint.pg_config(OWNER, DATABASE)).await?;
-    let demo_key = admin::seed_demo(&mut owner, &module_refs(modules)).await?;
-    drop(owner);
-
     // The CDC worker turns committed rows into events.log entries, in process. Its slot exists before the
-    // gateway serves, so no change made through it predates the slot.
+    // demo data and the gateway, so no change predates it.
     let cdc = CdcSettings {
         host: endpoint.socket_dir.display().to_string(),
         port: endpoint.port,
         database: DATABASE.into(),
         replication_user: REPLICATION.into(),
         replication_password: String::new(),
-        writer: endpoint.pg_config(APP, DATABASE),
+        writer: endpoint.pg_config(REPLICATION, DATABASE),
         slot: "tessera".into(),
         publication: "tessera_cdc".into(),
     };
     tessera_cdc::worker::prepare(&cdc).await?;
+
+    let mut owner = bootstrap::connect(&endpoint.pg_config(OWNER, DATABASE)).await?;
+    let demo_key = admin::seed_demo(&mut owner, &module_refs(modules)).await?;
+    drop(owner);
 
     let db = Database::new(endpoint.pg_config(APP, DATABASE), settings.pool_size)?;
     db.ensure_unprivileged().await?;

@@ -41,7 +41,8 @@ pub struct CdcSettings {
     /// A role with REPLICATION (`tessera_replication`).
     pub replication_user: String,
     pub replication_password: String,
-    /// The writer's connection: the runtime login role, which switches to `tessera_events`.
+    /// The writer's connection: the replication login role, which switches to `tessera_events` (the gateway's
+    /// login role cannot).
     pub writer: tokio_postgres::Config,
     pub slot: String,
     pub publication: String,
@@ -222,22 +223,30 @@ impl Stream {
             Message::Update { relation_id, old, new } => (relation_id, "update", old, Some(new)),
             Message::Delete { relation_id, old } => (relation_id, "delete", Some(old), None),
             Message::Truncate { relation_ids, .. } => {
-                tracing::warn!(relations = ?relation_ids, "truncate of published tables: no per-tenant events");
+                // No runtime role may truncate; only an operator can, and the change has no tenant.
+                if let Some(tx) = self.tx.as_mut() {
+                    tx.position += 1;
+                }
+                tracing::error!(relations = ?relation_ids, "truncate of published tables is not recorded as events");
                 return Ok(());
             }
             _ => return Ok(()),
         };
-        let Some(relation) = self.relations.get(&relation_id) else {
-            tracing::error!(relation_id, "change for a relation never described; skipped");
-            return Ok(());
-        };
+        // Every change message takes a position, recorded or not, so that ids stay stable across versions.
         let Some(tx) = self.tx.as_mut() else {
             tracing::error!("change outside a transaction; skipped");
             return Ok(());
         };
+        let position = tx.position;
+        tx.position += 1;
+        let Some(relation) = self.relations.get(&relation_id) else {
+            tracing::error!(relation_id, "change for a relation never described; skipped");
+            return Ok(());
+        };
         let (old_row, old_full) = match &old {
             Some(OldTuple::Full(t)) => (Some(row(relation, t, None).0), true),
-            Some(OldTuple::Key(t)) => (Some(row(relation, t, None).0), false),
+            // A key-only old row carries the key columns; the others come as 'n' and are not null.
+            Some(OldTuple::Key(t)) => (Some(key_row(relation, t)), false),
             None => (None, false),
         };
         let (new_row, unchanged) = match &new {
@@ -247,12 +256,17 @@ impl Stream {
             }
             None => (None, Vec::new()),
         };
-        let tenant = new_row
-            .as_ref()
-            .or(old_row.as_ref())
-            .and_then(|r| r.get("tenant_id"))
-            .and_then(Value::as_str)
-            .and_then(|s| Uuid::parse_str(s).ok());
+        let tenant_of = |r: Option<&Map<String, Value>>| {
+            r.and_then(|r| r.get("tenant_id")).and_then(Value::as_str).map(str::to_owned)
+        };
+        let (new_tenant, old_tenant) = (tenant_of(new_row.as_ref()), tenant_of(old_row.as_ref()));
+        if let (Some(n), Some(o)) = (&new_tenant, &old_tenant)
+            && n != o
+        {
+            tracing::error!(table = %format!("{}.{}", relation.namespace, relation.name), "a row moved between tenants; not recorded");
+            return Ok(());
+        }
+        let tenant = new_tenant.or(old_tenant).and_then(|s| Uuid::parse_str(&s).ok());
         let Some(tenant) = tenant else {
             tracing::error!(table = %format!("{}.{}", relation.namespace, relation.name), "change without tenant_id; skipped");
             return Ok(());
@@ -266,8 +280,7 @@ impl Stream {
         if !unchanged.is_empty() {
             data.insert("unchanged_toast".into(), Value::from(unchanged));
         }
-        let position = tx.position;
-        tx.position += 1;
+        let Some(tx) = self.tx.as_mut() else { return Ok(()) };
         tx.pending.push(ChangeEvent {
             tenant,
             id: event_id(tx.commit_lsn, position),
@@ -288,7 +301,13 @@ impl Stream {
             return Ok(());
         }
         if !tx.writing {
-            self.writer.batch_execute(&format!("begin; set local role {}", quote_ident(EVENTS))).await?;
+            // Durable before the slot is acknowledged, whatever the server's default.
+            self.writer
+                .batch_execute(&format!(
+                    "begin; set local role {}; set local synchronous_commit = on",
+                    quote_ident(EVENTS)
+                ))
+                .await?;
             tx.writing = true;
         }
         let events = std::mem::take(&mut tx.pending);
@@ -359,6 +378,19 @@ fn row(
         out.insert(column.name.clone(), value);
     }
     (out, unchanged)
+}
+
+/// The key columns of a key-only old row.
+fn key_row(relation: &Relation, tuple: &Tuple) -> Map<String, Value> {
+    let mut out = Map::new();
+    for (column, datum) in relation.columns.iter().zip(&tuple.0) {
+        if column.is_key
+            && let Datum::Text(bytes) = datum
+        {
+            out.insert(column.name.clone(), text_to_json(column.type_oid, &String::from_utf8_lossy(bytes)));
+        }
+    }
+    out
 }
 
 /// The event id of the change at `position` in the transaction that commits at `lsn`: an injective layout

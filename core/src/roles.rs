@@ -8,7 +8,7 @@
 //! | `tessera_<module>` | no | one per module: rights on that module's schema only |
 //! | `tessera_app` | yes | the gateway's login: NOINHERIT, no rights of its own, may `SET ROLE` to a module role |
 //! | `tessera_reporting` | no | read-only access for the SQL endpoint |
-//! | `tessera_events` | no | the CDC worker's writes to the event log; `tessera_app` may `SET ROLE` to it |
+//! | `tessera_events` | no | the CDC worker's writes to the event log; `tessera_replication` switches to it |
 //! | `tessera_replication` | yes | REPLICATION, for the CDC worker |
 //!
 //! Roles are cluster-wide and created by a superuser: `tessera up` applies the script itself; against a
@@ -83,7 +83,7 @@ pub fn cluster_script(modules: &[&str]) -> String {
         ));
     }
     out.push_str(&format!("grant {} to {};\n", quote_ident(RUNTIME), quote_ident(EVENTS)));
-    out.push_str(&format!("grant {} to {};\n", quote_ident(EVENTS), quote_ident(APP)));
+    out.push_str(&format!("grant {} to {};\n", quote_ident(EVENTS), quote_ident(REPLICATION)));
     out.push_str("\n-- The owner hands the key-lookup functions to tessera_auth.\n");
     out.push_str(&format!("grant {} to {};\n", quote_ident(AUTH), quote_ident(OWNER)));
     for role in &module_roles {

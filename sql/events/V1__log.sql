@@ -3,7 +3,9 @@
 create schema events;
 
 create table events.log (
-    tenant_id    uuid not null references core.tenants (id) on delete cascade,
+    -- No foreign key to core.tenants: the log records history, and a deleted tenant's last changes (the
+    -- cascade of its deletion) must still be writable, or the worker would stall for every tenant.
+    tenant_id    uuid not null,
     -- Deterministic: derived from the source commit's LSN and the change's position in it, so a replay
     -- writes the same ids and inserts nothing twice.
     id           uuid not null,
@@ -31,5 +33,5 @@ create table events.cdc_slots (
 );
 
 grant usage on schema events to tessera_events;
-grant select, insert on events.log to tessera_events;
+grant insert on events.log to tessera_events;
 grant select, insert on events.cdc_slots to tessera_events;

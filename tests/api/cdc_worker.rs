@@ -17,7 +17,7 @@ fn settings(app: &TestApp) -> CdcSettings {
         database: app.db.name.clone(),
         replication_user: "tessera_replication".into(),
         replication_password: String::new(),
-        writer: endpoint.pg_config("tessera_app", &app.db.name),
+        writer: endpoint.pg_config("tessera_replication", &app.db.name),
         slot: format!("cdc_{}", &app.db.name[2..14]),
         publication: "tessera_cdc".into(),
     }
@@ -186,4 +186,57 @@ async fn a_lost_slot_is_refused_not_recreated() {
         count(&admin, &format!("select count(*) from pg_replication_slots where slot_name = '{}'", cdc.slot))
             .await;
     assert_eq!(slots, 0, "no slot was recreated");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deletes_carry_keys_not_false_nulls_and_a_deleted_tenant_stalls_nobody() {
+    let mut app = TestApp::spawn().await;
+    let (tenant_a, key_a) = app.tenant("tenant-a").await;
+    let (tenant_b, key_b) = app.tenant("tenant-b").await;
+    let admin = connect(&cluster().superuser, &app.db.name).await;
+    let cdc = settings(&app);
+    let handle = start(&cdc, &admin).await;
+
+    let company_a = app.create("companies", &key_a, json!({"name": "A Corp", "domain": "a.example"})).await;
+    app.create("companies", &key_b, json!({"name": "B Corp"})).await;
+    assert_eq!(app.delete(&format!("/v1/crm/companies/{company_a}"), &key_a).await.status, 204);
+    // Deleting tenant B cascades into its rows; their delete events must not block anyone.
+    app.owner
+        .execute("delete from core.tenants where id = $1", &[&tenant_b.as_uuid()])
+        .await
+        .expect("delete tenant");
+    app.create("companies", &key_a, json!({"name": "A Again"})).await;
+
+    let n = wait_for(&admin, "select count(*) from events.log", 5).await;
+    assert_eq!(n, 5, "two inserts, A's delete, B's cascaded delete, A's last insert");
+    let delete: serde_json::Value = admin
+        .query_one(
+            "select data from events.log where type = 'crm.companies.delete' and tenant_id = $1",
+            &[&tenant_a.as_uuid()],
+        )
+        .await
+        .expect("delete event")
+        .get(0);
+    let old = delete["old"].as_object().expect("old key");
+    let mut keys: Vec<&str> = old.keys().map(String::as_str).collect();
+    keys.sort();
+    assert_eq!(keys, ["id", "tenant_id"], "a key-only old row has the key and no invented nulls: {delete}");
+
+    // Row-level security on the log: bound to A, the owner sees A's events only.
+    let owner = app.db.connect_as("tessera_owner").await;
+    owner.batch_execute("begin").await.expect("begin");
+    owner
+        .execute("select set_config('tessera.tenant_id', $1, true)", &[&tenant_a.to_string()])
+        .await
+        .expect("bind");
+    let tenants: Vec<uuid::Uuid> = owner
+        .query("select distinct tenant_id from events.log", &[])
+        .await
+        .expect("log")
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(tenants, [tenant_a.as_uuid()]);
+    owner.batch_execute("rollback").await.expect("rollback");
+    handle.abort();
 }
