@@ -240,3 +240,39 @@ async fn deletes_carry_keys_not_false_nulls_and_a_deleted_tenant_stalls_nobody()
     owner.batch_execute("rollback").await.expect("rollback");
     handle.abort();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_large_transaction_across_tenants_is_written_in_chunks_each_row_under_its_tenant() {
+    let mut app = TestApp::spawn().await;
+    let (tenant_a, _) = app.tenant("tenant-a").await;
+    let (tenant_b, _) = app.tenant("tenant-b").await;
+    let admin = connect(&cluster().superuser, &app.db.name).await;
+    let cdc = settings(&app);
+    let handle = start(&cdc, &admin).await;
+
+    // One source transaction of 2,500 rows, tenants interleaved, spanning three of the worker's chunks.
+    admin
+        .execute(
+            "insert into crm.companies (tenant_id, name)
+             select case when g % 3 = 0 then $1::uuid else $2::uuid end, 'Company ' || g
+               from generate_series(1, 2500) g",
+            &[&tenant_a.as_uuid(), &tenant_b.as_uuid()],
+        )
+        .await
+        .expect("bulk insert");
+    let n = wait_for(&admin, "select count(*) from events.log", 2500).await;
+    assert_eq!(n, 2500);
+    let misfiled =
+        count(&admin, "select count(*) from events.log where tenant_id::text <> data->'new'->>'tenant_id'")
+            .await;
+    assert_eq!(misfiled, 0, "every event under the tenant of its row");
+    let a =
+        count(&admin, &format!("select count(*) from events.log where tenant_id = '{}'", tenant_a.as_uuid()))
+            .await;
+    assert_eq!(a, 833);
+    let positions = count(&admin, "select count(distinct position) from events.log").await;
+    assert_eq!(positions, 2500, "one source transaction, every change its own position");
+    let commits = count(&admin, "select count(distinct commit_lsn) from events.log").await;
+    assert_eq!(commits, 1);
+    handle.abort();
+}
