@@ -229,6 +229,7 @@ async fn up_serving(
         writer: endpoint.pg_config(REPLICATION, DATABASE),
         slot: "tessera".into(),
         publication: "tessera_cdc".into(),
+        rules: modules.iter().flat_map(|m| m.event_rules()).collect(),
     };
     tessera_cdc::worker::prepare(&cdc).await?;
 

@@ -20,8 +20,8 @@ use std::time::Duration;
 
 use pgwire_replication::{ReplicationClient, ReplicationConfig, ReplicationEvent};
 use serde_json::{Map, Value};
-use tessera_core::bootstrap;
 use tessera_core::roles::{EVENTS, quote_ident};
+use tessera_core::{ChangeView, EventRule, bootstrap};
 use tokio_postgres::Client;
 use uuid::Uuid;
 
@@ -46,6 +46,8 @@ pub struct CdcSettings {
     pub writer: tokio_postgres::Config,
     pub slot: String,
     pub publication: String,
+    /// The modules' domain-event rules, applied to every change.
+    pub rules: Vec<EventRule>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -62,12 +64,37 @@ pub enum CdcError {
     SlotLost { slot: String },
     #[error("pgoutput message could not be decoded")]
     Decode(#[from] pgoutput::DecodeError),
+    #[error(
+        "event rule {rule} reads old values of {table}, which lacks REPLICA IDENTITY FULL; run \
+         `alter table {table} replica identity full` in that module's migrations"
+    )]
+    RuleNeedsOldValues { rule: &'static str, table: &'static str },
 }
 
 /// Makes sure the slot exists before anything is served, so that no committed change predates it.
 pub async fn prepare(settings: &CdcSettings) -> Result<(), CdcError> {
     let writer = bootstrap::connect(&settings.writer).await?;
+    check_rules(settings, &writer).await?;
     ensure_slot(settings, &writer).await
+}
+
+/// Refuses a rule that needs old values on a table that would not send them.
+async fn check_rules(settings: &CdcSettings, writer: &Client) -> Result<(), CdcError> {
+    for rule in settings.rules.iter().filter(|r| r.needs_old) {
+        let full: Option<bool> = writer
+            .query_opt(
+                // By name through the catalog: the writer's role has no rights on module schemas.
+                "select c.relreplident = 'f' from pg_class c join pg_namespace n on n.oid = c.relnamespace
+                  where n.nspname = split_part($1, '.', 1) and c.relname = split_part($1, '.', 2)",
+                &[&rule.table],
+            )
+            .await?
+            .map(|r| r.get(0));
+        if full != Some(true) {
+            return Err(CdcError::RuleNeedsOldValues { rule: rule.name, table: rule.table });
+        }
+    }
+    Ok(())
 }
 
 /// Makes sure the slot exists: creates it on first start, refuses to recreate one that was lost.
@@ -109,6 +136,7 @@ async fn ensure_slot(settings: &CdcSettings, writer: &Client) -> Result<(), CdcE
 /// Runs the worker until the stream ends or fails. Transient failures are the caller's to retry.
 pub async fn run(settings: &CdcSettings) -> Result<(), CdcError> {
     let writer = bootstrap::connect(&settings.writer).await?;
+    check_rules(settings, &writer).await?;
     ensure_slot(settings, &writer).await?;
     let config = ReplicationConfig::new(
         settings.host.clone(),
@@ -121,7 +149,7 @@ pub async fn run(settings: &CdcSettings) -> Result<(), CdcError> {
     .with_port(settings.port)
     .with_status_interval(Duration::from_millis(200));
     let mut stream = connect_with_retry(config).await?;
-    let mut state = Stream { writer, relations: HashMap::new(), tx: None };
+    let mut state = Stream { writer, relations: HashMap::new(), tx: None, rules: settings.rules.clone() };
     while let Some(event) = stream.recv().await? {
         match event {
             ReplicationEvent::Begin { final_lsn, commit_time_micros, .. } => {
@@ -152,7 +180,7 @@ pub async fn supervise(settings: CdcSettings) {
     loop {
         match run(&settings).await {
             Ok(()) => tracing::info!(slot = %settings.slot, "replication stream ended"),
-            Err(e @ CdcError::SlotLost { .. }) => {
+            Err(e @ (CdcError::SlotLost { .. } | CdcError::RuleNeedsOldValues { .. })) => {
                 tracing::error!(error = %e, "cdc worker stopped; an operator must act");
                 return;
             }
@@ -210,6 +238,7 @@ struct Stream {
     writer: Client,
     relations: HashMap<u32, Relation>,
     tx: Option<SourceTx>,
+    rules: Vec<EventRule>,
 }
 
 impl Stream {
@@ -272,6 +301,14 @@ impl Stream {
             return Ok(());
         };
         let table = format!("{}.{}", relation.namespace, relation.name);
+        let view = ChangeView { table: &table, op, new: new_row.as_ref(), old: old_row.as_ref() };
+        let derived: Vec<(usize, &'static str)> = self
+            .rules
+            .iter()
+            .enumerate()
+            .filter(|(_, r)| r.table == table && (r.matches)(&view))
+            .map(|(i, r)| (i, r.name))
+            .collect();
         let mut data = Map::new();
         data.insert("table".into(), Value::String(table.clone()));
         data.insert("op".into(), Value::String(op.into()));
@@ -281,13 +318,30 @@ impl Stream {
             data.insert("unchanged_toast".into(), Value::from(unchanged));
         }
         let Some(tx) = self.tx.as_mut() else { return Ok(()) };
+        let change_id = event_id(tx.commit_lsn, position);
+        // Domain events follow their change in the log and carry its row and id.
+        let domain: Vec<ChangeEvent> = derived
+            .into_iter()
+            .map(|(rule, name)| {
+                let mut d = data.clone();
+                d.insert("change_id".into(), Value::String(change_id.to_string()));
+                ChangeEvent {
+                    tenant,
+                    id: domain_event_id(tx.commit_lsn, position, rule),
+                    position,
+                    kind: name.to_owned(),
+                    data: Value::Object(d),
+                }
+            })
+            .collect();
         tx.pending.push(ChangeEvent {
             tenant,
-            id: event_id(tx.commit_lsn, position),
+            id: change_id,
             position,
             kind: format!("{table}.{op}"),
             data: Value::Object(data),
         });
+        tx.pending.extend(domain);
         if tx.pending.len() >= CHUNK {
             self.flush().await?;
         }
@@ -400,6 +454,16 @@ pub fn event_id(lsn: u64, position: i32) -> Uuid {
     let p = position.to_be_bytes();
     let bytes = [l[0], l[1], l[2], l[3], l[4], l[5], 0, l[6], 0, l[7], p[0], p[1], p[2], p[3], 0, 0];
     Uuid::new_v8(bytes)
+}
+
+/// The id of the domain event that rule number `rule` derives from the change at `position`: the change's
+/// id layout with the rule in the otherwise unused last two bytes.
+pub fn domain_event_id(lsn: u64, position: i32, rule: usize) -> Uuid {
+    let mut bytes = *event_id(lsn, position).as_bytes();
+    let tag = u16::try_from(rule + 1).unwrap_or(u16::MAX).to_be_bytes();
+    bytes[14] = tag[0];
+    bytes[15] = tag[1];
+    Uuid::from_bytes(bytes)
 }
 
 fn format_lsn(lsn: u64) -> String {

@@ -18,4 +18,45 @@ pub trait Module: Send + Sync + 'static {
     fn demo_data(&self) -> Option<&'static str> {
         None
     }
+
+    /// The domain events this module derives from its committed changes.
+    fn event_rules(&self) -> Vec<EventRule> {
+        Vec::new()
+    }
+}
+
+/// A committed change as event rules see it: table, operation and rows as JSON.
+#[derive(Debug, Clone, Copy)]
+pub struct ChangeView<'a> {
+    /// `schema.table`
+    pub table: &'a str,
+    /// `insert`, `update` or `delete`
+    pub op: &'a str,
+    pub new: Option<&'a serde_json::Map<String, serde_json::Value>>,
+    /// The whole old row where the table has REPLICA IDENTITY FULL, else its key (or nothing).
+    pub old: Option<&'a serde_json::Map<String, serde_json::Value>>,
+}
+
+impl ChangeView<'_> {
+    /// A column of the new row as text.
+    pub fn new_text(&self, column: &str) -> Option<&str> {
+        self.new?.get(column)?.as_str()
+    }
+
+    /// A column of the old row as text.
+    pub fn old_text(&self, column: &str) -> Option<&str> {
+        self.old?.get(column)?.as_str()
+    }
+}
+
+/// A domain event a module derives from its own committed changes, e.g. `deal.closed.won`.
+#[derive(Debug, Clone, Copy)]
+pub struct EventRule {
+    /// The event's type.
+    pub name: &'static str,
+    /// The `schema.table` whose changes it looks at.
+    pub table: &'static str,
+    /// Whether it reads old values: the table must then have REPLICA IDENTITY FULL (checked at start).
+    pub needs_old: bool,
+    pub matches: fn(&ChangeView<'_>) -> bool,
 }

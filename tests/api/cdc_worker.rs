@@ -20,6 +20,7 @@ fn settings(app: &TestApp) -> CdcSettings {
         writer: endpoint.pg_config("tessera_replication", &app.db.name),
         slot: format!("cdc_{}", &app.db.name[2..14]),
         publication: "tessera_cdc".into(),
+        rules: crate::support::modules().iter().flat_map(|m| m.event_rules()).collect(),
     }
 }
 
@@ -65,14 +66,14 @@ async fn committed_changes_become_events_in_commit_order() {
     let deal = app.create("deals", &key, json!({"title": "Hammocks", "company_id": company})).await;
     assert_eq!(app.patch(&format!("/v1/crm/deals/{deal}"), &key, json!({"stage": "won"})).await.status, 200);
 
-    let n = wait_for(&admin, "select count(*) from events.log", 3).await;
-    assert_eq!(n, 3, "three changes, three events");
+    let n = wait_for(&admin, "select count(*) from events.log", 4).await;
+    assert_eq!(n, 4, "three changes and the win they include");
     let rows = admin
-        .query("select tenant_id, type, data from events.log order by commit_lsn, position", &[])
+        .query("select tenant_id, type, data from events.log order by commit_lsn, position, id", &[])
         .await
         .expect("log");
     let types: Vec<String> = rows.iter().map(|r| r.get(1)).collect();
-    assert_eq!(types, ["crm.companies.insert", "crm.deals.insert", "crm.deals.update"]);
+    assert_eq!(types, ["crm.companies.insert", "crm.deals.insert", "crm.deals.update", "deal.closed.won"]);
     assert!(rows.iter().all(|r| r.get::<_, uuid::Uuid>(0) == tenant.as_uuid()));
     let update: serde_json::Value = rows[2].get(2);
     assert_eq!(
@@ -275,4 +276,49 @@ async fn a_large_transaction_across_tenants_is_written_in_chunks_each_row_under_
     let commits = count(&admin, "select count(distinct commit_lsn) from events.log").await;
     assert_eq!(commits, 1);
     handle.abort();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deal_closed_won_fires_once_per_transition_however_the_row_changes() {
+    let mut app = TestApp::spawn().await;
+    let (_, key) = app.tenant("acme").await;
+    let admin = connect(&cluster().superuser, &app.db.name).await;
+    let cdc = settings(&app);
+    let handle = start(&cdc, &admin).await;
+
+    let deal = app.create("deals", &key, json!({"title": "Anvils"})).await;
+    let path = format!("/v1/crm/deals/{deal}");
+    for body in [
+        json!({"stage": "won"}),         // a win
+        json!({"title": "Anvils, 200"}), // editing a won deal: no new win
+        json!({"stage": "lost"}),
+        json!({"stage": "won"}), // won again: a second win
+    ] {
+        assert_eq!(app.patch(&path, &key, body).await.status, 200);
+    }
+    // Plain SQL, not the API: inserted as won is a win too.
+    admin
+        .execute(
+            "insert into crm.deals (tenant_id, title, stage) select tenant_id, 'Direct', 'won' from crm.deals where id = $1::text::uuid",
+            &[&deal],
+        )
+        .await
+        .expect("insert as won");
+    let changes = wait_for(&admin, "select count(*) from events.log where type like 'crm.deals.%'", 6).await;
+    assert_eq!(changes, 6);
+    let wins = wait_for(&admin, "select count(*) from events.log where type = 'deal.closed.won'", 3).await;
+    assert_eq!(wins, 3, "two transitions of one deal, one deal inserted as won");
+    let distinct = count(&admin, "select count(distinct id) from events.log").await;
+    assert_eq!(distinct, count(&admin, "select count(*) from events.log").await);
+    handle.abort();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rule_needing_old_values_on_a_table_without_full_identity_is_refused_at_start() {
+    let app = TestApp::spawn().await;
+    let admin = connect(&cluster().superuser, &app.db.name).await;
+    admin.batch_execute("alter table crm.deals replica identity default").await.expect("identity");
+    let err = worker::run(&settings(&app)).await.expect_err("must refuse");
+    assert!(matches!(err, CdcError::RuleNeedsOldValues { rule: "deal.closed.won", .. }), "{err}");
+    assert!(err.to_string().contains("replica identity full"));
 }

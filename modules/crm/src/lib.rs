@@ -9,8 +9,8 @@ mod model;
 mod routes;
 mod store;
 
-use tessera_core::Module;
 use tessera_core::db::ModuleDb;
+use tessera_core::{ChangeView, EventRule, Module};
 
 mod embedded {
     refinery::embed_migrations!("../../sql/crm");
@@ -34,5 +34,20 @@ impl Module for Crm {
 
     fn demo_data(&self) -> Option<&'static str> {
         Some(include_str!("../../../sql/crm/demo.sql"))
+    }
+
+    fn event_rules(&self) -> Vec<EventRule> {
+        vec![EventRule { name: "deal.closed.won", table: "crm.deals", needs_old: true, matches: deal_won }]
+    }
+}
+
+/// A deal reaching `won`: inserted as won, or moved to won from another stage. Editing a won deal's other
+/// fields is not a new win; won → lost → won is two.
+fn deal_won(change: &ChangeView<'_>) -> bool {
+    let won_now = change.new_text("stage") == Some("won");
+    match change.op {
+        "insert" => won_now,
+        "update" => won_now && change.old_text("stage") != Some("won"),
+        _ => false,
     }
 }
