@@ -8,29 +8,13 @@ use tessera_core::admin;
 use tessera_core::apikey::Scope;
 use tessera_core::bootstrap;
 use tessera_core::db::Database;
-use tessera_core::embedded::{Cluster, ClusterOptions, PgBinaries};
 use tessera_core::tenant::TenantSlug;
 
-use crate::support::{BODY_LIMIT, modules};
+use crate::support::{BODY_LIMIT, modules, private_cluster};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_gateway_recovers_when_postgres_crashes_and_restarts() {
-    let root =
-        std::env::temp_dir().join(format!("tessera-rs-{}", &uuid::Uuid::new_v4().simple().to_string()[..12]));
-    std::fs::create_dir_all(&root).expect("dir");
-    let bindir = std::env::var_os("TESSERA_PG_BINDIR").map(std::path::PathBuf::from);
-    let bin = PgBinaries::locate(bindir.as_deref()).expect("binaries");
-    let cluster = Cluster::new(
-        bin,
-        ClusterOptions { data_dir: root.join("pg"), superuser: "postgres".into(), durable: true },
-    )
-    .expect("cluster");
-    let (endpoint, _watchdog) = tokio::task::block_in_place(|| {
-        cluster.init("pw").expect("initdb");
-        let endpoint = cluster.start().expect("start");
-        let watchdog = cluster.stop_when_process_exits(Some(&root)).expect("watchdog");
-        (endpoint, watchdog)
-    });
+    let (cluster, endpoint, _watchdog) = tokio::task::block_in_place(|| private_cluster(true));
     let mods = modules();
     let refs: Vec<&dyn tessera_core::Module> = mods.iter().map(|m| m.as_ref()).collect();
     bootstrap::provision(&endpoint, "postgres", "tessera", &refs).await.expect("provision");

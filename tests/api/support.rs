@@ -46,27 +46,35 @@ pub fn cluster() -> &'static TestCluster {
     })
 }
 
-fn start_cluster() -> TestCluster {
+/// A private cluster in a fresh temporary folder, started; the watchdog stops it and deletes the folder when
+/// the process ends. Tests that crash their database use one of their own.
+pub fn private_cluster(durable: bool) -> (Cluster, Endpoint, WatchdogGuard) {
     let unique = format!("tessera-test-{}-{}", std::process::id(), uuid::Uuid::new_v4().simple());
     let root = std::env::temp_dir().join(&unique[..32]);
     std::fs::create_dir_all(&root).expect("create the test folder");
     let bindir = std::env::var_os("TESSERA_PG_BINDIR").map(PathBuf::from);
     let bin = PgBinaries::locate(bindir.as_deref()).expect("PostgreSQL server binaries");
     let cluster = Cluster::new(
-        bin.clone(),
-        ClusterOptions { data_dir: root.join("pg"), superuser: "postgres".into(), durable: false },
+        bin,
+        ClusterOptions { data_dir: root.join("pg"), superuser: "postgres".into(), durable },
     )
     .expect("cluster");
     cluster.init("test-only-password").expect("initdb");
     let endpoint = cluster.start().expect("start postgres");
     let watchdog = cluster.stop_when_process_exits(Some(&root)).expect("watchdog");
+    (cluster, endpoint, watchdog)
+}
+
+fn start_cluster() -> TestCluster {
+    let (cluster, endpoint, watchdog) = private_cluster(false);
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
     let modules = modules();
     let refs: Vec<&dyn Module> = modules.iter().map(|m| m.as_ref()).collect();
     runtime
         .block_on(bootstrap::provision(&endpoint, "postgres", TEMPLATE, &refs))
         .expect("provision the template database");
-    TestCluster { endpoint, superuser: "postgres".into(), bindir: bin.bindir, _watchdog: watchdog }
+    let bindir = cluster.binaries().bindir.clone();
+    TestCluster { endpoint, superuser: "postgres".into(), bindir, _watchdog: watchdog }
 }
 
 /// A fresh database for one test, dropped when the test ends.
