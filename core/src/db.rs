@@ -25,7 +25,6 @@ use tokio_postgres::{NoTls, Row};
 use crate::apikey::{Access, PresentedKey, Scope};
 use crate::problem::ApiError;
 use crate::roles::{module_role, quote_ident};
-use crate::tenant::TenantId;
 
 /// The connection pool shared by all modules.
 #[derive(Clone)]
@@ -188,8 +187,9 @@ impl ModuleDb {
         Ok(TenantTx { client: Some(client) })
     }
 
-    /// Turns the key check's answer into the key's tenant, or the reason the request is refused.
-    fn check(&self, auth: Option<Row>, access: Access) -> Result<TenantId, ApiError> {
+    /// Turns the key check's answer into the reason the request is refused, if it is. (The tenant itself is
+    /// bound inside Postgres by the check; nothing here needs it.)
+    fn check(&self, auth: Option<Row>, access: Access) -> Result<(), ApiError> {
         let Some(row) = auth else {
             return Err(ApiError::unauthenticated(
                 "invalid_api_key",
@@ -214,7 +214,7 @@ impl ModuleDb {
                 format!("this API key lacks the {needed} scope"),
             ));
         }
-        Ok(TenantId::from_uuid(row.get(0)))
+        Ok(())
     }
 }
 
