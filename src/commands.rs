@@ -6,26 +6,28 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use anyhow::{Context, bail};
+use tessera_cdc::dispatch::{self, DispatchSettings, Subscriber};
 use tessera_cdc::worker::CdcSettings;
 use tessera_core::admin::{self, DEMO_SLUG};
 use tessera_core::apikey::Scope;
 use tessera_core::bootstrap::{self, DATABASE};
 use tessera_core::config::{
-    DEFAULT_BODY_LIMIT, DEFAULT_LISTEN, DEFAULT_POOL_SIZE, FileConfig, Secret, Settings,
+    DEFAULT_BODY_LIMIT, DEFAULT_EVENT_RETENTION_DAYS, DEFAULT_LISTEN, DEFAULT_POOL_SIZE, FileConfig, Secret,
+    Settings,
 };
 use tessera_core::db::Database;
 use tessera_core::embedded::{Cluster, ClusterOptions, Endpoint, PgBinaries};
 use tessera_core::roles::{APP, OWNER, REPLICATION};
 use tessera_core::tenant::TenantSlug;
 use tessera_core::{Module, migrate};
-use tessera_gateway::{Application, GatewayConfig};
+use tessera_gateway::{Application, GatewayConfig, MetricsSource};
 use tokio_postgres::Client;
 
-use crate::{Cli, Command, KeyAction, Serving, Target, TenantAction};
+use crate::{Cli, Command, EventsAction, KeyAction, Serving, Target, TenantAction};
 
 /// The modules compiled into this binary.
 fn modules() -> Vec<Arc<dyn Module>> {
-    vec![Arc::new(tessera_crm::Crm)]
+    vec![Arc::new(tessera_crm::Crm), Arc::new(tessera_invoicing::Invoicing), Arc::new(tessera_hr::Hr)]
 }
 
 fn module_refs(modules: &[Arc<dyn Module>]) -> Vec<&dyn Module> {
@@ -50,7 +52,185 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Tenant { action } => tenant_cmd(&file, action, &modules).await,
         Command::Key { action } => key_cmd(&file, action, &modules).await,
+        Command::Cdc { target } => cdc_cmd(settings(&file, &target, None)?, &modules).await,
+        Command::Events { action } => events_cmd(&file, action, &modules).await,
+        Command::Doctor { target } => doctor_cmd(settings(&file, &target, None)?, &modules).await,
     }
+}
+
+/// The replication slot and publication the CDC worker uses.
+const SLOT: &str = "tessera";
+const PUBLICATION: &str = "tessera_cdc";
+
+/// The CDC worker's settings for a connection as the event system's login (tessera_replication).
+fn cdc_settings(config: &tokio_postgres::Config, modules: &[Arc<dyn Module>]) -> anyhow::Result<CdcSettings> {
+    use tokio_postgres::config::Host;
+    let host = match config.get_hosts().first() {
+        Some(Host::Tcp(name)) => name.clone(),
+        Some(Host::Unix(path)) => path.display().to_string(),
+        None => "localhost".into(),
+    };
+    let password = config.get_password().map(|p| String::from_utf8_lossy(p).into_owned()).unwrap_or_default();
+    Ok(CdcSettings {
+        host,
+        port: config.get_ports().first().copied().unwrap_or(5432),
+        database: config.get_dbname().unwrap_or(DATABASE).to_owned(),
+        replication_user: config
+            .get_user()
+            .context("the event system's connection needs a user name")?
+            .to_owned(),
+        replication_password: password,
+        writer: config.clone(),
+        slot: SLOT.into(),
+        publication: PUBLICATION.into(),
+        rules: modules.iter().flat_map(|m| m.event_rules()).collect(),
+    })
+}
+
+fn subscribers(modules: &[Arc<dyn Module>]) -> Vec<Subscriber> {
+    Subscriber::of_modules(&module_refs(modules))
+}
+
+fn dispatch_settings(
+    settings: &Settings,
+    config: &tokio_postgres::Config,
+    modules: &[Arc<dyn Module>],
+) -> DispatchSettings {
+    let mut dispatch = DispatchSettings::new(config.clone(), subscribers(modules));
+    dispatch.retention =
+        settings.event_retention_days.map(|days| std::time::Duration::from_secs(u64::from(days) * 86_400));
+    dispatch
+}
+
+/// The CDC worker (retried after transient failures, standing by while another one runs) and the dispatcher.
+async fn run_event_system(cdc: CdcSettings, dispatch: DispatchSettings) {
+    tokio::join!(tessera_cdc::worker::supervise(cdc), tessera_cdc::dispatch::run(dispatch));
+}
+
+/// The event pipeline's state as Prometheus metrics, read on each scrape as the event system's role.
+fn event_metrics(config: tokio_postgres::Config, modules: &[Arc<dyn Module>]) -> MetricsSource {
+    let subscribers = subscribers(modules);
+    MetricsSource(Arc::new(move || {
+        let (config, subscribers) = (config.clone(), subscribers.clone());
+        Box::pin(async move {
+            let client = bootstrap::connect(&config).await.map_err(|e| e.to_string())?;
+            let status =
+                tessera_cdc::doctor::status(&client, SLOT, &subscribers).await.map_err(|e| e.to_string())?;
+            Ok(status.prometheus())
+        })
+    }))
+}
+
+/// The event system's connection: `--database-url` (as tessera_replication), or the embedded cluster's.
+struct EventSession {
+    config: tokio_postgres::Config,
+    embedded: Option<Embedded>,
+}
+
+impl EventSession {
+    async fn open(settings: &Settings, modules: &[Arc<dyn Module>]) -> anyhow::Result<Self> {
+        if let Some(url) = &settings.database_url {
+            return Ok(Self { config: url.expose().parse()?, embedded: None });
+        }
+        let embedded = open_embedded(settings, modules, false).await?;
+        Ok(Self { config: embedded.endpoint.pg_config(REPLICATION, DATABASE), embedded: Some(embedded) })
+    }
+
+    async fn connect(&self) -> anyhow::Result<Client> {
+        bootstrap::connect(&self.config).await.context("could not connect as the event system's role")
+    }
+
+    fn close(self) -> anyhow::Result<()> {
+        match self.embedded {
+            Some(e) => e.close(),
+            None => Ok(()),
+        }
+    }
+}
+
+async fn cdc_cmd(settings: Settings, modules: &[Arc<dyn Module>]) -> anyhow::Result<()> {
+    let session = EventSession::open(&settings, modules).await?;
+    let cdc = cdc_settings(&session.config, modules)?;
+    let dispatch = dispatch_settings(&settings, &session.config, modules);
+    let prepared = tessera_cdc::worker::prepare(&cdc).await;
+    if let Err(e) = prepared {
+        session.close()?;
+        return Err(e.into());
+    }
+    println!("CDC worker and event dispatcher running (slot {SLOT}); stop with Ctrl-C.");
+    tokio::select! {
+        () = run_event_system(cdc, dispatch) => {},
+        () = shutdown_signal() => {},
+    }
+    session.close()
+}
+
+async fn events_cmd(
+    file: &FileConfig,
+    action: EventsAction,
+    modules: &[Arc<dyn Module>],
+) -> anyhow::Result<()> {
+    match action {
+        EventsAction::DeadLetters { target, subscriber } => {
+            let session = EventSession::open(&settings(file, &target, None)?, modules).await?;
+            let result = async {
+                let client = session.connect().await?;
+                Ok::<_, anyhow::Error>(dispatch::dead_letters(&client, subscriber.as_deref()).await?)
+            }
+            .await;
+            session.close()?;
+            let letters = result?;
+            if letters.is_empty() {
+                eprintln!("no dead letters");
+            }
+            for l in letters {
+                println!("{}", serde_json::to_string(&l)?);
+            }
+        }
+        EventsAction::Replay { target, subscriber, seq } => {
+            let session = EventSession::open(&settings(file, &target, None)?, modules).await?;
+            let result = async {
+                let client = session.connect().await?;
+                Ok::<_, anyhow::Error>(
+                    dispatch::replay(&client, &subscribers(modules), subscriber.as_deref(), seq).await?,
+                )
+            }
+            .await;
+            session.close()?;
+            let report = result?;
+            for (s, seq) in &report.replayed {
+                println!("replayed {s} seq {seq}");
+            }
+            for (s, seq, error) in &report.failed {
+                println!("failed {s} seq {seq}: {error}");
+            }
+            println!("{} replayed, {} still failing", report.replayed.len(), report.failed.len());
+            if !report.failed.is_empty() {
+                bail!("{} dead letters still fail", report.failed.len());
+            }
+        }
+    }
+    Ok(())
+}
+
+async fn doctor_cmd(settings: Settings, modules: &[Arc<dyn Module>]) -> anyhow::Result<()> {
+    let session = EventSession::open(&settings, modules).await?;
+    let result = async {
+        let client = session.connect().await?;
+        Ok::<_, anyhow::Error>(tessera_cdc::doctor::status(&client, SLOT, &subscribers(modules)).await?)
+    }
+    .await;
+    session.close()?;
+    let status = result?;
+    let checks = status.checks();
+    for check in &checks {
+        println!("{} {}: {}", if check.ok { "ok  " } else { "FAIL" }, check.name, check.detail);
+    }
+    if !checks.iter().all(|c| c.ok) {
+        bail!("the event pipeline needs an operator (see FAIL above)");
+    }
+    println!("all good");
+    Ok(())
 }
 
 /// Flags over environment (clap merges those two) over the file over defaults; then validated.
@@ -69,6 +249,10 @@ fn settings(file: &FileConfig, target: &Target, serving: Option<&Serving>) -> an
         pg_bindir: target.pg_bindir.clone().or_else(|| file.pg_bindir.clone()),
         pool_size: serving.and_then(|s| s.pool_size).or(file.pool_size).unwrap_or(DEFAULT_POOL_SIZE),
         body_limit_bytes: file.body_limit_bytes.unwrap_or(DEFAULT_BODY_LIMIT),
+        event_retention_days: match file.event_retention_days.unwrap_or(DEFAULT_EVENT_RETENTION_DAYS) {
+            0 => None,
+            days => Some(days),
+        },
     };
     settings.validate()?;
     Ok(settings)
@@ -220,17 +404,7 @@ async fn up_serving(
 ) -> anyhow::Result<()> {
     // The CDC worker turns committed rows into events.log entries, in process. Its slot exists before the
     // demo data and the gateway, so no change predates it.
-    let cdc = CdcSettings {
-        host: endpoint.socket_dir.display().to_string(),
-        port: endpoint.port,
-        database: DATABASE.into(),
-        replication_user: REPLICATION.into(),
-        replication_password: String::new(),
-        writer: endpoint.pg_config(REPLICATION, DATABASE),
-        slot: "tessera".into(),
-        publication: "tessera_cdc".into(),
-        rules: modules.iter().flat_map(|m| m.event_rules()).collect(),
-    };
+    let cdc = cdc_settings(&endpoint.pg_config(REPLICATION, DATABASE), modules)?;
     tessera_cdc::worker::prepare(&cdc).await?;
 
     let mut owner = bootstrap::connect(&endpoint.pg_config(OWNER, DATABASE)).await?;
@@ -239,7 +413,11 @@ async fn up_serving(
 
     let db = Database::new(endpoint.pg_config(APP, DATABASE), settings.pool_size)?;
     db.ensure_unprivileged().await?;
-    let config = GatewayConfig { listen: settings.listen, body_limit_bytes: settings.body_limit_bytes };
+    let config = GatewayConfig {
+        listen: settings.listen,
+        body_limit_bytes: settings.body_limit_bytes,
+        metrics: Some(event_metrics(endpoint.pg_config(REPLICATION, DATABASE), modules)),
+    };
     let app = Application::build(&config, db, modules)
         .await
         .with_context(|| format!("could not listen on {}", settings.listen))?;
@@ -268,9 +446,12 @@ async fn up_serving(
     println!("Try:");
     println!("  curl -s http://{addr}/v1/crm/deals -H \"Authorization: Bearer $TESSERA_API_KEY\"");
     println!("Stop with Ctrl-C.");
-    let cdc = tokio::spawn(tessera_cdc::worker::supervise(cdc));
+    let events = tokio::spawn(run_event_system(
+        cdc,
+        dispatch_settings(settings, &endpoint.pg_config(REPLICATION, DATABASE), modules),
+    ));
     let served = app.run_until_stopped(shutdown_signal()).await;
-    cdc.abort();
+    events.abort();
     served?;
     Ok(())
 }
@@ -284,7 +465,8 @@ async fn serve(settings: Settings, modules: &[Arc<dyn Module>]) -> anyhow::Resul
     let config: tokio_postgres::Config = url.expose().parse()?;
     let db = Database::new(config, settings.pool_size)?;
     db.ensure_unprivileged().await?;
-    let gateway = GatewayConfig { listen: settings.listen, body_limit_bytes: settings.body_limit_bytes };
+    let gateway =
+        GatewayConfig { listen: settings.listen, body_limit_bytes: settings.body_limit_bytes, metrics: None };
     let app = Application::build(&gateway, db, modules)
         .await
         .with_context(|| format!("could not listen on {}", settings.listen))?;
@@ -410,7 +592,12 @@ async fn key_cmd(file: &FileConfig, action: KeyAction, modules: &[Arc<dyn Module
         KeyAction::Create { target, tenant, scopes, name } => {
             let settings = settings(file, &target, None)?;
             let scopes = scopes.iter().map(|s| Scope::parse(s)).collect::<Result<Vec<_>, _>>()?;
-            let named: Vec<&str> = scopes.iter().map(|s| s.module.as_str()).collect();
+            // `events` is the event feed, a platform API every tenant has.
+            let named: Vec<&str> = scopes
+                .iter()
+                .map(|s| s.module.as_str())
+                .filter(|m| *m != tessera_core::module::EVENT_FEED_API)
+                .collect();
             admin::known_modules(&module_refs(modules), &named)?;
             let mut session = OwnerSession::open(&settings, modules).await?;
             let result = async {

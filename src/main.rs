@@ -29,7 +29,8 @@ pub struct Target {
     pub data_dir: Option<PathBuf>,
 
     /// An existing PostgreSQL server instead of the embedded one. For `serve` connect as tessera_app;
-    /// for `migrate`, `tenant` and `key` as tessera_owner.
+    /// for `migrate`, `tenant` and `key` as tessera_owner; for `cdc`, `events` and `doctor` as
+    /// tessera_replication.
     #[arg(long, env = "TESSERA_DATABASE_URL", value_name = "URL", hide_env_values = true)]
     pub database_url: Option<String>,
 
@@ -89,6 +90,48 @@ pub enum Command {
     Key {
         #[command(subcommand)]
         action: KeyAction,
+    },
+    /// Run the CDC worker and the event dispatcher alone (without the gateway). With --database-url,
+    /// connect as tessera_replication. A second one stands by and takes over when the first stops.
+    Cdc {
+        #[command(flatten)]
+        target: Target,
+    },
+    /// Inspect and replay events parked by failing subscribers.
+    Events {
+        #[command(subcommand)]
+        action: EventsAction,
+    },
+    /// Check the event pipeline: wal_level, the replication slot and the WAL it retains, subscriber lag and
+    /// dead letters. Exits with 1 when something needs an operator. With --database-url, connect as
+    /// tessera_replication.
+    Doctor {
+        #[command(flatten)]
+        target: Target,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum EventsAction {
+    /// List dead letters not yet replayed (with --database-url, connect as tessera_replication).
+    DeadLetters {
+        #[command(flatten)]
+        target: Target,
+        /// Only this subscriber's (e.g. invoicing.deals).
+        #[arg(long)]
+        subscriber: Option<String>,
+    },
+    /// Hand dead letters to their handlers again, oldest first; each one that succeeds is marked replayed
+    /// together with its effects.
+    Replay {
+        #[command(flatten)]
+        target: Target,
+        /// Only this subscriber's.
+        #[arg(long)]
+        subscriber: Option<String>,
+        /// Only the dead letter at this log position.
+        #[arg(long)]
+        seq: Option<i64>,
     },
 }
 

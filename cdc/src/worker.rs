@@ -31,6 +31,14 @@ use crate::value::text_to_json;
 /// Rows written per statement while a large source transaction streams in.
 const CHUNK: usize = 1000;
 
+/// The session advisory lock a worker holds on its writer connection for as long as it runs: one worker at a
+/// time, others wait as standbys. It also makes the log's `seq` follow commit order: a standby writes nothing
+/// until the previous writer's session, and with it any transaction it had open, is gone.
+pub const WORKER_LOCK: i64 = 0x7465_7373_6572_6132;
+
+/// The channel the worker notifies, inside each transaction it commits to the log, to wake the dispatcher.
+pub const CHANNEL: &str = "tessera_events";
+
 /// Where and how the worker connects.
 #[derive(Debug, Clone)]
 pub struct CdcSettings {
@@ -137,6 +145,13 @@ async fn ensure_slot(settings: &CdcSettings, writer: &Client) -> Result<(), CdcE
 pub async fn run(settings: &CdcSettings) -> Result<(), CdcError> {
     let writer = bootstrap::connect(&settings.writer).await?;
     check_rules(settings, &writer).await?;
+    let held: bool = writer.query_one("select pg_try_advisory_lock($1)", &[&WORKER_LOCK]).await?.get(0);
+    if !held {
+        tracing::info!(slot = %settings.slot, "another CDC worker is running; standing by");
+        // Returns when the other worker's session ends, however it ends.
+        writer.execute("select pg_advisory_lock($1)", &[&WORKER_LOCK]).await?;
+        tracing::info!(slot = %settings.slot, "taking over as the CDC worker");
+    }
     ensure_slot(settings, &writer).await?;
     let config = ReplicationConfig::new(
         settings.host.clone(),
@@ -355,10 +370,11 @@ impl Stream {
             return Ok(());
         }
         if !tx.writing {
-            // Durable before the slot is acknowledged, whatever the server's default.
+            // Durable before the slot is acknowledged, whatever the server's default; the notification
+            // goes out with the commit.
             self.writer
                 .batch_execute(&format!(
-                    "begin; set local role {}; set local synchronous_commit = on",
+                    "begin; set local role {}; set local synchronous_commit = on; notify {CHANNEL}",
                     quote_ident(EVENTS)
                 ))
                 .await?;

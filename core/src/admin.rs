@@ -213,8 +213,9 @@ pub async fn seed_demo(client: &mut Client, modules: &[&dyn Module]) -> Result<O
             tx.batch_execute(sql).await?;
         }
     }
-    let scopes: Vec<Scope> =
+    let mut scopes: Vec<Scope> =
         names.iter().map(|m| Scope { module: (*m).to_owned(), access: apikey::Access::Write }).collect();
+    scopes.push(Scope { module: crate::module::EVENT_FEED_API.to_owned(), access: apikey::Access::Read });
     let (_, token) = create_api_key_in(&tx, "demo", &scopes).await?;
     tx.commit().await?;
     Ok(Some(token))

@@ -44,6 +44,9 @@ pub struct FileConfig {
     pub pool_size: Option<usize>,
     /// The largest request body accepted, in bytes.
     pub body_limit_bytes: Option<usize>,
+    /// Days an event stays in `events.log` once every subscriber is past it [default: 30; 0 keeps events
+    /// forever].
+    pub event_retention_days: Option<u32>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -92,7 +95,11 @@ pub struct Settings {
     pub pg_bindir: Option<PathBuf>,
     pub pool_size: usize,
     pub body_limit_bytes: usize,
+    /// `None` keeps events forever.
+    pub event_retention_days: Option<u32>,
 }
+
+pub const DEFAULT_EVENT_RETENTION_DAYS: u32 = 30;
 
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
 pub const DEFAULT_POOL_SIZE: usize = 16;

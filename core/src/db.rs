@@ -95,7 +95,14 @@ impl Database {
 
     /// The handle a module's handlers use.
     pub fn for_module(&self, module: &'static str) -> ModuleDb {
-        let role = quote_ident(&module_role(module));
+        self.for_api(module, &module_role(module))
+    }
+
+    /// The handle for an API that is not a module's (the event feed): scopes `<api>:read`/`write`, run as
+    /// `role`.
+    pub fn for_api(&self, api: &'static str, role: &str) -> ModuleDb {
+        let module = api;
+        let role = quote_ident(role);
         ModuleDb {
             pool: self.pool.clone(),
             module,

@@ -25,6 +25,6 @@ pub mod problem;
 pub mod roles;
 pub mod tenant;
 
-pub use module::{ChangeView, EventRule, Module};
+pub use module::{ChangeView, Effect, EffectTx, Event, EventRule, HandlerError, Module, Subscription};
 pub use problem::ApiError;
 pub use tenant::TenantId;

@@ -41,6 +41,15 @@ pub struct SchemaMigrations {
 }
 
 impl SchemaMigrations {
+    /// How many migrations the schema has.
+    pub fn len(&self) -> usize {
+        self.runner.get_migrations().len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
     fn history_table(&self) -> String {
         format!("migrations.{}", quote_ident(&format!("{}_history", self.schema)))
     }
@@ -95,9 +104,11 @@ async fn run_locked(client: &mut Client, modules: &[&dyn Module]) -> Result<Vec<
 }
 
 async fn check_roles(client: &Client, modules: &[&dyn Module]) -> Result<(), MigrateError> {
-    use crate::roles::{APP, AUTH, OWNER, REPORTING, RUNTIME, module_role};
-    let mut needed: Vec<String> =
-        [OWNER, AUTH, RUNTIME, APP, REPORTING].iter().map(|r| r.to_string()).collect();
+    use crate::roles::{APP, AUTH, EVENT_FEED, EVENTS, OWNER, REPLICATION, REPORTING, RUNTIME, module_role};
+    let mut needed: Vec<String> = [OWNER, AUTH, RUNTIME, APP, REPORTING, EVENTS, EVENT_FEED, REPLICATION]
+        .iter()
+        .map(|r| r.to_string())
+        .collect();
     needed.extend(modules.iter().map(|m| module_role(m.name())));
     for role in needed {
         let exists = client.query_opt("select 1 from pg_roles where rolname = $1", &[&role]).await?.is_some();

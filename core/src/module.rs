@@ -23,6 +23,11 @@ pub trait Module: Send + Sync + 'static {
     fn event_rules(&self) -> Vec<EventRule> {
         Vec::new()
     }
+
+    /// The events this module reacts to. Handlers run as the module's role with the event's tenant bound.
+    fn subscriptions(&self) -> Vec<Subscription> {
+        Vec::new()
+    }
 }
 
 /// A committed change as event rules see it: table, operation and rows as JSON.
@@ -59,4 +64,113 @@ pub struct EventRule {
     /// Whether it reads old values: the table must then have REPLICA IDENTITY FULL (checked at start).
     pub needs_old: bool,
     pub matches: fn(&ChangeView<'_>) -> bool,
+}
+
+/// The scope prefix of the event feed (`GET /v1/events`, scope `events:read`): a platform API, not a module.
+pub const EVENT_FEED_API: &str = "events";
+
+/// An event from `events.log` as a subscriber's handler sees it.
+#[derive(Debug, Clone)]
+pub struct Event {
+    /// The event's place in the log: the order every subscriber sees events in (commit order).
+    pub seq: i64,
+    /// Deterministic (from the source commit's LSN and position), so the same change has the same id.
+    pub id: uuid::Uuid,
+    pub tenant_id: uuid::Uuid,
+    /// `deal.closed.won`, `crm.companies.insert`, …
+    pub kind: String,
+    pub commit_time: time::OffsetDateTime,
+    /// For change events and the domain events derived from them: `table`, `op`, `new`, `old`.
+    pub data: serde_json::Value,
+}
+
+impl Event {
+    /// A column of the new row (`data.new.<column>`).
+    pub fn new_value(&self, column: &str) -> Option<&serde_json::Value> {
+        self.data.get("new")?.get(column).filter(|v| !v.is_null())
+    }
+
+    /// A text column of the new row.
+    pub fn new_text(&self, column: &str) -> Option<&str> {
+        self.new_value(column)?.as_str()
+    }
+
+    /// A uuid column of the new row.
+    pub fn new_uuid(&self, column: &str) -> Option<uuid::Uuid> {
+        uuid::Uuid::parse_str(self.new_text(column)?).ok()
+    }
+}
+
+/// What a handler may do: run SQL in the dispatcher's transaction, as the module's role, with the event's
+/// tenant bound (row-level security applies). Its writes commit together with the subscriber's cursor, so
+/// they happen exactly once; an error rolls them back and the event is retried.
+pub struct EffectTx<'a> {
+    client: &'a tokio_postgres::Client,
+}
+
+impl<'a> EffectTx<'a> {
+    /// For the dispatcher, which opens and ends the transaction.
+    pub fn new(client: &'a tokio_postgres::Client) -> Self {
+        Self { client }
+    }
+
+    pub async fn query(
+        &self,
+        sql: &str,
+        params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
+    ) -> Result<Vec<tokio_postgres::Row>, tokio_postgres::Error> {
+        let statement = self.client.prepare(sql).await?;
+        self.client.query(&statement, params).await
+    }
+
+    pub async fn query_opt(
+        &self,
+        sql: &str,
+        params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
+    ) -> Result<Option<tokio_postgres::Row>, tokio_postgres::Error> {
+        let statement = self.client.prepare(sql).await?;
+        self.client.query_opt(&statement, params).await
+    }
+
+    pub async fn execute(
+        &self,
+        sql: &str,
+        params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
+    ) -> Result<u64, tokio_postgres::Error> {
+        let statement = self.client.prepare(sql).await?;
+        self.client.execute(&statement, params).await
+    }
+}
+
+/// Why a handler failed; recorded with a dead-lettered event.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("{0}")]
+pub struct HandlerError(pub String);
+
+impl From<tokio_postgres::Error> for HandlerError {
+    fn from(e: tokio_postgres::Error) -> Self {
+        match e.as_db_error() {
+            Some(db) => Self(format!("{} ({})", db.message(), db.code().code())),
+            None => Self(e.to_string()),
+        }
+    }
+}
+
+/// The future a handler returns.
+pub type Effect<'a> = std::pin::Pin<Box<dyn Future<Output = Result<(), HandlerError>> + Send + 'a>>;
+
+/// A module's subscription: the events it wants, in log order, and what it does with each.
+#[derive(Clone, Copy)]
+pub struct Subscription {
+    /// Stable and unique (`invoicing.deal_won`): the subscriber's cursor and dead letters are kept under it.
+    pub name: &'static str,
+    /// The event types it receives; others pass it by.
+    pub types: &'static [&'static str],
+    pub handle: for<'a> fn(&'a EffectTx<'a>, &'a Event) -> Effect<'a>,
+}
+
+impl std::fmt::Debug for Subscription {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Subscription").field("name", &self.name).field("types", &self.types).finish()
+    }
 }

@@ -8,8 +8,9 @@
 //! | `tessera_<module>` | no | one per module: rights on that module's schema only |
 //! | `tessera_app` | yes | the gateway's login: NOINHERIT, no rights of its own, may `SET ROLE` to a module role |
 //! | `tessera_reporting` | no | read-only access for the SQL endpoint |
-//! | `tessera_events` | no | the CDC worker's writes to the event log; `tessera_replication` switches to it |
-//! | `tessera_replication` | yes | REPLICATION, for the CDC worker |
+//! | `tessera_event_feed` | no | the gateway's role for `GET /v1/events`: reads the bound tenant's events |
+//! | `tessera_events` | no | the event system: writes the log, feeds it to subscribers, keeps their cursors |
+//! | `tessera_replication` | yes | REPLICATION; the CDC worker's and dispatcher's login (NOINHERIT): it switches to `tessera_events`, and to a module's role to run that module's event handlers |
 //!
 //! Roles are cluster-wide and created by a superuser: `tessera up` applies the script itself; against a
 //! server a DBA manages, `tessera roles --print` prints it for review.
@@ -21,6 +22,7 @@ pub const APP: &str = "tessera_app";
 pub const REPORTING: &str = "tessera_reporting";
 pub const REPLICATION: &str = "tessera_replication";
 pub const EVENTS: &str = "tessera_events";
+pub const EVENT_FEED: &str = "tessera_event_feed";
 
 /// The role a module's requests run as.
 pub fn module_role(module: &str) -> String {
@@ -65,13 +67,20 @@ pub fn cluster_script(modules: &[&str]) -> String {
             "nologin nosuperuser nocreatedb nocreaterole noreplication nobypassrls inherit",
         ));
     }
+    roles.push((
+        EVENT_FEED.into(),
+        "nologin nosuperuser nocreatedb nocreaterole noreplication nobypassrls inherit",
+    ));
     roles.push((APP.into(), "login nosuperuser nocreatedb nocreaterole noreplication nobypassrls noinherit"));
     roles.push((REPORTING.into(), "nologin nosuperuser nocreatedb nocreaterole noreplication nobypassrls"));
     roles.push((
         EVENTS.into(),
         "nologin nosuperuser nocreatedb nocreaterole noreplication nobypassrls inherit",
     ));
-    roles.push((REPLICATION.into(), "login nosuperuser nocreatedb nocreaterole replication nobypassrls"));
+    roles.push((
+        REPLICATION.into(),
+        "login nosuperuser nocreatedb nocreaterole replication nobypassrls noinherit",
+    ));
 
     let mut out = String::new();
     for (role, attributes) in &roles {
@@ -84,11 +93,15 @@ pub fn cluster_script(modules: &[&str]) -> String {
     }
     out.push_str(&format!("grant {} to {};\n", quote_ident(RUNTIME), quote_ident(EVENTS)));
     out.push_str(&format!("grant {} to {};\n", quote_ident(EVENTS), quote_ident(REPLICATION)));
+    out.push_str(&format!("grant {} to {};\n", quote_ident(RUNTIME), quote_ident(EVENT_FEED)));
+    out.push_str(&format!("grant {} to {};\n", quote_ident(EVENT_FEED), quote_ident(APP)));
     out.push_str("\n-- The owner hands the key-lookup functions to tessera_auth.\n");
     out.push_str(&format!("grant {} to {};\n", quote_ident(AUTH), quote_ident(OWNER)));
     for role in &module_roles {
         out.push_str(&format!("grant {} to {};\n", quote_ident(RUNTIME), quote_ident(role)));
         out.push_str(&format!("grant {} to {};\n", quote_ident(role), quote_ident(APP)));
+        // The dispatcher runs a module's event handlers as that module.
+        out.push_str(&format!("grant {} to {};\n", quote_ident(role), quote_ident(REPLICATION)));
     }
     out
 }

@@ -1,7 +1,7 @@
 //! tessera-gateway: the front door.
 //!
 //! REST under `/v1/<module>/…` (each compiled-in module contributes its routes), `/healthz` (the process is
-//! up) and `/readyz` (the database answers). Every response carries an `x-request-id`; errors, including
+//! up) and `/readyz` (the database answers); `/v1/events` is the tenant's event feed. Every response carries an `x-request-id`; errors, including
 //! unknown routes, wrong methods and panics, are problem+json. Authentication and tenant binding happen in
 //! each request's transaction (`tessera_core::db`), so the tenant always comes from the credential.
 
@@ -22,6 +22,8 @@ use tower_http::catch_panic::CatchPanicLayer;
 use tower_http::request_id::{MakeRequestId, PropagateRequestIdLayer, RequestId, SetRequestIdLayer};
 use tower_http::trace::TraceLayer;
 
+mod events;
+
 const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
 /// What the gateway needs to know to serve.
@@ -29,11 +31,38 @@ const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 pub struct GatewayConfig {
     pub listen: SocketAddr,
     pub body_limit_bytes: usize,
+    /// Serves `GET /metrics` (Prometheus text) from this source when set.
+    pub metrics: Option<MetricsSource>,
+}
+
+/// The future a [`MetricsSource`] returns: the Prometheus text, or why there is none.
+pub type MetricsFuture = std::pin::Pin<Box<dyn Future<Output = Result<String, String>> + Send>>;
+
+/// Produces the Prometheus text `GET /metrics` serves.
+#[derive(Clone)]
+pub struct MetricsSource(pub Arc<dyn Fn() -> MetricsFuture + Send + Sync>);
+
+impl std::fmt::Debug for MetricsSource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("MetricsSource")
+    }
+}
+
+async fn metrics(State(source): State<MetricsSource>) -> Response {
+    match (source.0)().await {
+        Ok(text) => ([(axum::http::header::CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response(),
+        Err(e) => {
+            tracing::warn!(error = %e, "metrics unavailable");
+            ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "metrics_unavailable", "metrics are unavailable")
+                .into_response()
+        }
+    }
 }
 
 /// The gateway's routes and middleware, ready to serve or to call in-process.
 pub fn router(db: Database, modules: &[Arc<dyn Module>], body_limit_bytes: usize) -> Router {
-    let mut api = Router::new();
+    let feed = db.for_api(tessera_core::module::EVENT_FEED_API, tessera_core::roles::EVENT_FEED);
+    let mut api = Router::new().nest("/events", events::router(feed));
     for module in modules {
         let routes = module.routes(db.for_module(module.name()));
         api = api.nest(&format!("/{}", module.name()), routes);
@@ -119,7 +148,11 @@ impl Application {
         modules: &[Arc<dyn Module>],
     ) -> std::io::Result<Self> {
         let listener = TcpListener::bind(config.listen).await?;
-        Ok(Self { listener, router: router(db, modules, config.body_limit_bytes) })
+        let mut router = router(db, modules, config.body_limit_bytes);
+        if let Some(source) = &config.metrics {
+            router = Router::new().route("/metrics", get(metrics)).with_state(source.clone()).merge(router);
+        }
+        Ok(Self { listener, router })
     }
 
     pub fn local_addr(&self) -> std::io::Result<SocketAddr> {

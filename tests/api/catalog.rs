@@ -12,7 +12,12 @@ fn tenant_schemas() -> Vec<String> {
 }
 
 /// Registry tables that are deliberately not tenant-scoped: runtime roles have no rights on them.
-const REGISTRIES: &[&str] = &["core.tenants", "events.cdc_slots"];
+const REGISTRIES: &[&str] =
+    &["core.tenants", "events.cdc_slots", "events.subscribers", "events.dead_letters"];
+
+/// Policies that are not the tenant's own: the dispatcher (tessera_events, which no runtime role can
+/// become) feeds every tenant's events to subscribers and prunes the log. Each must apply to that role only.
+const SYSTEM_POLICIES: &[&str] = &["events.log dispatcher_reads", "events.log dispatcher_prunes"];
 
 #[tokio::test]
 async fn every_tenant_table_leads_with_tenant_id_and_forces_row_level_security() {
@@ -26,14 +31,15 @@ async fn every_tenant_table_leads_with_tenant_id_and_forces_row_level_security()
                     (select a.attname from pg_constraint k
                        join pg_attribute a on a.attrelid = k.conrelid and a.attnum = k.conkey[1]
                       where k.conrelid = c.oid and k.contype = 'p')::text,
-                    coalesce((select array_agg(pg_get_expr(p.polqual, p.polrelid)) from pg_policy p where p.polrelid = c.oid),
+                    coalesce((select array_agg(pg_get_expr(p.polqual, p.polrelid)) from pg_policy p where p.polrelid = c.oid
+                              and n.nspname || '.' || c.relname || ' ' || p.polname <> all($2)),
                              '{}')::text[],
                     coalesce((select array_agg(pg_get_expr(p.polwithcheck, p.polrelid)) from pg_policy p where p.polrelid = c.oid
                               and p.polwithcheck is not null), '{}')::text[]
                from pg_class c join pg_namespace n on n.oid = c.relnamespace
               where n.nspname = any($1) and c.relkind in ('r', 'p')
               order by 1",
-            &[&tenant_schemas()],
+            &[&tenant_schemas(), &SYSTEM_POLICIES],
         )
         .await
         .expect("catalog");
@@ -68,6 +74,25 @@ async fn every_tenant_table_leads_with_tenant_id_and_forces_row_level_security()
         }
     }
 
+    // The system policies exist and apply to the dispatcher's role alone, for reading and pruning only.
+    let system = admin
+        .query(
+            "select n.nspname || '.' || c.relname || ' ' || p.polname, p.polcmd::text,
+                    array(select r.rolname::text from pg_roles r where r.oid = any(p.polroles))
+               from pg_policy p join pg_class c on c.oid = p.polrelid join pg_namespace n on n.oid = c.relnamespace
+              where n.nspname || '.' || c.relname || ' ' || p.polname = any($1)",
+            &[&SYSTEM_POLICIES],
+        )
+        .await
+        .expect("system policies");
+    assert_eq!(system.len(), SYSTEM_POLICIES.len(), "every system policy exists");
+    for row in &system {
+        let (name, command, roles): (String, String, Vec<String>) = (row.get(0), row.get(1), row.get(2));
+        if roles != ["tessera_events"] || !["r", "d"].contains(&command.as_str()) {
+            problems.push(format!("{name}: applies to {roles:?} for command {command}"));
+        }
+    }
+
     // Every foreign key between tenant-scoped tables carries tenant_id first.
     let fks = admin
         .query(
@@ -86,6 +111,9 @@ async fn every_tenant_table_leads_with_tenant_id_and_forces_row_level_security()
     for fk in &fks {
         let (name, first, table, referenced_first, referenced): (String, String, String, String, String) =
             (fk.get(0), fk.get(1), fk.get(2), fk.get(3), fk.get(4));
+        if REGISTRIES.contains(&table.as_str()) && REGISTRIES.contains(&referenced.as_str()) {
+            continue; // between registries: no tenant involved
+        }
         if first != "tenant_id" {
             problems.push(format!("{table}: foreign key {name} does not lead with tenant_id"));
         }
@@ -150,7 +178,10 @@ async fn no_runtime_role_can_bypass_row_level_security() {
     let app = TestApp::spawn().await;
     let admin = connect(&cluster().superuser, &app.db.name).await;
     let mut runtime: Vec<String> =
-        ["tessera_app", "tessera_runtime", "tessera_reporting"].iter().map(|s| s.to_string()).collect();
+        ["tessera_app", "tessera_runtime", "tessera_reporting", "tessera_event_feed"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
     runtime.extend(crate::support::modules().iter().map(|m| format!("tessera_{}", m.name())));
     // Each runtime role, and every role it can become through membership.
     let rows = admin

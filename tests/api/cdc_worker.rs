@@ -9,7 +9,7 @@ use tokio_postgres::Client;
 
 use crate::support::{TestApp, cluster, connect};
 
-fn settings(app: &TestApp) -> CdcSettings {
+pub fn settings(app: &TestApp) -> CdcSettings {
     let endpoint = &cluster().endpoint;
     CdcSettings {
         host: endpoint.socket_dir.display().to_string(),
@@ -24,17 +24,17 @@ fn settings(app: &TestApp) -> CdcSettings {
     }
 }
 
-fn spawn(settings: &CdcSettings) -> tokio::task::JoinHandle<Result<(), CdcError>> {
+pub fn spawn(settings: &CdcSettings) -> tokio::task::JoinHandle<Result<(), CdcError>> {
     let settings = settings.clone();
     tokio::spawn(async move { worker::run(&settings).await })
 }
 
-async fn count(admin: &Client, sql: &str) -> i64 {
+pub async fn count(admin: &Client, sql: &str) -> i64 {
     admin.query_one(sql, &[]).await.expect("count").get(0)
 }
 
 /// Starts a worker and waits until it holds its slot: changes committed before the slot exists are not its.
-async fn start(settings: &CdcSettings, admin: &Client) -> tokio::task::JoinHandle<Result<(), CdcError>> {
+pub async fn start(settings: &CdcSettings, admin: &Client) -> tokio::task::JoinHandle<Result<(), CdcError>> {
     let handle = spawn(settings);
     let active =
         format!("select count(*) from pg_replication_slots where slot_name = '{}' and active", settings.slot);
@@ -43,7 +43,7 @@ async fn start(settings: &CdcSettings, admin: &Client) -> tokio::task::JoinHandl
 }
 
 /// Waits, with a deadline, until `sql` counts at least `want`.
-async fn wait_for(admin: &Client, sql: &str, want: i64) -> i64 {
+pub async fn wait_for(admin: &Client, sql: &str, want: i64) -> i64 {
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         let n = count(admin, sql).await;
@@ -321,4 +321,111 @@ async fn a_rule_needing_old_values_on_a_table_without_full_identity_is_refused_a
     let err = worker::run(&settings(&app)).await.expect_err("must refuse");
     assert!(matches!(err, CdcError::RuleNeedsOldValues { rule: "deal.closed.won", .. }), "{err}");
     assert!(err.to_string().contains("replica identity full"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_worker_stands_by_and_takes_over_when_the_first_dies() {
+    let mut app = TestApp::spawn().await;
+    let (_, key) = app.tenant("acme").await;
+    let admin = connect(&cluster().superuser, &app.db.name).await;
+    let cdc = settings(&app);
+    let first = start(&cdc, &admin).await;
+    let second = spawn(&cdc);
+    // The standby waits on the worker lock and has not touched the slot.
+    let waiting = wait_for(
+        &admin,
+        &format!(
+            "select count(*) from pg_locks where locktype = 'advisory' and not granted
+               and objid = {} and database = (select oid from pg_database where datname = current_database())",
+            worker::WORKER_LOCK & 0xffff_ffff
+        ),
+        1,
+    )
+    .await;
+    assert_eq!(waiting, 1, "the second worker stands by");
+    let deal = app.create("deals", &key, json!({"title": "Handover"})).await;
+    assert_eq!(wait_for(&admin, "select count(*) from events.log", 1).await, 1);
+
+    first.abort();
+    let _ = first.await;
+    let started = Instant::now();
+    let active =
+        format!("select count(*) from pg_replication_slots where slot_name = '{}' and active", cdc.slot);
+    let mut taken = false;
+    while started.elapsed() < Duration::from_secs(10) {
+        // The first one's walsender may linger a moment; then the standby holds the slot.
+        if count(&admin, &active).await == 1 && !second.is_finished() {
+            taken = true;
+            let r = app.patch(&format!("/v1/crm/deals/{deal}"), &key, json!({"amount": 5})).await;
+            assert_eq!(r.status, 200);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(taken, "the standby took over within seconds");
+    assert_eq!(wait_for(&admin, "select count(*) from events.log", 2).await, 2, "events flow again");
+    assert!(!second.is_finished());
+    second.abort();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unchanged_toasted_value_is_never_turned_into_null() {
+    let mut app = TestApp::spawn().await;
+    let (tenant, _) = app.tenant("acme").await;
+    let admin = connect(&cluster().superuser, &app.db.name).await;
+    // A module-like table with a value large and random enough to be stored out of line (TOAST).
+    admin
+        .batch_execute(
+            "create table crm.test_notes (tenant_id uuid not null, id int not null, body text, n int,
+                                          primary key (tenant_id, id));
+             create table crm.test_notes_full (like crm.test_notes including all);
+             alter table crm.test_notes_full replica identity full;
+             alter publication tessera_cdc add table crm.test_notes, crm.test_notes_full;",
+        )
+        .await
+        .expect("table");
+    let cdc = settings(&app);
+    let handle = start(&cdc, &admin).await;
+    let body: String = admin
+        .query_one("select string_agg(md5(random()::text), '') from generate_series(1, 4000)", &[])
+        .await
+        .expect("random text")
+        .get(0);
+    let tenant = tenant.as_uuid();
+    for table in ["crm.test_notes", "crm.test_notes_full"] {
+        admin
+            .execute(&format!("insert into {table} values ($1, 1, $2, 0)"), &[&tenant, &body])
+            .await
+            .expect("insert");
+        admin.execute(&format!("update {table} set n = 1 where id = 1"), &[]).await.expect("update");
+    }
+    let toasted: i64 = count(
+        &admin,
+        "select count(*) from pg_class where oid = 'crm.test_notes'::regclass and reltoastrelid <> 0
+           and pg_relation_size(reltoastrelid) > 0",
+    )
+    .await;
+    assert_eq!(toasted, 1, "the body is stored out of line");
+    assert_eq!(wait_for(&admin, "select count(*) from events.log", 4).await, 4);
+
+    let update = |table: &'static str| {
+        let admin = &admin;
+        async move {
+            let row = admin
+                .query_one("select data from events.log where type = $1", &[&format!("{table}.update")])
+                .await
+                .expect("update event");
+            row.get::<_, serde_json::Value>(0)
+        }
+    };
+    // Default identity: the unchanged value is not sent; the event says so and carries no null for it.
+    let plain = update("crm.test_notes").await;
+    assert_eq!(plain["new"]["n"], 1);
+    assert!(plain["new"].get("body").is_none(), "no false null: {}", &plain["new"]);
+    assert_eq!(plain["unchanged_toast"], json!(["body"]));
+    // Full identity: the old row carries it, so the new row is complete.
+    let full = update("crm.test_notes_full").await;
+    assert_eq!(full["new"]["body"].as_str(), Some(body.as_str()));
+    assert!(full.get("unchanged_toast").is_none());
+    handle.abort();
 }

@@ -25,8 +25,11 @@ use tower::ServiceExt;
 const TEMPLATE: &str = "tessera_template";
 pub const BODY_LIMIT: usize = 64 * 1024;
 
+/// The names of the compiled-in modules, all enabled for test tenants.
+pub const MODULES: [&str; 3] = ["crm", "invoicing", "hr"];
+
 pub fn modules() -> Vec<Arc<dyn Module>> {
-    vec![Arc::new(tessera_crm::Crm)]
+    vec![Arc::new(tessera_crm::Crm), Arc::new(tessera_invoicing::Invoicing), Arc::new(tessera_hr::Hr)]
 }
 
 pub struct TestCluster {
@@ -175,10 +178,10 @@ impl TestApp {
     /// Creates a tenant with every module enabled and returns it with a read-write key.
     pub async fn tenant(&mut self, slug: &str) -> (TenantId, String) {
         let tenant =
-            admin::create_tenant(&mut self.owner, &TenantSlug::parse(slug).expect("slug"), slug, &["crm"])
+            admin::create_tenant(&mut self.owner, &TenantSlug::parse(slug).expect("slug"), slug, &MODULES)
                 .await
                 .expect("create tenant");
-        let key = self.key(tenant.id, &["crm:write"]).await;
+        let key = self.key(tenant.id, &["crm:write", "invoicing:write", "hr:write"]).await;
         (tenant.id, key)
     }
 

@@ -141,6 +141,39 @@ async fn tessera_up_serves_the_demo_tenant_then_stops_cleanly_and_reuses_its_clu
         .status();
     assert_eq!(status, 200);
 
+    // The operator's view of the event pipeline, beside the running platform.
+    let doctor = Command::new(BIN).args(["doctor", "--data-dir"]).arg(&data_dir).output().expect("doctor");
+    let report = String::from_utf8_lossy(&doctor.stdout);
+    assert!(doctor.status.success(), "{report}{}", String::from_utf8_lossy(&doctor.stderr));
+    assert!(report.contains("ok   wal_level: logical"), "{report}");
+    assert!(report.contains("ok   slot: tessera: active"), "{report}");
+    assert!(report.contains("subscriber invoicing.deals"), "{report}");
+    let letters = Command::new(BIN)
+        .args(["events", "dead-letters", "--data-dir"])
+        .arg(&data_dir)
+        .output()
+        .expect("letters");
+    assert!(letters.status.success());
+    assert!(String::from_utf8_lossy(&letters.stderr).contains("no dead letters"));
+    let metrics =
+        http.get(format!("{base}/metrics")).send().await.expect("metrics").text().await.expect("text");
+    assert!(metrics.contains("tessera_cdc_slot_active{slot=\"tessera\"} 1"), "{metrics}");
+    assert!(
+        metrics.contains("tessera_subscriber_dead_letters{subscriber=\"hr.commissions\"} 0"),
+        "{metrics}"
+    );
+    // The demo key reads the tenant's event feed.
+    let feed: serde_json::Value = http
+        .get(format!("{base}/v1/events?types=deal.closed.won"))
+        .bearer_auth(&key)
+        .send()
+        .await
+        .expect("feed")
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(feed["data"].as_array().map(Vec::len), Some(1), "{feed}");
+
     let exit = first.terminate();
     assert!(exit.success(), "SIGTERM is a clean stop: {exit:?}");
     assert!(!postgres_running(&data_dir), "postgres is stopped with tessera");
@@ -169,6 +202,10 @@ fn every_command_has_help_and_the_scripts_print() {
         vec!["tenant", "create", "--help"],
         vec!["key", "create", "--help"],
         vec!["key", "revoke", "--help"],
+        vec!["cdc", "--help"],
+        vec!["doctor", "--help"],
+        vec!["events", "dead-letters", "--help"],
+        vec!["events", "replay", "--help"],
     ] {
         let out = Command::new(BIN).args(&args).output().expect("run");
         assert!(out.status.success(), "{args:?}");

@@ -1,0 +1,659 @@
+//! The dispatcher: feeds `events.log` to the modules' subscribers, each in log (commit) order, with
+//! exactly-once effects.
+//!
+//! ```text
+//! events.log ──▶ subscriber task (one per subscription, its own connection) ──▶ one transaction per batch:
+//!                  lock the cursor row, read the next events of its types, and for each event
+//!                  (in a savepoint) switch to the module's role, bind the event's tenant, run the handler;
+//!                  then move the cursor past what was handled ──▶ commit: effects and cursor together
+//! ```
+//!
+//! - Exactly once: a handler's writes and the cursor commit in the same transaction, so a crash anywhere
+//!   either keeps both or neither; the cursor row is locked for the batch, so two dispatchers (two
+//!   processes) never hand the same event to a handler twice.
+//! - Order: `seq` follows commit order (see `sql/events/V2__subscribers.sql`); every subscriber reads in it.
+//! - Wake-ups: the CDC worker notifies `tessera_events` in each transaction it commits; a listener wakes every
+//!   subscriber. A long fallback timer covers a notification lost while the listener reconnects.
+//! - Failures: a failing handler's savepoint is rolled back, what came before it commits, and the event is
+//!   retried with exponential backoff. After `max_attempts` it is parked in `events.dead_letters` with its
+//!   error and the subscriber moves on; `tessera events replay` hands it to the handler again. Subscribers
+//!   are independent tasks with their own connections: one that fails or stops holds up no other.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tessera_core::roles::{EVENTS, module_role, quote_ident};
+use tessera_core::{EffectTx, Event, HandlerError, Subscription, bootstrap};
+use tokio::sync::watch;
+use tokio_postgres::{AsyncMessage, Client, NoTls};
+
+use crate::worker::CHANNEL;
+
+/// A module's subscription, with the module whose role its handler runs as.
+#[derive(Debug, Clone, Copy)]
+pub struct Subscriber {
+    pub module: &'static str,
+    pub subscription: Subscription,
+}
+
+impl Subscriber {
+    /// Every subscription of the given modules.
+    pub fn of_modules(modules: &[&dyn tessera_core::Module]) -> Vec<Subscriber> {
+        modules
+            .iter()
+            .flat_map(|m| {
+                m.subscriptions().into_iter().map(|s| Subscriber { module: m.name(), subscription: s })
+            })
+            .collect()
+    }
+
+    fn name(&self) -> &'static str {
+        self.subscription.name
+    }
+}
+
+/// How the dispatcher connects and retries.
+#[derive(Debug, Clone)]
+pub struct DispatchSettings {
+    /// The event system's login (`tessera_replication`), which may become `tessera_events` and module roles.
+    pub connection: tokio_postgres::Config,
+    pub subscribers: Vec<Subscriber>,
+    /// Events handled per transaction.
+    pub batch: i64,
+    /// Attempts before an event is parked as a dead letter.
+    pub max_attempts: u32,
+    /// The first retry's delay; it doubles up to `max_backoff`.
+    pub base_backoff: Duration,
+    pub max_backoff: Duration,
+    /// How long a subscriber waits for a notification before it looks at the log anyway.
+    pub idle_recheck: Duration,
+    /// How long events stay in the log once every subscriber is past them; `None` keeps them.
+    pub retention: Option<Duration>,
+}
+
+impl DispatchSettings {
+    pub fn new(connection: tokio_postgres::Config, subscribers: Vec<Subscriber>) -> Self {
+        Self {
+            connection,
+            subscribers,
+            batch: 100,
+            max_attempts: 8,
+            base_backoff: Duration::from_millis(100),
+            max_backoff: Duration::from_secs(10),
+            idle_recheck: Duration::from_secs(30),
+            retention: None,
+        }
+    }
+
+    fn backoff(&self, attempt: u32) -> Duration {
+        let factor = 2u32.saturating_pow(attempt.saturating_sub(1).min(20));
+        self.base_backoff.saturating_mul(factor).min(self.max_backoff)
+    }
+}
+
+/// Runs the listener and one task per subscriber until the returned future is dropped (or aborted).
+pub async fn run(settings: DispatchSettings) {
+    let settings = Arc::new(settings);
+    let (wake, _) = watch::channel(0u64);
+    let wake = Arc::new(wake);
+    let mut tasks = tokio::task::JoinSet::new();
+    tasks.spawn(listen(settings.connection.clone(), wake.clone()));
+    for subscriber in settings.subscribers.clone() {
+        tasks.spawn(supervise_subscriber(settings.clone(), subscriber, wake.subscribe()));
+    }
+    if let Some(retention) = settings.retention {
+        tasks.spawn(prune_periodically(settings.connection.clone(), retention));
+    }
+    // The tasks loop forever; when this future is dropped, the JoinSet aborts them.
+    while tasks.join_next().await.is_some() {}
+}
+
+/// Listens for the worker's notifications and wakes every subscriber; reconnects when the connection drops
+/// (and wakes them then too, since a notification may have been missed meanwhile).
+async fn listen(config: tokio_postgres::Config, wake: Arc<watch::Sender<u64>>) {
+    let mut delay = Duration::from_millis(100);
+    loop {
+        match listen_once(&config, &wake).await {
+            Ok(()) => delay = Duration::from_millis(100),
+            Err(e) => tracing::warn!(error = %e, "event listener failed; reconnecting"),
+        }
+        wake.send_modify(|n| *n += 1);
+        tokio::time::sleep(delay).await;
+        delay = (delay * 2).min(Duration::from_secs(5));
+    }
+}
+
+async fn listen_once(
+    config: &tokio_postgres::Config,
+    wake: &watch::Sender<u64>,
+) -> Result<(), tokio_postgres::Error> {
+    let (client, mut connection) = config.connect(NoTls).await?;
+    let (closed_tx, closed) = tokio::sync::oneshot::channel();
+    let notify = wake.clone();
+    let driver = tokio::spawn(async move {
+        let result = loop {
+            match std::future::poll_fn(|cx| connection.poll_message(cx)).await {
+                Some(Ok(AsyncMessage::Notification(_))) => notify.send_modify(|n| *n += 1),
+                Some(Ok(_)) => {}
+                Some(Err(e)) => break Err(e),
+                None => break Ok(()),
+            }
+        };
+        let _ = closed_tx.send(result);
+    });
+    client.batch_execute(&format!("listen {CHANNEL}")).await?;
+    // Anything committed before LISTEN took effect is picked up by this wake-up.
+    wake.send_modify(|n| *n += 1);
+    let result = closed.await.unwrap_or(Ok(()));
+    driver.abort();
+    drop(client);
+    result
+}
+
+/// Keeps one subscriber running: reconnects after a lost connection.
+async fn supervise_subscriber(
+    settings: Arc<DispatchSettings>,
+    subscriber: Subscriber,
+    wake: watch::Receiver<u64>,
+) {
+    let mut wake = wake;
+    let mut delay = Duration::from_millis(100);
+    loop {
+        match bootstrap::connect(&settings.connection).await {
+            Ok(client) => {
+                let mut state = SubscriberState { client, subscriber, failing: None };
+                match state.serve(&settings, &mut wake).await {
+                    Ok(()) => return,
+                    Err(e) => {
+                        tracing::warn!(subscriber = subscriber.name(), error = %e, "subscriber failed; reconnecting")
+                    }
+                }
+                delay = Duration::from_millis(100);
+            }
+            Err(e) => {
+                tracing::warn!(subscriber = subscriber.name(), error = %e, "subscriber cannot connect; retrying")
+            }
+        }
+        tokio::time::sleep(delay).await;
+        delay = (delay * 2).min(Duration::from_secs(5));
+    }
+}
+
+struct SubscriberState {
+    client: Client,
+    subscriber: Subscriber,
+    /// The event that failed last, and how many times in a row.
+    failing: Option<(i64, u32, HandlerError)>,
+}
+
+/// What one batch did.
+enum Round {
+    /// Handled everything there was; wait for news.
+    CaughtUp,
+    /// A full batch; there may be more at once.
+    More,
+    /// The handler failed on this event.
+    Failed { seq: i64, error: HandlerError },
+}
+
+impl SubscriberState {
+    async fn serve(
+        &mut self,
+        settings: &DispatchSettings,
+        wake: &mut watch::Receiver<u64>,
+    ) -> Result<(), tokio_postgres::Error> {
+        loop {
+            // Seen before the log is read: a notification arriving meanwhile triggers another round.
+            wake.borrow_and_update();
+            match deliver_batch(&self.client, &self.subscriber, settings.batch).await? {
+                Round::More => self.failing = None,
+                Round::CaughtUp => {
+                    self.failing = None;
+                    // A notification, or the fallback timer for one that was missed.
+                    if let Ok(Err(_)) = tokio::time::timeout(settings.idle_recheck, wake.changed()).await {
+                        return Ok(());
+                    }
+                }
+                Round::Failed { seq, error } => {
+                    let attempts = match &self.failing {
+                        Some((s, n, _)) if *s == seq => n + 1,
+                        _ => 1,
+                    };
+                    tracing::warn!(subscriber = self.subscriber.name(), seq, attempts, error = %error, "event handler failed");
+                    if attempts >= settings.max_attempts {
+                        park(&self.client, &self.subscriber, seq, attempts, &error).await?;
+                        tracing::error!(subscriber = self.subscriber.name(), seq, error = %error, "event parked as a dead letter");
+                        self.failing = None;
+                    } else {
+                        self.failing = Some((seq, attempts, error));
+                        tokio::time::sleep(settings.backoff(attempts)).await;
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Registers the subscriber (at the start of the log) if it is new.
+async fn register(client: &Client, name: &str) -> Result<(), tokio_postgres::Error> {
+    client
+        .execute("insert into events.subscribers (name) values ($1) on conflict do nothing", &[&name])
+        .await?;
+    Ok(())
+}
+
+const EVENT_COLUMNS: &str = "seq, id, tenant_id, type, commit_time, data";
+
+fn event_from_row(row: &tokio_postgres::Row) -> Event {
+    Event {
+        seq: row.get(0),
+        id: row.get(1),
+        tenant_id: row.get(2),
+        kind: row.get(3),
+        commit_time: row.get(4),
+        data: row.get(5),
+    }
+}
+
+/// One transaction: the next events after the cursor, each handled in a savepoint, and the cursor moved past
+/// what was handled.
+async fn deliver_batch(
+    client: &Client,
+    subscriber: &Subscriber,
+    batch: i64,
+) -> Result<Round, tokio_postgres::Error> {
+    let events_role = quote_ident(EVENTS);
+    client.batch_execute(&format!("begin; set local role {events_role}")).await?;
+    let result = deliver_in_tx(client, subscriber, batch, &events_role).await;
+    match result {
+        Ok(round) => {
+            client.batch_execute("commit").await?;
+            Ok(round)
+        }
+        Err(e) => {
+            let _ = client.batch_execute("rollback").await;
+            Err(e)
+        }
+    }
+}
+
+async fn deliver_in_tx(
+    client: &Client,
+    subscriber: &Subscriber,
+    batch: i64,
+    events_role: &str,
+) -> Result<Round, tokio_postgres::Error> {
+    let name = subscriber.name();
+    register(client, name).await?;
+    let position: i64 = client
+        .query_one("select position from events.subscribers where name = $1 for update", &[&name])
+        .await?
+        .get(0);
+    // Everything up to the horizon is committed (seq follows commit order), so the cursor may jump to it
+    // when no event of this subscriber's types lies in between.
+    let horizon: i64 = client.query_one("select coalesce(max(seq), 0) from events.log", &[]).await?.get(0);
+    let types: Vec<&str> = subscriber.subscription.types.to_vec();
+    let rows = client
+        .query(
+            &format!(
+                "select {EVENT_COLUMNS} from events.log
+                  where seq > $1 and seq <= $2 and type = any($3) order by seq limit $4"
+            ),
+            &[&position, &horizon, &types, &batch],
+        )
+        .await?;
+    let full = rows.len() as i64 == batch;
+    let mut handled_to = if full { position } else { horizon.max(position) };
+    let mut outcome = if full { Round::More } else { Round::CaughtUp };
+    for row in &rows {
+        let event = event_from_row(row);
+        match handle_in_savepoint(client, subscriber, &event, events_role).await? {
+            Ok(()) => {
+                if full {
+                    handled_to = event.seq;
+                }
+            }
+            Err(error) => {
+                handled_to = event.seq - 1;
+                outcome = Round::Failed { seq: event.seq, error };
+                break;
+            }
+        }
+    }
+    if handled_to > position {
+        client
+            .execute(
+                "update events.subscribers set position = $2, updated_at = now() where name = $1",
+                &[&name, &handled_to],
+            )
+            .await?;
+    }
+    Ok(outcome)
+}
+
+/// Runs the handler in a savepoint as the module's role with the event's tenant bound. The outer error is
+/// the connection's; the inner one the handler's (its effects rolled back).
+async fn handle_in_savepoint(
+    client: &Client,
+    subscriber: &Subscriber,
+    event: &Event,
+    events_role: &str,
+) -> Result<Result<(), HandlerError>, tokio_postgres::Error> {
+    client
+        .batch_execute(&format!(
+            "savepoint handler; set local role {}",
+            quote_ident(&module_role(subscriber.module))
+        ))
+        .await?;
+    client
+        .execute("select set_config('tessera.tenant_id', $1, true)", &[&event.tenant_id.to_string()])
+        .await?;
+    let tx = EffectTx::new(client);
+    let outcome = (subscriber.subscription.handle)(&tx, event).await;
+    match outcome {
+        Ok(()) => {
+            client
+                .batch_execute(&format!(
+                    "release savepoint handler; set local role {events_role}; \
+                     select set_config('tessera.tenant_id', '', true)"
+                ))
+                .await?;
+            Ok(Ok(()))
+        }
+        Err(error) => {
+            // Undoes the handler's writes, its role and its tenant.
+            client.batch_execute("rollback to savepoint handler; release savepoint handler").await?;
+            Ok(Err(error))
+        }
+    }
+}
+
+/// Parks an event that kept failing, and moves the subscriber past it, in one transaction.
+async fn park(
+    client: &Client,
+    subscriber: &Subscriber,
+    seq: i64,
+    attempts: u32,
+    error: &HandlerError,
+) -> Result<(), tokio_postgres::Error> {
+    let name = subscriber.name();
+    client.batch_execute(&format!("begin; set local role {}", quote_ident(EVENTS))).await?;
+    let result = async {
+        let position: i64 = client
+            .query_one("select position from events.subscribers where name = $1 for update", &[&name])
+            .await?
+            .get(0);
+        if position >= seq {
+            // Someone else (another dispatcher) got past it meanwhile.
+            return Ok(());
+        }
+        let attempts = i32::try_from(attempts).unwrap_or(i32::MAX);
+        client
+            .execute(
+                "insert into events.dead_letters (subscriber, seq, tenant_id, event_id, type, error, attempts)
+                 select $1, seq, tenant_id, id, type, $3, $4 from events.log where seq = $2
+                 on conflict (subscriber, seq) do update
+                    set error = excluded.error, attempts = excluded.attempts, failed_at = now(), replayed_at = null",
+                &[&name, &seq, &error.0, &attempts],
+            )
+            .await?;
+        client
+            .execute(
+                "update events.subscribers set position = $2, updated_at = now() where name = $1",
+                &[&name, &seq],
+            )
+            .await?;
+        Ok(())
+    }
+    .await;
+    match result {
+        Ok(()) => client.batch_execute("commit").await,
+        Err(e) => {
+            let _ = client.batch_execute("rollback").await;
+            Err(e)
+        }
+    }
+}
+
+/// A parked event, as `tessera events dead-letters` lists it.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct DeadLetter {
+    pub subscriber: String,
+    pub seq: i64,
+    pub tenant_id: uuid::Uuid,
+    pub event_id: uuid::Uuid,
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub error: String,
+    pub attempts: i32,
+    #[serde(with = "time::serde::rfc3339")]
+    pub failed_at: time::OffsetDateTime,
+}
+
+/// The dead letters not yet replayed, oldest first; all of them or one subscriber's.
+pub async fn dead_letters(
+    client: &Client,
+    subscriber: Option<&str>,
+) -> Result<Vec<DeadLetter>, tokio_postgres::Error> {
+    client.batch_execute(&format!("begin read only; set local role {}", quote_ident(EVENTS))).await?;
+    let rows = client
+        .query(
+            "select subscriber, seq, tenant_id, event_id, type, error, attempts, failed_at
+               from events.dead_letters
+              where replayed_at is null and ($1::text is null or subscriber = $1)
+              order by subscriber, seq",
+            &[&subscriber],
+        )
+        .await;
+    client.batch_execute("commit").await?;
+    Ok(rows?
+        .iter()
+        .map(|r| DeadLetter {
+            subscriber: r.get(0),
+            seq: r.get(1),
+            tenant_id: r.get(2),
+            event_id: r.get(3),
+            kind: r.get(4),
+            error: r.get(5),
+            attempts: r.get(6),
+            failed_at: r.get(7),
+        })
+        .collect())
+}
+
+/// What a replay did with each dead letter.
+#[derive(Debug, Default)]
+pub struct ReplayReport {
+    pub replayed: Vec<(String, i64)>,
+    pub failed: Vec<(String, i64, HandlerError)>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ReplayError {
+    #[error("database error")]
+    Db(#[from] tokio_postgres::Error),
+    #[error("no subscriber named {0:?} is compiled in")]
+    UnknownSubscriber(String),
+}
+
+/// Hands open dead letters to their handlers again, oldest first: each in its own transaction, marked
+/// replayed together with the handler's effects. A failure is recorded on the dead letter, which stays open.
+pub async fn replay(
+    client: &Client,
+    subscribers: &[Subscriber],
+    only: Option<&str>,
+    seq: Option<i64>,
+) -> Result<ReplayReport, ReplayError> {
+    let by_name: HashMap<&str, &Subscriber> = subscribers.iter().map(|s| (s.name(), s)).collect();
+    if let Some(name) = only
+        && !by_name.contains_key(name)
+    {
+        return Err(ReplayError::UnknownSubscriber(name.to_owned()));
+    }
+    let open = dead_letters(client, only).await?;
+    let mut report = ReplayReport::default();
+    let events_role = quote_ident(EVENTS);
+    for letter in open.into_iter().filter(|l| seq.is_none_or(|s| s == l.seq)) {
+        let Some(subscriber) = by_name.get(letter.subscriber.as_str()) else {
+            return Err(ReplayError::UnknownSubscriber(letter.subscriber));
+        };
+        client.batch_execute(&format!("begin; set local role {events_role}")).await?;
+        let outcome = replay_one(client, subscriber, &letter, &events_role).await;
+        match outcome {
+            Ok(Some(Ok(()))) => {
+                client.batch_execute("commit").await?;
+                report.replayed.push((letter.subscriber, letter.seq));
+            }
+            Ok(Some(Err(error))) => {
+                client
+                    .execute(
+                        "update events.dead_letters set error = $3, attempts = attempts + 1, failed_at = now()
+                          where subscriber = $1 and seq = $2",
+                        &[&letter.subscriber, &letter.seq, &error.0],
+                    )
+                    .await?;
+                client.batch_execute("commit").await?;
+                report.failed.push((letter.subscriber, letter.seq, error));
+            }
+            // Replayed by someone else meanwhile.
+            Ok(None) => client.batch_execute("commit").await?,
+            Err(e) => {
+                let _ = client.batch_execute("rollback").await;
+                return Err(e.into());
+            }
+        }
+    }
+    Ok(report)
+}
+
+async fn replay_one(
+    client: &Client,
+    subscriber: &Subscriber,
+    letter: &DeadLetter,
+    events_role: &str,
+) -> Result<Option<Result<(), HandlerError>>, tokio_postgres::Error> {
+    let still_open = client
+        .query_opt(
+            "select 1 from events.dead_letters where subscriber = $1 and seq = $2 and replayed_at is null
+             for update",
+            &[&letter.subscriber, &letter.seq],
+        )
+        .await?
+        .is_some();
+    if !still_open {
+        return Ok(None);
+    }
+    let Some(row) = client
+        .query_opt(&format!("select {EVENT_COLUMNS} from events.log where seq = $1"), &[&letter.seq])
+        .await?
+    else {
+        return Ok(Some(Err(HandlerError("the event is no longer in the log (retention)".into()))));
+    };
+    let event = event_from_row(&row);
+    let outcome = handle_in_savepoint(client, subscriber, &event, events_role).await?;
+    if outcome.is_ok() {
+        client
+            .execute(
+                "update events.dead_letters set replayed_at = now() where subscriber = $1 and seq = $2",
+                &[&letter.subscriber, &letter.seq],
+            )
+            .await?;
+    }
+    Ok(Some(outcome))
+}
+
+/// A subscriber's progress: its cursor, how many events of its types wait, and its open dead letters.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct SubscriberLag {
+    pub subscriber: String,
+    pub position: i64,
+    pub pending: i64,
+    pub dead_letters: i64,
+}
+
+/// Every compiled-in subscriber's lag (a subscriber that never ran counts from the start of the log).
+pub async fn lag(
+    client: &Client,
+    subscribers: &[Subscriber],
+) -> Result<Vec<SubscriberLag>, tokio_postgres::Error> {
+    client.batch_execute(&format!("begin read only; set local role {}", quote_ident(EVENTS))).await?;
+    let mut out = Vec::new();
+    let mut failure = None;
+    for s in subscribers {
+        let types: Vec<&str> = s.subscription.types.to_vec();
+        let row = client
+            .query_one(
+                "with cursor as (select coalesce((select position from events.subscribers where name = $1), 0) as p)
+                 select cursor.p,
+                        (select count(*) from events.log where seq > cursor.p and type = any($2)),
+                        (select count(*) from events.dead_letters where subscriber = $1 and replayed_at is null)
+                   from cursor",
+                &[&s.name(), &types],
+            )
+            .await;
+        match row {
+            Ok(row) => out.push(SubscriberLag {
+                subscriber: s.name().to_owned(),
+                position: row.get(0),
+                pending: row.get(1),
+                dead_letters: row.get(2),
+            }),
+            Err(e) => {
+                failure = Some(e);
+                break;
+            }
+        }
+    }
+    client.batch_execute("commit").await?;
+    match failure {
+        Some(e) => Err(e),
+        None => Ok(out),
+    }
+}
+
+/// Deletes events recorded longer than `retention` ago that every subscriber has finished with, a bounded
+/// number per transaction; returns how many.
+pub async fn prune(client: &Client, retention: Duration) -> Result<u64, tokio_postgres::Error> {
+    let seconds = retention.as_secs_f64();
+    let mut total = 0;
+    loop {
+        client.batch_execute(&format!("begin; set local role {}", quote_ident(EVENTS))).await?;
+        let deleted = client
+            .execute(
+                "delete from events.log where seq in (
+                     select seq from events.log
+                      where recorded_at < now() - make_interval(secs => $1)
+                        and seq <= (select coalesce(min(position), 0) from events.subscribers)
+                      order by seq limit 10000)",
+                &[&seconds],
+            )
+            .await;
+        let deleted = match deleted {
+            Ok(n) => n,
+            Err(e) => {
+                let _ = client.batch_execute("rollback").await;
+                return Err(e);
+            }
+        };
+        client.batch_execute("commit").await?;
+        total += deleted;
+        if deleted < 10000 {
+            return Ok(total);
+        }
+    }
+}
+
+async fn prune_periodically(config: tokio_postgres::Config, retention: Duration) {
+    loop {
+        match bootstrap::connect(&config).await {
+            Ok(client) => match prune(&client, retention).await {
+                Ok(0) => {}
+                Ok(n) => tracing::info!(events = n, "pruned events past their retention"),
+                Err(e) => tracing::warn!(error = %e, "pruning the event log failed"),
+            },
+            Err(e) => tracing::warn!(error = %e, "pruning the event log: cannot connect"),
+        }
+        tokio::time::sleep(Duration::from_secs(3600)).await;
+    }
+}

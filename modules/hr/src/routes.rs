@@ -1,0 +1,223 @@
+//! `/v1/hr/…`: employees (list with cursor pagination and filters, get, create, partial update, delete),
+//! commission plans (list, get, create, delete: a plan is never edited, a new rate is a new plan) and
+//! commissions (list and get only: they are booked by the `deal.closed.won` handler, see [`crate::booking`]).
+//! Each handler parses its input strictly and runs one store function inside `ModuleDb::read` or
+//! `ModuleDb::write`, which authenticate the key and bind its tenant in the same transaction (see
+//! `tessera_core::db`). Writes check the key before they parse the body.
+
+use axum::Json;
+use axum::extract::{RawQuery, State};
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use serde::Serialize;
+use tessera_core::ApiError;
+use tessera_core::apikey::PresentedKey;
+use tessera_core::db::ModuleDb;
+use tessera_core::input::{IdPath, JsonObject, Page, QueryParams};
+use tessera_core::problem::Constraint;
+use uuid::Uuid;
+
+use crate::model::{
+    COMMISSION_STATUSES, Commission, CommissionPlan, EMPLOYEE_STATUSES, Employee, EmployeeInput, PlanInput,
+};
+use crate::store::{self, CommissionFilter, EmployeeFilter, Window};
+
+pub fn router(db: ModuleDb) -> axum::Router {
+    axum::Router::new()
+        .route("/employees", get(list_employees).post(create_employee))
+        .route("/employees/{id}", get(get_employee).patch(update_employee).delete(delete_employee))
+        .route("/commission-plans", get(list_plans).post(create_plan))
+        .route("/commission-plans/{id}", get(get_plan).delete(delete_plan))
+        .route("/commissions", get(list_commissions))
+        .route("/commissions/{id}", get(get_commission))
+        .with_state(db)
+}
+
+/// Which request field each constraint guards, so a violation names the field and nothing else.
+const CONSTRAINTS: &[Constraint] = &[
+    Constraint::field("employees_email_key", "email"),
+    Constraint::field("employees_name_length", "name"),
+    Constraint::field("employees_email_format", "email"),
+    Constraint::field("employees_title_length", "title"),
+    Constraint::field("employees_status_valid", "status"),
+    Constraint::reference("commission_plans_employee_fk", "employee_id", "employee"),
+    Constraint::field("commission_plans_rate_range", "rate"),
+    Constraint::field("commission_plans_effective_key", "effective_from"),
+];
+
+/// Deleting an employee that commissions still refer to (their plans go with them).
+const DELETE_EMPLOYEE_CONSTRAINTS: &[Constraint] =
+    &[Constraint::referenced_by("commissions_employee_fk", "commissions.employee_id")];
+
+fn db_error(err: tokio_postgres::Error) -> ApiError {
+    ApiError::from_db(err, CONSTRAINTS)
+}
+
+fn created<T: Serialize>(collection: &str, id: Uuid, body: T) -> Response {
+    let mut response = (StatusCode::CREATED, Json(body)).into_response();
+    if let Ok(location) = HeaderValue::from_str(&format!("/v1/hr/{collection}/{id}")) {
+        response.headers_mut().insert(header::LOCATION, location);
+    }
+    response
+}
+
+// Employees
+
+async fn list_employees(
+    State(db): State<ModuleDb>,
+    key: PresentedKey,
+    RawQuery(query): RawQuery,
+) -> Result<Json<Page<Employee>>, ApiError> {
+    let mut q = QueryParams::parse(query.as_deref())?;
+    let filter = EmployeeFilter {
+        // Lowercased here: the cluster's C locale folds only ASCII in lower().
+        email: q.text("email", 254)?.map(|e| e.to_lowercase()),
+        status: q.one_of("status", EMPLOYEE_STATUSES)?,
+    };
+    let window = Window { limit: q.limit()?, after: q.cursor()? };
+    q.finish()?;
+    let items =
+        db.read(&key, async |tx| store::list_employees(tx, &filter, &window).await.map_err(db_error)).await?;
+    Ok(Json(Page::from_items(items, window.limit, Employee::cursor)))
+}
+
+async fn get_employee(
+    State(db): State<ModuleDb>,
+    key: PresentedKey,
+    IdPath(id): IdPath,
+) -> Result<Json<Employee>, ApiError> {
+    let employee = db.read(&key, async |tx| store::get_employee(tx, id).await.map_err(db_error)).await?;
+    Ok(Json(employee.ok_or_else(|| ApiError::not_found("employee"))?))
+}
+
+async fn create_employee(
+    State(db): State<ModuleDb>,
+    key: PresentedKey,
+    body: JsonObject,
+) -> Result<Response, ApiError> {
+    let employee = db
+        .write(&key, async |tx| {
+            let input = EmployeeInput::parse(body)?;
+            let name = input.name.clone().required("name")?;
+            let email = input.email.clone().required("email")?;
+            input.check_nulls()?;
+            store::insert_employee(tx, &name, &email, &input).await.map_err(db_error)
+        })
+        .await?;
+    Ok(created("employees", employee.id, employee))
+}
+
+async fn update_employee(
+    State(db): State<ModuleDb>,
+    key: PresentedKey,
+    IdPath(id): IdPath,
+    body: JsonObject,
+) -> Result<Json<Employee>, ApiError> {
+    let employee = db
+        .write(&key, async |tx| {
+            let input = EmployeeInput::parse(body)?;
+            input.check_nulls()?;
+            store::update_employee(tx, id, &input)
+                .await
+                .map_err(db_error)?
+                .ok_or_else(|| ApiError::not_found("employee"))
+        })
+        .await?;
+    Ok(Json(employee))
+}
+
+async fn delete_employee(
+    State(db): State<ModuleDb>,
+    key: PresentedKey,
+    IdPath(id): IdPath,
+) -> Result<StatusCode, ApiError> {
+    db.write(&key, async |tx| {
+        let deleted = store::delete_employee(tx, id)
+            .await
+            .map_err(|e| ApiError::from_db(e, DELETE_EMPLOYEE_CONSTRAINTS))?;
+        if deleted { Ok(StatusCode::NO_CONTENT) } else { Err(ApiError::not_found("employee")) }
+    })
+    .await
+}
+
+// Commission plans
+
+async fn list_plans(
+    State(db): State<ModuleDb>,
+    key: PresentedKey,
+    RawQuery(query): RawQuery,
+) -> Result<Json<Page<CommissionPlan>>, ApiError> {
+    let mut q = QueryParams::parse(query.as_deref())?;
+    let employee_id = q.uuid("employee_id")?;
+    let window = Window { limit: q.limit()?, after: q.cursor()? };
+    q.finish()?;
+    let items =
+        db.read(&key, async |tx| store::list_plans(tx, employee_id, &window).await.map_err(db_error)).await?;
+    Ok(Json(Page::from_items(items, window.limit, CommissionPlan::cursor)))
+}
+
+async fn get_plan(
+    State(db): State<ModuleDb>,
+    key: PresentedKey,
+    IdPath(id): IdPath,
+) -> Result<Json<CommissionPlan>, ApiError> {
+    let plan = db.read(&key, async |tx| store::get_plan(tx, id).await.map_err(db_error)).await?;
+    Ok(Json(plan.ok_or_else(|| ApiError::not_found("commission plan"))?))
+}
+
+async fn create_plan(
+    State(db): State<ModuleDb>,
+    key: PresentedKey,
+    body: JsonObject,
+) -> Result<Response, ApiError> {
+    let plan = db
+        .write(&key, async |tx| {
+            let input = PlanInput::parse(body)?;
+            store::insert_plan(tx, &input).await.map_err(db_error)
+        })
+        .await?;
+    Ok(created("commission-plans", plan.id, plan))
+}
+
+async fn delete_plan(
+    State(db): State<ModuleDb>,
+    key: PresentedKey,
+    IdPath(id): IdPath,
+) -> Result<StatusCode, ApiError> {
+    db.write(&key, async |tx| {
+        let deleted = store::delete_plan(tx, id).await.map_err(db_error)?;
+        if deleted { Ok(StatusCode::NO_CONTENT) } else { Err(ApiError::not_found("commission plan")) }
+    })
+    .await
+}
+
+// Commissions
+
+async fn list_commissions(
+    State(db): State<ModuleDb>,
+    key: PresentedKey,
+    RawQuery(query): RawQuery,
+) -> Result<Json<Page<Commission>>, ApiError> {
+    let mut q = QueryParams::parse(query.as_deref())?;
+    let filter = CommissionFilter {
+        employee_id: q.uuid("employee_id")?,
+        deal_id: q.uuid("deal_id")?,
+        status: q.one_of("status", COMMISSION_STATUSES)?,
+    };
+    let window = Window { limit: q.limit()?, after: q.cursor()? };
+    q.finish()?;
+    let items = db
+        .read(&key, async |tx| store::list_commissions(tx, &filter, &window).await.map_err(db_error))
+        .await?;
+    Ok(Json(Page::from_items(items, window.limit, Commission::cursor)))
+}
+
+async fn get_commission(
+    State(db): State<ModuleDb>,
+    key: PresentedKey,
+    IdPath(id): IdPath,
+) -> Result<Json<Commission>, ApiError> {
+    let commission = db.read(&key, async |tx| store::get_commission(tx, id).await.map_err(db_error)).await?;
+    Ok(Json(commission.ok_or_else(|| ApiError::not_found("commission"))?))
+}

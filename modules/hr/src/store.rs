@@ -1,0 +1,265 @@
+//! All of HR's SQL. Free functions over the transaction they run in, which has the tenant bound: a
+//! request's [`TenantTx`], or for booking commissions the dispatcher's [`EffectTx`]. Row-level security
+//! confines every statement to that tenant, and `tenant_id` takes its column default on insert.
+//! Lists are ordered by `(created_at, id)` and continue after a cursor; partial updates are one static
+//! statement with a "present?" flag per column, so that every statement can be prepared once.
+
+use tessera_core::EffectTx;
+use tessera_core::db::TenantTx;
+use tessera_core::input::{Cursor, Patch};
+use time::{Date, OffsetDateTime};
+use tokio_postgres::Error;
+use uuid::Uuid;
+
+use crate::model::{Commission, CommissionPlan, Employee, EmployeeInput, PlanInput};
+
+/// Where a list starts and how much it fetches (one more than the page, to learn whether there is more).
+pub struct Window {
+    pub after: Option<Cursor>,
+    pub limit: i64,
+}
+
+impl Window {
+    fn bounds(&self) -> (Option<OffsetDateTime>, Option<Uuid>, i64) {
+        (self.after.map(|c| c.created_at), self.after.map(|c| c.id), self.limit + 1)
+    }
+}
+
+fn flag<T>(p: &Patch<T>) -> bool {
+    p.is_present()
+}
+
+fn value<T: Clone>(p: &Patch<T>) -> Option<T> {
+    p.clone().optional()
+}
+
+// Employees
+
+pub struct EmployeeFilter {
+    /// Lowercased by the caller.
+    pub email: Option<String>,
+    pub status: Option<String>,
+}
+
+pub async fn list_employees(
+    tx: &TenantTx,
+    filter: &EmployeeFilter,
+    window: &Window,
+) -> Result<Vec<Employee>, Error> {
+    let (ts, id, limit) = window.bounds();
+    let sql = format!(
+        "select {} from hr.employees
+         where ($1::text is null or lower(email) = $1)
+           and ($2::text is null or status = $2)
+           and ($3::timestamptz is null or (created_at, id) > ($3, $4::uuid))
+         order by created_at, id limit $5",
+        Employee::COLUMNS
+    );
+    let rows = tx.query(&sql, &[&filter.email, &filter.status, &ts, &id, &limit]).await?;
+    Ok(rows.iter().map(Employee::from_row).collect())
+}
+
+pub async fn get_employee(tx: &TenantTx, id: Uuid) -> Result<Option<Employee>, Error> {
+    let sql = format!("select {} from hr.employees where id = $1", Employee::COLUMNS);
+    Ok(tx.query_opt(&sql, &[&id]).await?.as_ref().map(Employee::from_row))
+}
+
+pub async fn insert_employee(
+    tx: &TenantTx,
+    name: &str,
+    email: &str,
+    input: &EmployeeInput,
+) -> Result<Employee, Error> {
+    let sql = format!(
+        "insert into hr.employees (id, name, email, title, status)
+         values ($1, $2, $3, $4, coalesce($5, 'active')) returning {}",
+        Employee::COLUMNS
+    );
+    let row = tx
+        .query_one(&sql, &[&Uuid::now_v7(), &name, &email, &value(&input.title), &value(&input.status)])
+        .await?;
+    Ok(Employee::from_row(&row))
+}
+
+pub async fn update_employee(
+    tx: &TenantTx,
+    id: Uuid,
+    input: &EmployeeInput,
+) -> Result<Option<Employee>, Error> {
+    let sql = format!(
+        "update hr.employees set
+            name = case when $2 then $3 else name end,
+            email = case when $4 then $5 else email end,
+            title = case when $6 then $7 else title end,
+            status = case when $8 then $9 else status end
+         where id = $1 returning {}",
+        Employee::COLUMNS
+    );
+    let params: [&(dyn tokio_postgres::types::ToSql + Sync); 9] = [
+        &id,
+        &flag(&input.name),
+        &value(&input.name),
+        &flag(&input.email),
+        &value(&input.email),
+        &flag(&input.title),
+        &value(&input.title),
+        &flag(&input.status),
+        &value(&input.status),
+    ];
+    Ok(tx.query_opt(&sql, &params).await?.as_ref().map(Employee::from_row))
+}
+
+/// Deletes an employee and, by cascade, their plans; refused (foreign key) while commissions refer to them.
+pub async fn delete_employee(tx: &TenantTx, id: Uuid) -> Result<bool, Error> {
+    Ok(tx.execute("delete from hr.employees where id = $1", &[&id]).await? == 1)
+}
+
+// Commission plans
+
+pub async fn list_plans(
+    tx: &TenantTx,
+    employee_id: Option<Uuid>,
+    window: &Window,
+) -> Result<Vec<CommissionPlan>, Error> {
+    let (ts, id, limit) = window.bounds();
+    let sql = format!(
+        "select {} from hr.commission_plans
+         where ($1::uuid is null or employee_id = $1)
+           and ($2::timestamptz is null or (created_at, id) > ($2, $3::uuid))
+         order by created_at, id limit $4",
+        CommissionPlan::COLUMNS
+    );
+    let rows = tx.query(&sql, &[&employee_id, &ts, &id, &limit]).await?;
+    Ok(rows.iter().map(CommissionPlan::from_row).collect())
+}
+
+pub async fn get_plan(tx: &TenantTx, id: Uuid) -> Result<Option<CommissionPlan>, Error> {
+    let sql = format!("select {} from hr.commission_plans where id = $1", CommissionPlan::COLUMNS);
+    Ok(tx.query_opt(&sql, &[&id]).await?.as_ref().map(CommissionPlan::from_row))
+}
+
+pub async fn insert_plan(tx: &TenantTx, input: &PlanInput) -> Result<CommissionPlan, Error> {
+    let sql = format!(
+        "insert into hr.commission_plans (id, employee_id, rate, effective_from)
+         values ($1, $2, $3::text::numeric, $4) returning {}",
+        CommissionPlan::COLUMNS
+    );
+    let row = tx
+        .query_one(&sql, &[&Uuid::now_v7(), &input.employee_id, &input.rate, &input.effective_from])
+        .await?;
+    Ok(CommissionPlan::from_row(&row))
+}
+
+/// Commissions booked under the plan keep their rate; their `plan_id` becomes null.
+pub async fn delete_plan(tx: &TenantTx, id: Uuid) -> Result<bool, Error> {
+    Ok(tx.execute("delete from hr.commission_plans where id = $1", &[&id]).await? == 1)
+}
+
+// Commissions
+
+pub struct CommissionFilter {
+    pub employee_id: Option<Uuid>,
+    pub deal_id: Option<Uuid>,
+    pub status: Option<String>,
+}
+
+pub async fn list_commissions(
+    tx: &TenantTx,
+    filter: &CommissionFilter,
+    window: &Window,
+) -> Result<Vec<Commission>, Error> {
+    let (ts, id, limit) = window.bounds();
+    let sql = format!(
+        "select {} from hr.commissions
+         where ($1::uuid is null or employee_id = $1)
+           and ($2::uuid is null or deal_id = $2)
+           and ($3::text is null or status = $3)
+           and ($4::timestamptz is null or (created_at, id) > ($4, $5::uuid))
+         order by created_at, id limit $6",
+        Commission::COLUMNS
+    );
+    let rows =
+        tx.query(&sql, &[&filter.employee_id, &filter.deal_id, &filter.status, &ts, &id, &limit]).await?;
+    Ok(rows.iter().map(Commission::from_row).collect())
+}
+
+pub async fn get_commission(tx: &TenantTx, id: Uuid) -> Result<Option<Commission>, Error> {
+    let sql = format!("select {} from hr.commissions where id = $1", Commission::COLUMNS);
+    Ok(tx.query_opt(&sql, &[&id]).await?.as_ref().map(Commission::from_row))
+}
+
+// Booking (the deal.closed.won handler, in the dispatcher's transaction)
+
+/// The active employee with this e-mail address (lowercased by the caller), if any.
+pub async fn active_employee_by_email(tx: &EffectTx<'_>, email: &str) -> Result<Option<Uuid>, Error> {
+    let row = tx
+        .query_opt("select id from hr.employees where lower(email) = $1 and status = 'active'", &[&email])
+        .await?;
+    Ok(row.map(|r| r.get(0)))
+}
+
+/// A plan as the booking needs it.
+pub struct PlanInForce {
+    pub id: Uuid,
+    /// Exact decimal text.
+    pub rate: String,
+}
+
+/// The employee's plan in force on `day`: the latest one that took effect on or before it.
+pub async fn plan_in_force(
+    tx: &EffectTx<'_>,
+    employee_id: Uuid,
+    day: Date,
+) -> Result<Option<PlanInForce>, Error> {
+    let row = tx
+        .query_opt(
+            "select id, rate::text from hr.commission_plans
+             where employee_id = $1 and effective_from <= $2
+             order by effective_from desc limit 1",
+            &[&employee_id, &day],
+        )
+        .await?;
+    Ok(row.map(|r| PlanInForce { id: r.get(0), rate: r.get(1) }))
+}
+
+/// What a won deal books.
+pub struct NewCommission<'a> {
+    pub employee_id: Uuid,
+    pub plan: &'a PlanInForce,
+    pub deal_id: Uuid,
+    /// Exact decimal text, as the deal carried it.
+    pub deal_amount: &'a str,
+    pub currency: &'a str,
+    pub source_event_id: Uuid,
+    pub booked_at: OffsetDateTime,
+}
+
+/// Books a commission, computing its amount in Postgres from the exact decimals. Returns its id, or `None`
+/// when this event has booked one already. (Should the plan have been deleted since it was read, its
+/// foreign key fails the statement and the dispatcher retries the event.)
+pub async fn book_commission(tx: &EffectTx<'_>, new: &NewCommission<'_>) -> Result<Option<Uuid>, Error> {
+    let row = tx
+        .query_opt(
+            "insert into hr.commissions
+                 (id, employee_id, plan_id, deal_id, deal_amount, currency, rate, amount, source_event_id,
+                  booked_at)
+             select $1::uuid, $2::uuid, $3::uuid, $4::uuid, v.deal_amount, $6::text, v.rate,
+                    round(v.deal_amount * v.rate, 2), $8::uuid, $9::timestamptz
+               from (select $5::text::numeric(18, 2) as deal_amount, $7::text::numeric(5, 4) as rate) v
+             on conflict (tenant_id, source_event_id) do nothing
+             returning id",
+            &[
+                &Uuid::now_v7(),
+                &new.employee_id,
+                &new.plan.id,
+                &new.deal_id,
+                &new.deal_amount,
+                &new.currency,
+                &new.plan.rate,
+                &new.source_event_id,
+                &new.booked_at,
+            ],
+        )
+        .await?;
+    Ok(row.map(|r| r.get(0)))
+}

@@ -1,0 +1,120 @@
+//! What invoicing does with the CRM's events (subscription `invoicing.deals`).
+//!
+//! The invoicing module never reads the CRM's tables; it keeps its own copy of what it needs, built from the
+//! event log in commit order by the dispatcher:
+//!
+//! - `crm.companies.insert` / `crm.companies.update`: the customer linked to the company (by
+//!   `crm_company_id`) is created or renamed. A linked customer mirrors its company's name.
+//! - `deal.closed.won`: one draft invoice for the deal, with one line (the deal's title, quantity 1, the
+//!   deal's amount) in the deal's currency, `deal_id` set and `source_event_id` = the event's id. The
+//!   customer is the one linked to the deal's company, created if the company is not known yet (named
+//!   "Company <id>" until the CRM's next change to that company renames it).
+//!
+//! Decisions:
+//! - A won deal without a company is still invoiced — a win that is silently not billed is the worse
+//!   failure — to a new, unlinked customer named after the deal's title. The invoice is a draft: someone
+//!   will point it at the right customer (or delete it) before issuing.
+//! - One draft per win, as the CRM counts wins: a deal won, lost and won again is two `deal.closed.won`
+//!   events and two drafts (`deal_id` tells them apart from the rest; a draft billed twice is deleted by
+//!   hand, which is cheaper than a win never billed). Editing a won deal is not a win and bills nothing.
+//! - Idempotent by event id on top of the dispatcher's exactly-once delivery: the unique index on
+//!   `(tenant_id, source_event_id)` and `on conflict do nothing`, plus a check before any customer is made.
+//! - Amounts arrive as JSON strings (the CDC worker keeps numeric exact, so that is the normal case) or as
+//!   JSON numbers; either way their decimal text goes to Postgres as `$n::text::numeric`. A string is
+//!   exact whatever its length; a number is as exact as serde_json kept it (its shortest round-trip form).
+//!
+//! A malformed event (no id, an amount that is not a decimal) fails the handler: the dispatcher retries it
+//! and then parks it for an operator.
+
+use serde_json::Value;
+use tessera_core::{Effect, EffectTx, Event, HandlerError};
+
+use crate::store;
+
+/// The event types of the subscription.
+pub const TYPES: &[&str] = &["deal.closed.won", "crm.companies.insert", "crm.companies.update"];
+
+/// The subscription's handler: runs in the dispatcher's transaction, as `tessera_invoicing`, with the
+/// event's tenant bound.
+pub fn handle<'a>(tx: &'a EffectTx<'a>, event: &'a Event) -> Effect<'a> {
+    Box::pin(async move {
+        match event.kind.as_str() {
+            "crm.companies.insert" | "crm.companies.update" => mirror_company(tx, event).await,
+            "deal.closed.won" => invoice_won_deal(tx, event).await,
+            // Not subscribed: nothing to do.
+            _ => Ok(()),
+        }
+    })
+}
+
+async fn mirror_company(tx: &EffectTx<'_>, event: &Event) -> Result<(), HandlerError> {
+    let company = event.new_uuid("id").ok_or_else(|| malformed(event, "the company's id"))?;
+    let name = event.new_text("name").map(|n| clip(n, 200)).filter(|n| !n.is_empty());
+    store::mirror_company(tx, company, name).await?;
+    Ok(())
+}
+
+async fn invoice_won_deal(tx: &EffectTx<'_>, event: &Event) -> Result<(), HandlerError> {
+    let deal = event.new_uuid("id").ok_or_else(|| malformed(event, "the deal's id"))?;
+    if store::event_invoiced(tx, event.id).await? {
+        return Ok(());
+    }
+    let title = match event.new_text("title").map(|t| clip(t, 200)).filter(|t| !t.is_empty()) {
+        Some(t) => t.to_owned(),
+        None => format!("Deal {deal}"),
+    };
+    let amount =
+        event.new_value("amount").and_then(decimal_text).ok_or_else(|| malformed(event, "an amount"))?;
+    let currency = event.new_text("currency").unwrap_or("USD");
+    let customer = match event.new_uuid("company_id") {
+        Some(company) => store::customer_for_company(tx, company)
+            .await?
+            .ok_or_else(|| HandlerError(format!("the customer for CRM company {company} vanished")))?,
+        None => store::placeholder_customer(tx, &title).await?,
+    };
+    store::insert_deal_invoice(tx, customer, currency, deal, event.id, &title, &amount).await?;
+    Ok(())
+}
+
+/// A numeric column as decimal text: the CDC worker sends a string, kept as is; a JSON number is written
+/// out in its shortest round-trip form. Postgres parses (and, if need be, refuses) it.
+fn decimal_text(value: &Value) -> Option<String> {
+    match value {
+        Value::String(s) => Some(s.trim().to_owned()),
+        Value::Number(n) => Some(n.to_string()),
+        _ => None,
+    }
+}
+
+/// At most `max` characters (on a character boundary), trimmed.
+fn clip(text: &str, max: usize) -> &str {
+    let text = text.trim();
+    match text.char_indices().nth(max) {
+        Some((end, _)) => text[..end].trim_end(),
+        None => text,
+    }
+}
+
+fn malformed(event: &Event, missing: &str) -> HandlerError {
+    HandlerError(format!("{} event {} has no usable {missing}", event.kind, event.id))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn decimals_keep_their_digits() {
+        assert_eq!(decimal_text(&serde_json::json!("87500.50")).as_deref(), Some("87500.50"));
+        assert_eq!(decimal_text(&serde_json::json!(12000)).as_deref(), Some("12000"));
+        assert_eq!(decimal_text(&serde_json::json!(12.5)).as_deref(), Some("12.5"));
+        assert_eq!(decimal_text(&serde_json::json!(null)), None);
+    }
+
+    #[test]
+    fn clipping_respects_characters() {
+        assert_eq!(clip("  héllo  ", 3), "hél");
+        assert_eq!(clip("ab", 3), "ab");
+        assert_eq!(clip("a  b", 2), "a");
+    }
+}

@@ -1,0 +1,323 @@
+//! The dispatcher against a real log: subscribers get every event once, in commit order, with effects and
+//! cursor committed together; a failing subscriber holds up no other and catches up in order; a poison event
+//! is parked as a dead letter and replayed on request.
+//!
+//! These tests subscribe handlers of their own (writing to a test table in the test database) so that what
+//! the dispatcher did can be counted exactly; the modules' own subscribers are tested end to end in
+//! `flows.rs`.
+
+use std::time::Duration;
+
+use serde_json::json;
+use tessera_cdc::dispatch::{self, DispatchSettings, Subscriber};
+use tessera_core::{Effect, EffectTx, Event, HandlerError, Subscription};
+use tokio_postgres::Client;
+
+use crate::cdc_worker::{count, settings, start, wait_for};
+use crate::support::{TestApp, cluster, connect};
+
+/// A table the test handlers write to (as tessera_crm), and a switch that makes them fail.
+async fn effects_table(admin: &Client) {
+    admin
+        .batch_execute(
+            "create table crm.test_effects (
+                 n bigserial primary key, subscriber text not null, seq bigint not null, event_id uuid not null,
+                 tenant_id uuid not null, amount text, unique (subscriber, event_id));
+             create table crm.test_faults (subscriber text primary key, amount text);
+             grant select, insert on crm.test_effects, crm.test_faults to tessera_crm;
+             grant usage on sequence crm.test_effects_n_seq to tessera_crm;",
+        )
+        .await
+        .expect("test tables");
+}
+
+fn amount(event: &Event) -> Option<String> {
+    event.new_value("amount").map(|v| v.as_str().map_or_else(|| v.to_string(), str::to_owned))
+}
+
+/// Records the event unless a fault is switched on for this subscriber (for every amount, or one).
+async fn record(tx: &EffectTx<'_>, subscriber: &str, event: &Event) -> Result<(), HandlerError> {
+    let amount = amount(event);
+    let fault = tx
+        .query_opt(
+            "select 1 from crm.test_faults where subscriber = $1 and (amount is null or amount = $2)",
+            &[&subscriber, &amount],
+        )
+        .await?;
+    if fault.is_some() {
+        return Err(HandlerError(format!("fault injected for {subscriber} at {amount:?}")));
+    }
+    tx.execute(
+        "insert into crm.test_effects (subscriber, seq, event_id, tenant_id, amount) values ($1, $2, $3, $4, $5)",
+        &[&subscriber, &event.seq, &event.id, &event.tenant_id, &amount],
+    )
+    .await?;
+    Ok(())
+}
+
+fn steady<'a>(tx: &'a EffectTx<'a>, event: &'a Event) -> Effect<'a> {
+    Box::pin(record(tx, "steady", event))
+}
+
+fn flaky<'a>(tx: &'a EffectTx<'a>, event: &'a Event) -> Effect<'a> {
+    Box::pin(record(tx, "flaky", event))
+}
+
+fn subscriber(
+    name: &'static str,
+    handle: for<'a> fn(&'a EffectTx<'a>, &'a Event) -> Effect<'a>,
+) -> Subscriber {
+    Subscriber { module: "crm", subscription: Subscription { name, types: &["crm.deals.update"], handle } }
+}
+
+fn dispatch_settings(app: &TestApp, subscribers: Vec<Subscriber>) -> DispatchSettings {
+    let mut s =
+        DispatchSettings::new(cluster().endpoint.pg_config("tessera_replication", &app.db.name), subscribers);
+    s.base_backoff = Duration::from_millis(20);
+    s.max_backoff = Duration::from_millis(200);
+    s.max_attempts = 1000;
+    s.batch = 50;
+    s
+}
+
+/// The effects of one subscriber, in the order they were written, as (seq, amount).
+async fn effects(admin: &Client, subscriber: &str) -> Vec<(i64, Option<String>)> {
+    admin
+        .query("select seq, amount from crm.test_effects where subscriber = $1 order by n", &[&subscriber])
+        .await
+        .expect("effects")
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect()
+}
+
+async fn wait_effects(admin: &Client, subscriber: &str, want: i64) -> i64 {
+    wait_for(admin, &format!("select count(*) from crm.test_effects where subscriber = '{subscriber}'"), want)
+        .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn interleaved_transactions_reach_subscribers_once_in_commit_order_despite_kills() {
+    let mut app = TestApp::spawn().await;
+    let (_, key) = app.tenant("acme").await;
+    let admin = connect(&cluster().superuser, &app.db.name).await;
+    effects_table(&admin).await;
+    let cdc = settings(&app);
+    let worker = start(&cdc, &admin).await;
+    let deals = [
+        app.create("deals", &key, json!({"title": "One"})).await,
+        app.create("deals", &key, json!({"title": "Two"})).await,
+    ];
+    let settings = dispatch_settings(&app, vec![subscriber("test.steady", steady)]);
+    let mut dispatcher = tokio::spawn(dispatch::run(settings.clone()));
+
+    // Two sessions whose transactions interleave: each updates its own deal, and their commits alternate
+    // in an order the test controls (the second begins before the first commits).
+    const ROUNDS: i64 = 150;
+    let (a, b) = (
+        connect(&cluster().superuser, &app.db.name).await,
+        connect(&cluster().superuser, &app.db.name).await,
+    );
+    let update = "update crm.deals set amount = $1::text::numeric where id = $2::text::uuid";
+    for i in 0..ROUNDS {
+        a.batch_execute("begin").await.expect("begin");
+        a.execute(update, &[&format!("{}", 2 * i), &deals[0]]).await.expect("update a");
+        b.batch_execute("begin").await.expect("begin");
+        b.execute(update, &[&format!("{}", 2 * i + 1), &deals[1]]).await.expect("update b");
+        // Odd rounds commit the later-begun transaction first.
+        let (first, second) = if i % 2 == 0 { (&a, &b) } else { (&b, &a) };
+        first.batch_execute("commit").await.expect("commit");
+        second.batch_execute("commit").await.expect("commit");
+        if i % 41 == 7 {
+            dispatcher.abort();
+            let _ = dispatcher.await;
+            dispatcher = tokio::spawn(dispatch::run(settings.clone()));
+        }
+    }
+    let n = wait_effects(&admin, "steady", 2 * ROUNDS).await;
+    dispatcher.abort();
+    worker.abort();
+    assert_eq!(n, 2 * ROUNDS, "every update handled once");
+    let got = effects(&admin, "steady").await;
+    let seqs: Vec<i64> = got.iter().map(|(s, _)| *s).collect();
+    assert!(seqs.windows(2).all(|w| w[0] < w[1]), "handled in log order");
+    let amounts: Vec<String> = got.iter().map(|(_, a)| a.clone().expect("amount")).collect();
+    let expected: Vec<String> = (0..ROUNDS)
+        .flat_map(|i| if i % 2 == 0 { [2 * i, 2 * i + 1] } else { [2 * i + 1, 2 * i] })
+        .map(|v| format!("{v}.00"))
+        .collect();
+    assert_eq!(amounts, expected, "in commit order, not begin order");
+    let cursor = count(&admin, "select position from events.subscribers where name = 'test.steady'").await;
+    assert!(cursor >= *seqs.last().expect("some"), "the cursor moved with the effects");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_subscriber_holds_up_nobody_and_catches_up_in_order() {
+    let mut app = TestApp::spawn().await;
+    let (_, key) = app.tenant("acme").await;
+    let admin = connect(&cluster().superuser, &app.db.name).await;
+    effects_table(&admin).await;
+    let worker = start(&settings(&app), &admin).await;
+    let deal = app.create("deals", &key, json!({"title": "Flaky"})).await;
+    let dispatcher = tokio::spawn(dispatch::run(dispatch_settings(
+        &app,
+        vec![subscriber("test.steady", steady), subscriber("test.flaky", flaky)],
+    )));
+
+    admin.execute("insert into crm.test_faults (subscriber) values ('flaky')", &[]).await.expect("fault");
+    for i in 1..=20 {
+        let r = app.patch(&format!("/v1/crm/deals/{deal}"), &key, json!({"amount": i})).await;
+        assert_eq!(r.status, 200);
+    }
+    assert_eq!(wait_effects(&admin, "steady", 20).await, 20, "the healthy subscriber keeps up");
+    assert_eq!(effects(&admin, "flaky").await.len(), 0, "the failing one has done nothing");
+    assert_eq!(count(&admin, "select count(*) from events.dead_letters").await, 0, "retrying, not parked");
+
+    admin.execute("delete from crm.test_faults", &[]).await.expect("recover");
+    assert_eq!(wait_effects(&admin, "flaky", 20).await, 20, "it catches up after recovering");
+    let amounts: Vec<String> =
+        effects(&admin, "flaky").await.into_iter().map(|(_, a)| a.expect("amount")).collect();
+    let expected: Vec<String> = (1..=20).map(|i| format!("{i}.00")).collect();
+    assert_eq!(amounts, expected, "in order");
+    dispatcher.abort();
+    worker.abort();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_poison_event_is_parked_then_replayed_once() {
+    let mut app = TestApp::spawn().await;
+    let (tenant, key) = app.tenant("acme").await;
+    let admin = connect(&cluster().superuser, &app.db.name).await;
+    effects_table(&admin).await;
+    let worker = start(&settings(&app), &admin).await;
+    let deal = app.create("deals", &key, json!({"title": "Poison"})).await;
+    let mut settings = dispatch_settings(&app, vec![subscriber("test.flaky", flaky)]);
+    settings.max_attempts = 3;
+    let dispatcher = tokio::spawn(dispatch::run(settings.clone()));
+
+    admin
+        .execute("insert into crm.test_faults (subscriber, amount) values ('flaky', '13.00')", &[])
+        .await
+        .expect("fault");
+    for amount in [12, 13, 14] {
+        let r = app.patch(&format!("/v1/crm/deals/{deal}"), &key, json!({"amount": amount})).await;
+        assert_eq!(r.status, 200);
+    }
+    assert_eq!(wait_effects(&admin, "flaky", 2).await, 2, "the events around the poison one are handled");
+    assert_eq!(
+        effects(&admin, "flaky").await.into_iter().map(|(_, a)| a.expect("amount")).collect::<Vec<_>>(),
+        ["12.00", "14.00"]
+    );
+
+    let events = connect("tessera_replication", &app.db.name).await;
+    let letters = dispatch::dead_letters(&events, None).await.expect("dead letters");
+    assert_eq!(letters.len(), 1, "{letters:?}");
+    let letter = &letters[0];
+    assert_eq!((letter.subscriber.as_str(), letter.kind.as_str()), ("test.flaky", "crm.deals.update"));
+    assert_eq!(letter.tenant_id, tenant.as_uuid());
+    assert_eq!(letter.attempts, 3);
+    assert!(letter.error.contains("fault injected"), "{}", letter.error);
+
+    // Still failing: the replay records it and leaves it open.
+    let subscribers = settings.subscribers.clone();
+    let report = dispatch::replay(&events, &subscribers, None, None).await.expect("replay");
+    assert_eq!((report.replayed.len(), report.failed.len()), (0, 1));
+    assert_eq!(dispatch::dead_letters(&events, None).await.expect("open")[0].attempts, 4);
+
+    admin.execute("delete from crm.test_faults", &[]).await.expect("fix");
+    let report = dispatch::replay(&events, &subscribers, Some("test.flaky"), None).await.expect("replay");
+    assert_eq!(report.replayed, [("test.flaky".to_owned(), letter.seq)]);
+    assert!(dispatch::dead_letters(&events, None).await.expect("open").is_empty());
+    let report = dispatch::replay(&events, &subscribers, None, None).await.expect("again");
+    assert!(report.replayed.is_empty(), "replayed once only");
+    let mut amounts: Vec<String> =
+        effects(&admin, "flaky").await.into_iter().map(|(_, a)| a.expect("amount")).collect();
+    amounts.sort();
+    assert_eq!(amounts, ["12.00", "13.00", "14.00"], "the parked event's effect exactly once");
+    assert!(matches!(
+        dispatch::replay(&events, &subscribers, Some("nobody.here"), None).await,
+        Err(dispatch::ReplayError::UnknownSubscriber(_))
+    ));
+    dispatcher.abort();
+    worker.abort();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retention_prunes_only_what_every_subscriber_is_past() {
+    let mut app = TestApp::spawn().await;
+    let (_, key) = app.tenant("acme").await;
+    let admin = connect(&cluster().superuser, &app.db.name).await;
+    effects_table(&admin).await;
+    let worker = start(&settings(&app), &admin).await;
+    let deal = app.create("deals", &key, json!({"title": "Old"})).await;
+    for amount in [1, 2, 3] {
+        app.patch(&format!("/v1/crm/deals/{deal}"), &key, json!({"amount": amount})).await;
+    }
+    assert_eq!(wait_for(&admin, "select count(*) from events.log", 4).await, 4);
+    worker.abort();
+    let events = connect("tessera_replication", &app.db.name).await;
+    // A subscriber that has handled nothing yet pins everything.
+    events
+        .batch_execute(
+            "set role tessera_events; insert into events.subscribers (name) values ('test.behind')",
+        )
+        .await
+        .expect("subscriber");
+    assert_eq!(dispatch::prune(&events, Duration::ZERO).await.expect("prune"), 0);
+    let second: i64 = events
+        .query_one("select seq from events.log order by seq offset 1 limit 1", &[])
+        .await
+        .expect("seq")
+        .get(0);
+    events.execute("update events.subscribers set position = $1", &[&second]).await.expect("advance");
+    assert_eq!(dispatch::prune(&events, Duration::from_secs(3600)).await.expect("prune"), 0, "too young");
+    assert_eq!(dispatch::prune(&events, Duration::ZERO).await.expect("prune"), 2, "up to the slowest cursor");
+    assert_eq!(count(&admin, "select count(*) from events.log").await, 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_event_feed_shows_a_tenant_its_own_events_a_page_at_a_time() {
+    let mut app = TestApp::spawn().await;
+    let (acme, acme_writer) = app.tenant("acme").await;
+    let (_, globex_writer) = app.tenant("globex").await;
+    let admin = connect(&cluster().superuser, &app.db.name).await;
+    let worker = start(&settings(&app), &admin).await;
+    let deal = app.create("deals", &acme_writer, json!({"title": "Ours"})).await;
+    for amount in 1..=4 {
+        app.patch(&format!("/v1/crm/deals/{deal}"), &acme_writer, json!({"amount": amount})).await;
+    }
+    app.patch(&format!("/v1/crm/deals/{deal}"), &acme_writer, json!({"stage": "won"})).await;
+    let theirs = app.create("deals", &globex_writer, json!({"title": "Theirs"})).await;
+    app.patch(&format!("/v1/crm/deals/{theirs}"), &globex_writer, json!({"stage": "won"})).await;
+    assert_eq!(wait_for(&admin, "select count(*) from events.log", 10).await, 10);
+    worker.abort();
+
+    let reader = app.key(acme, &["events:read"]).await;
+    let first = app.get("/v1/events?limit=4", &reader).await;
+    assert_eq!(first.status, 200, "{}", first.body);
+    let items = first.body["data"].as_array().expect("data").clone();
+    assert_eq!(items.len(), 4);
+    assert_eq!(first.body["has_more"], true);
+    let after = first.body["next_cursor"].as_str().expect("cursor").to_owned();
+    let rest = app.get(&format!("/v1/events?limit=100&after={after}"), &reader).await;
+    let rest_items = rest.body["data"].as_array().expect("data").clone();
+    assert_eq!(rest.body["has_more"], false);
+    let all: Vec<&serde_json::Value> = items.iter().chain(rest_items.iter()).collect();
+    assert_eq!(all.len(), 7, "the insert, four updates, the win's update and deal.closed.won — ours only");
+    assert!(all.iter().all(|e| e["data"]["new"]["title"] == "Ours"), "never another tenant's");
+    let cursors: Vec<i64> =
+        all.iter().map(|e| e["cursor"].as_str().expect("c").parse().expect("n")).collect();
+    assert!(cursors.windows(2).all(|w| w[0] < w[1]), "in log order");
+
+    let won = app.get("/v1/events?types=deal.closed.won", &reader).await;
+    let won = won.body["data"].as_array().expect("data").clone();
+    assert_eq!(won.len(), 1);
+    assert_eq!(won[0]["type"], "deal.closed.won");
+
+    // The writer key has no events scope; bad parameters are named.
+    app.get("/v1/events", &acme_writer).await.assert_problem(403, "insufficient_scope");
+    app.get("/v1/events?after=abc", &reader).await.assert_problem(400, "invalid_parameter");
+    app.get("/v1/events?types=DROP%20TABLE", &reader).await.assert_problem(400, "invalid_parameter");
+    app.get("/v1/events?since=1", &reader).await.assert_problem(400, "unknown_parameter");
+    app.call(axum::http::Method::GET, "/v1/events", None, None).await.assert_problem(401, "missing_api_key");
+}
