@@ -328,3 +328,72 @@ async fn ten_thousand_updates_survive_killed_cdc_processes_and_a_crashed_databas
     assert_eq!(count(&admin, "select count(*) from events.dead_letters").await, 0);
     cdc.kill();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn while_invoicing_fails_hr_keeps_up_and_invoicing_catches_up_in_order() {
+    let mut app = TestApp::spawn().await;
+    let (tenant, key) = app.tenant("acme").await;
+    let admin = connect(&cluster().superuser, &app.db.name).await;
+    salesperson(&admin, tenant, "ana@acme.example").await;
+    // A failure of invoicing's own: its inserts are refused while the switch is on.
+    admin
+        .batch_execute(
+            "create table invoicing.test_outage (on_ boolean);
+             create table invoicing.test_seen (n bigserial primary key, deal_id uuid);
+             grant select on invoicing.test_outage to tessera_invoicing;
+             grant insert on invoicing.test_seen to tessera_invoicing;
+             grant usage on sequence invoicing.test_seen_n_seq to tessera_invoicing;
+             create function invoicing.test_refuse() returns trigger language plpgsql as $$
+             begin
+                 if exists (select 1 from invoicing.test_outage) then
+                     raise exception 'invoicing is down for the test';
+                 end if;
+                 insert into invoicing.test_seen (deal_id) values (new.deal_id);
+                 return new;
+             end $$;
+             create trigger test_refuse before insert on invoicing.invoices
+                 for each row execute function invoicing.test_refuse();
+             insert into invoicing.test_outage values (true);",
+        )
+        .await
+        .expect("outage switch");
+    let worker = start(&settings(&app), &admin).await;
+    let mut dispatch = DispatchSettings::new(
+        cluster().endpoint.pg_config("tessera_replication", &app.db.name),
+        subscribers(),
+    );
+    dispatch.base_backoff = Duration::from_millis(20);
+    dispatch.max_backoff = Duration::from_millis(200);
+    dispatch.max_attempts = 10_000;
+    let dispatcher = tokio::spawn(dispatch::run(dispatch));
+
+    let mut deals = Vec::new();
+    for i in 1..=5 {
+        let deal = app
+            .create(
+                "deals",
+                &key,
+                json!({"title": format!("Deal {i}"), "amount": i * 100, "owner_email": "ana@acme.example"}),
+            )
+            .await;
+        app.patch(&format!("/v1/crm/deals/{deal}"), &key, json!({"stage": "won"})).await;
+        deals.push(deal);
+    }
+    assert_eq!(wait_for(&admin, "select count(*) from hr.commissions", 5).await, 5, "HR keeps up");
+    assert_eq!(count(&admin, "select count(*) from invoicing.invoices").await, 0, "invoicing is down");
+    assert_eq!(count(&admin, "select count(*) from events.dead_letters").await, 0, "retried, not parked");
+
+    admin.execute("delete from invoicing.test_outage", &[]).await.expect("recover");
+    assert_eq!(wait_for(&admin, "select count(*) from invoicing.invoices", 5).await, 5, "caught up");
+    // Handled in commit order (the trigger records the order of the successful inserts), once each.
+    let handled: Vec<String> = admin
+        .query("select deal_id::text from invoicing.test_seen order by n", &[])
+        .await
+        .expect("handled")
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(handled, deals, "one invoice per win, in the order the wins were committed");
+    dispatcher.abort();
+    worker.abort();
+}
