@@ -115,6 +115,17 @@ impl<T> Patch<T> {
     pub fn is_present(&self) -> bool {
         !matches!(self, Patch::Absent)
     }
+
+    /// A copy of the value, if there is one (absent and null alike are `None`).
+    pub fn value(&self) -> Option<T>
+    where
+        T: Clone,
+    {
+        match self {
+            Patch::Value(v) => Some(v.clone()),
+            _ => None,
+        }
+    }
 }
 
 /// Typed access to a JSON object's members, refusing members the resource does not have.
@@ -304,6 +315,30 @@ impl<S: Send + Sync> axum::extract::FromRequestParts<S> for IdPath {
             axum::extract::Path::<String>::from_request_parts(parts, state).await.map_err(|_| invalid())?;
         Uuid::parse_str(&raw).map(Self).map_err(|_| invalid())
     }
+}
+
+/// Where a list starts and how much it fetches (one more than the page, to learn whether there is more).
+#[derive(Debug, Clone, Copy)]
+pub struct Window {
+    pub after: Option<Cursor>,
+    pub limit: i64,
+}
+
+impl Window {
+    /// `(after created_at, after id, rows to fetch)` as a list query's parameters.
+    pub fn bounds(&self) -> (Option<OffsetDateTime>, Option<Uuid>, i64) {
+        (self.after.map(|c| c.created_at), self.after.map(|c| c.id), self.limit + 1)
+    }
+}
+
+/// A `201 Created` answer with the new resource's `Location`.
+pub fn created<T: serde::Serialize>(location: &str, body: T) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    let mut response = (StatusCode::CREATED, axum::Json(body)).into_response();
+    if let Ok(location) = axum::http::HeaderValue::from_str(location) {
+        response.headers_mut().insert(axum::http::header::LOCATION, location);
+    }
+    response
 }
 
 /// The query string of a request, consumed parameter by parameter; what is left over is refused.

@@ -35,6 +35,19 @@ async fn salesperson(admin: &Client, tenant: TenantId, email: &str) {
         .expect("employee and plan");
 }
 
+/// The CDC worker (holding its slot) and the dispatcher with the modules' own subscribers.
+async fn pipeline(
+    app: &TestApp,
+    admin: &Client,
+) -> (tokio::task::JoinHandle<Result<(), tessera_cdc::worker::CdcError>>, tokio::task::JoinHandle<()>) {
+    let worker = start(&settings(app), admin).await;
+    let dispatch = DispatchSettings::new(
+        cluster().endpoint.pg_config("tessera_replication", &app.db.name),
+        subscribers(),
+    );
+    (worker, tokio::spawn(dispatch::run(dispatch)))
+}
+
 /// Waits until every subscriber's cursor has passed the whole log (so nothing more is coming).
 async fn wait_until_dispatched(admin: &Client) {
     let subscribers = subscribers().len() as i64;
@@ -54,11 +67,7 @@ async fn a_deal_won_through_the_api_yields_one_draft_invoice_and_one_commission(
     let (_, other_key) = app.tenant("globex").await;
     let admin = connect(&cluster().superuser, &app.db.name).await;
     salesperson(&admin, tenant, "ana@acme.example").await;
-    let worker = start(&settings(&app), &admin).await;
-    let dispatcher = tokio::spawn(dispatch::run(DispatchSettings::new(
-        cluster().endpoint.pg_config("tessera_replication", &app.db.name),
-        subscribers(),
-    )));
+    let (worker, dispatcher) = pipeline(&app, &admin).await;
 
     let company = app.create("companies", &key, json!({"name": "Globex Corp"})).await;
     let deal = app
@@ -111,11 +120,7 @@ async fn a_deal_won_by_plain_sql_in_psql_yields_the_same() {
     let (tenant, key) = app.tenant("acme").await;
     let admin = connect(&cluster().superuser, &app.db.name).await;
     salesperson(&admin, tenant, "ana@acme.example").await;
-    let worker = start(&settings(&app), &admin).await;
-    let dispatcher = tokio::spawn(dispatch::run(DispatchSettings::new(
-        cluster().endpoint.pg_config("tessera_replication", &app.db.name),
-        subscribers(),
-    )));
+    let (worker, dispatcher) = pipeline(&app, &admin).await;
     let company = app.create("companies", &key, json!({"name": "Initech"})).await;
     let deal = app
         .create(

@@ -5,8 +5,8 @@
 
 use axum::Json;
 use axum::extract::{RawQuery, State};
-use axum::http::{HeaderValue, StatusCode, header};
-use axum::response::{IntoResponse, Response};
+use axum::http::StatusCode;
+use axum::response::Response;
 use axum::routing::get;
 use serde::Serialize;
 use tessera_core::ApiError;
@@ -59,11 +59,7 @@ fn db_error(err: tokio_postgres::Error) -> ApiError {
 }
 
 fn created<T: Serialize>(collection: &str, id: Uuid, body: T) -> Response {
-    let mut response = (StatusCode::CREATED, Json(body)).into_response();
-    if let Ok(location) = HeaderValue::from_str(&format!("/v1/crm/{collection}/{id}")) {
-        response.headers_mut().insert(header::LOCATION, location);
-    }
-    response
+    tessera_core::input::created(&format!("/v1/crm/{collection}/{id}"), body)
 }
 
 // Companies

@@ -4,31 +4,11 @@
 //! statement with a "present?" flag per column, so that every statement can be prepared once.
 
 use tessera_core::db::TenantTx;
-use tessera_core::input::Cursor;
+pub use tessera_core::input::Window;
 use tokio_postgres::Error;
 use uuid::Uuid;
 
 use crate::model::{Company, CompanyInput, Contact, ContactInput, Deal, DealInput};
-
-/// Where a list starts and how much it fetches (one more than the page, to learn whether there is more).
-pub struct Window {
-    pub after: Option<Cursor>,
-    pub limit: i64,
-}
-
-impl Window {
-    fn bounds(&self) -> (Option<time::OffsetDateTime>, Option<Uuid>, i64) {
-        (self.after.map(|c| c.created_at), self.after.map(|c| c.id), self.limit + 1)
-    }
-}
-
-fn flag<T>(p: &tessera_core::input::Patch<T>) -> bool {
-    p.is_present()
-}
-
-fn value<T: Clone>(p: &tessera_core::input::Patch<T>) -> Option<T> {
-    p.clone().optional()
-}
 
 // Companies
 
@@ -59,7 +39,7 @@ pub async fn insert_company(tx: &TenantTx, name: &str, input: &CompanyInput) -> 
         "insert into crm.companies (id, name, domain) values ($1, $2, $3) returning {}",
         Company::COLUMNS
     );
-    let row = tx.query_one(&sql, &[&Uuid::now_v7(), &name, &value(&input.domain)]).await?;
+    let row = tx.query_one(&sql, &[&Uuid::now_v7(), &name, &input.domain.value()]).await?;
     Ok(Company::from_row(&row))
 }
 
@@ -71,8 +51,13 @@ pub async fn update_company(tx: &TenantTx, id: Uuid, input: &CompanyInput) -> Re
          where id = $1 returning {}",
         Company::COLUMNS
     );
-    let params: [&(dyn tokio_postgres::types::ToSql + Sync); 5] =
-        [&id, &flag(&input.name), &value(&input.name), &flag(&input.domain), &value(&input.domain)];
+    let params: [&(dyn tokio_postgres::types::ToSql + Sync); 5] = [
+        &id,
+        &input.name.is_present(),
+        &input.name.value(),
+        &input.domain.is_present(),
+        &input.domain.value(),
+    ];
     Ok(tx.query_opt(&sql, &params).await?.as_ref().map(Company::from_row))
 }
 
@@ -117,11 +102,11 @@ pub async fn insert_contact(tx: &TenantTx, first_name: &str, input: &ContactInpu
             &sql,
             &[
                 &Uuid::now_v7(),
-                &value(&input.company_id),
+                &input.company_id.value(),
                 &first_name,
-                &value(&input.last_name),
-                &value(&input.email),
-                &value(&input.phone),
+                &input.last_name.value(),
+                &input.email.value(),
+                &input.phone.value(),
             ],
         )
         .await?;
@@ -141,16 +126,16 @@ pub async fn update_contact(tx: &TenantTx, id: Uuid, input: &ContactInput) -> Re
     );
     let params: [&(dyn tokio_postgres::types::ToSql + Sync); 11] = [
         &id,
-        &flag(&input.company_id),
-        &value(&input.company_id),
-        &flag(&input.first_name),
-        &value(&input.first_name),
-        &flag(&input.last_name),
-        &value(&input.last_name),
-        &flag(&input.email),
-        &value(&input.email),
-        &flag(&input.phone),
-        &value(&input.phone),
+        &input.company_id.is_present(),
+        &input.company_id.value(),
+        &input.first_name.is_present(),
+        &input.first_name.value(),
+        &input.last_name.is_present(),
+        &input.last_name.value(),
+        &input.email.is_present(),
+        &input.email.value(),
+        &input.phone.is_present(),
+        &input.phone.value(),
     ];
     Ok(tx.query_opt(&sql, &params).await?.as_ref().map(Contact::from_row))
 }
@@ -201,14 +186,14 @@ pub async fn insert_deal(tx: &TenantTx, title: &str, input: &DealInput) -> Resul
             &sql,
             &[
                 &Uuid::now_v7(),
-                &value(&input.company_id),
-                &value(&input.contact_id),
+                &input.company_id.value(),
+                &input.contact_id.value(),
                 &title,
-                &value(&input.stage),
-                &value(&input.amount),
-                &value(&input.currency),
-                &value(&input.owner_email),
-                &value(&input.expected_close_date),
+                &input.stage.value(),
+                &input.amount.value(),
+                &input.currency.value(),
+                &input.owner_email.value(),
+                &input.expected_close_date.value(),
             ],
         )
         .await?;
@@ -231,22 +216,22 @@ pub async fn update_deal(tx: &TenantTx, id: Uuid, input: &DealInput) -> Result<O
     );
     let params: [&(dyn tokio_postgres::types::ToSql + Sync); 17] = [
         &id,
-        &flag(&input.company_id),
-        &value(&input.company_id),
-        &flag(&input.contact_id),
-        &value(&input.contact_id),
-        &flag(&input.title),
-        &value(&input.title),
-        &flag(&input.stage),
-        &value(&input.stage),
-        &flag(&input.amount),
-        &value(&input.amount),
-        &flag(&input.currency),
-        &value(&input.currency),
-        &flag(&input.owner_email),
-        &value(&input.owner_email),
-        &flag(&input.expected_close_date),
-        &value(&input.expected_close_date),
+        &input.company_id.is_present(),
+        &input.company_id.value(),
+        &input.contact_id.is_present(),
+        &input.contact_id.value(),
+        &input.title.is_present(),
+        &input.title.value(),
+        &input.stage.is_present(),
+        &input.stage.value(),
+        &input.amount.is_present(),
+        &input.amount.value(),
+        &input.currency.is_present(),
+        &input.currency.value(),
+        &input.owner_email.is_present(),
+        &input.owner_email.value(),
+        &input.expected_close_date.is_present(),
+        &input.expected_close_date.value(),
     ];
     Ok(tx.query_opt(&sql, &params).await?.as_ref().map(Deal::from_row))
 }

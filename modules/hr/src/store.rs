@@ -6,32 +6,12 @@
 
 use tessera_core::EffectTx;
 use tessera_core::db::TenantTx;
-use tessera_core::input::{Cursor, Patch};
+pub use tessera_core::input::Window;
 use time::{Date, OffsetDateTime};
 use tokio_postgres::Error;
 use uuid::Uuid;
 
 use crate::model::{Commission, CommissionPlan, Employee, EmployeeInput, PlanInput};
-
-/// Where a list starts and how much it fetches (one more than the page, to learn whether there is more).
-pub struct Window {
-    pub after: Option<Cursor>,
-    pub limit: i64,
-}
-
-impl Window {
-    fn bounds(&self) -> (Option<OffsetDateTime>, Option<Uuid>, i64) {
-        (self.after.map(|c| c.created_at), self.after.map(|c| c.id), self.limit + 1)
-    }
-}
-
-fn flag<T>(p: &Patch<T>) -> bool {
-    p.is_present()
-}
-
-fn value<T: Clone>(p: &Patch<T>) -> Option<T> {
-    p.clone().optional()
-}
 
 // Employees
 
@@ -76,7 +56,7 @@ pub async fn insert_employee(
         Employee::COLUMNS
     );
     let row = tx
-        .query_one(&sql, &[&Uuid::now_v7(), &name, &email, &value(&input.title), &value(&input.status)])
+        .query_one(&sql, &[&Uuid::now_v7(), &name, &email, &input.title.value(), &input.status.value()])
         .await?;
     Ok(Employee::from_row(&row))
 }
@@ -97,14 +77,14 @@ pub async fn update_employee(
     );
     let params: [&(dyn tokio_postgres::types::ToSql + Sync); 9] = [
         &id,
-        &flag(&input.name),
-        &value(&input.name),
-        &flag(&input.email),
-        &value(&input.email),
-        &flag(&input.title),
-        &value(&input.title),
-        &flag(&input.status),
-        &value(&input.status),
+        &input.name.is_present(),
+        &input.name.value(),
+        &input.email.is_present(),
+        &input.email.value(),
+        &input.title.is_present(),
+        &input.title.value(),
+        &input.status.is_present(),
+        &input.status.value(),
     ];
     Ok(tx.query_opt(&sql, &params).await?.as_ref().map(Employee::from_row))
 }

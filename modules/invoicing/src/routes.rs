@@ -20,8 +20,8 @@
 
 use axum::Json;
 use axum::extract::{FromRequestParts, Path, RawQuery, State};
+use axum::http::StatusCode;
 use axum::http::request::Parts;
-use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get, post};
 use serde::Serialize;
@@ -135,11 +135,10 @@ fn not_issued() -> ApiError {
 }
 
 fn created<T: Serialize>(location: Option<String>, body: T) -> Response {
-    let mut response = (StatusCode::CREATED, Json(body)).into_response();
-    if let Some(location) = location.and_then(|l| HeaderValue::from_str(&l).ok()) {
-        response.headers_mut().insert(header::LOCATION, location);
+    match location {
+        Some(location) => tessera_core::input::created(&location, body),
+        None => (StatusCode::CREATED, Json(body)).into_response(),
     }
-    response
 }
 
 /// Locks the invoice and requires it to be a draft: 404 when there is none, 409 when it is not a draft.

@@ -7,7 +7,7 @@
 
 use tessera_core::EffectTx;
 use tessera_core::db::TenantTx;
-use tessera_core::input::{Cursor, Patch};
+pub use tessera_core::input::Window;
 use tokio_postgres::Error;
 use tokio_postgres::types::ToSql;
 use uuid::Uuid;
@@ -15,26 +15,6 @@ use uuid::Uuid;
 use crate::model::{
     Customer, CustomerInput, Invoice, InvoiceInput, InvoiceLine, LineInput, Payment, PaymentInput,
 };
-
-/// Where a list starts and how much it fetches (one more than the page, to learn whether there is more).
-pub struct Window {
-    pub after: Option<Cursor>,
-    pub limit: i64,
-}
-
-impl Window {
-    fn bounds(&self) -> (Option<time::OffsetDateTime>, Option<Uuid>, i64) {
-        (self.after.map(|c| c.created_at), self.after.map(|c| c.id), self.limit + 1)
-    }
-}
-
-fn flag<T>(p: &Patch<T>) -> bool {
-    p.is_present()
-}
-
-fn value<T: Clone>(p: &Patch<T>) -> Option<T> {
-    p.clone().optional()
-}
 
 // Customers
 
@@ -67,7 +47,7 @@ pub async fn insert_customer(tx: &TenantTx, name: &str, input: &CustomerInput) -
         Customer::COLUMNS
     );
     let row = tx
-        .query_one(&sql, &[&Uuid::now_v7(), &name, &value(&input.email), &value(&input.crm_company_id)])
+        .query_one(&sql, &[&Uuid::now_v7(), &name, &input.email.value(), &input.crm_company_id.value()])
         .await?;
     Ok(Customer::from_row(&row))
 }
@@ -87,12 +67,12 @@ pub async fn update_customer(
     );
     let params: [&(dyn ToSql + Sync); 7] = [
         &id,
-        &flag(&input.name),
-        &value(&input.name),
-        &flag(&input.email),
-        &value(&input.email),
-        &flag(&input.crm_company_id),
-        &value(&input.crm_company_id),
+        &input.name.is_present(),
+        &input.name.value(),
+        &input.email.is_present(),
+        &input.email.value(),
+        &input.crm_company_id.is_present(),
+        &input.crm_company_id.value(),
     ];
     Ok(tx.query_opt(&sql, &params).await?.as_ref().map(Customer::from_row))
 }
@@ -169,11 +149,11 @@ pub async fn insert_invoice(tx: &TenantTx, customer_id: Uuid, input: &InvoiceInp
         &[
             &id,
             &customer_id,
-            &value(&input.currency),
-            &value(&input.issue_date),
-            &value(&input.due_date),
-            &value(&input.memo),
-            &value(&input.deal_id),
+            &input.currency.value(),
+            &input.issue_date.value(),
+            &input.due_date.value(),
+            &input.memo.value(),
+            &input.deal_id.value(),
         ],
     )
     .await?;
@@ -192,18 +172,18 @@ pub async fn update_invoice(tx: &TenantTx, id: Uuid, input: &InvoiceInput) -> Re
          where id = $1";
     let params: [&(dyn ToSql + Sync); 13] = [
         &id,
-        &flag(&input.customer_id),
-        &value(&input.customer_id),
-        &flag(&input.currency),
-        &value(&input.currency),
-        &flag(&input.issue_date),
-        &value(&input.issue_date),
-        &flag(&input.due_date),
-        &value(&input.due_date),
-        &flag(&input.memo),
-        &value(&input.memo),
-        &flag(&input.deal_id),
-        &value(&input.deal_id),
+        &input.customer_id.is_present(),
+        &input.customer_id.value(),
+        &input.currency.is_present(),
+        &input.currency.value(),
+        &input.issue_date.is_present(),
+        &input.issue_date.value(),
+        &input.due_date.is_present(),
+        &input.due_date.value(),
+        &input.memo.is_present(),
+        &input.memo.value(),
+        &input.deal_id.is_present(),
+        &input.deal_id.value(),
     ];
     Ok(tx.execute(sql, &params).await? == 1)
 }
