@@ -574,6 +574,12 @@ async fn tenant_cmd(
             let tenant = result?;
             println!("created tenant {} ({}) with modules: {}", tenant.slug, tenant.id, enabled.join(", "));
         }
+        TenantAction::Enable { target, tenant, modules: wanted } => {
+            change_modules(settings(file, &target, None)?, &tenant, &wanted, modules, true).await?;
+        }
+        TenantAction::Disable { target, tenant, modules: wanted } => {
+            change_modules(settings(file, &target, None)?, &tenant, &wanted, modules, false).await?;
+        }
         TenantAction::List { target } => {
             let settings = settings(file, &target, None)?;
             let session = OwnerSession::open(&settings, modules).await?;
@@ -584,6 +590,26 @@ async fn tenant_cmd(
             }
         }
     }
+    Ok(())
+}
+
+async fn change_modules(
+    settings: Settings,
+    tenant: &str,
+    wanted: &[String],
+    modules: &[Arc<dyn Module>],
+    enable: bool,
+) -> anyhow::Result<()> {
+    let wanted: Vec<&str> = wanted.iter().map(String::as_str).collect();
+    let wanted = admin::known_modules(&module_refs(modules), &wanted)?;
+    let mut session = OwnerSession::open(&settings, modules).await?;
+    let result = async {
+        let t = admin::find_tenant(&session.client, tenant).await?;
+        admin::set_modules(&mut session.client, t.id, &wanted, enable).await
+    }
+    .await;
+    session.close()?;
+    println!("tenant {tenant} now has modules: {}", result?.join(", "));
     Ok(())
 }
 

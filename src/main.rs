@@ -156,6 +156,27 @@ pub enum TenantAction {
         #[command(flatten)]
         target: Target,
     },
+    /// Enable modules for a tenant (it may use them at its next request).
+    Enable {
+        #[command(flatten)]
+        target: Target,
+        /// The tenant's slug.
+        #[arg(long)]
+        tenant: String,
+        /// Modules, comma-separated.
+        #[arg(long, value_delimiter = ',', required = true)]
+        modules: Vec<String>,
+    },
+    /// Disable modules for a tenant: its requests to them answer 403 module_not_enabled at once, and their
+    /// event handlers skip its events. Its data stays.
+    Disable {
+        #[command(flatten)]
+        target: Target,
+        #[arg(long)]
+        tenant: String,
+        #[arg(long, value_delimiter = ',', required = true)]
+        modules: Vec<String>,
+    },
 }
 
 #[derive(Debug, Subcommand)]

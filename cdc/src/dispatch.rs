@@ -18,6 +18,8 @@
 //!   retried with exponential backoff. After `max_attempts` it is parked in `events.dead_letters` with its
 //!   error and the subscriber moves on; `tessera events replay` hands it to the handler again. Subscribers
 //!   are independent tasks with their own connections: one that fails or stops holds up no other.
+//! - Entitlements: a handler runs only for tenants that have its module enabled; other tenants' events pass
+//!   it by.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -349,8 +351,15 @@ async fn handle_in_savepoint(
     client
         .execute("select set_config('tessera.tenant_id', $1, true)", &[&event.tenant_id.to_string()])
         .await?;
-    let tx = EffectTx::new(client);
-    let outcome = (subscriber.subscription.handle)(&tx, event).await;
+    // A tenant without the module (never enabled, or disabled since) gets none of its effects.
+    let enabled: bool =
+        client.query_one("select core.module_enabled($1)", &[&subscriber.module]).await?.get(0);
+    let outcome = if enabled {
+        let tx = EffectTx::new(client);
+        (subscriber.subscription.handle)(&tx, event).await
+    } else {
+        Ok(())
+    };
     match outcome {
         Ok(()) => {
             client

@@ -77,6 +77,32 @@ async fn create_tenant_in(
     Ok(Tenant { id, slug: slug.to_string(), name: name.to_owned(), status: "active".into() })
 }
 
+/// Enables (or, with `enable` false, disables) modules for a tenant; returns the modules enabled afterwards.
+/// Takes effect at the tenant's next request: the key check reads the list in every request's transaction.
+pub async fn set_modules(
+    client: &mut Client,
+    tenant: TenantId,
+    modules: &[&str],
+    enable: bool,
+) -> Result<Vec<String>, AdminError> {
+    let tx = client.transaction().await?;
+    bind(&tx, tenant).await?;
+    for module in modules {
+        if enable {
+            tx.execute(
+                "insert into core.tenant_modules (module) values ($1) on conflict do nothing",
+                &[module],
+            )
+            .await?;
+        } else {
+            tx.execute("delete from core.tenant_modules where module = $1", &[module]).await?;
+        }
+    }
+    let rows = tx.query("select module from core.tenant_modules order by module", &[]).await?;
+    tx.commit().await?;
+    Ok(rows.iter().map(|r| r.get(0)).collect())
+}
+
 pub async fn find_tenant(client: &Client, slug: &str) -> Result<Tenant, AdminError> {
     let row = client
         .query_opt("select id, slug, name, status from core.tenants where slug = $1", &[&slug])

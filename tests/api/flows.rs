@@ -402,3 +402,37 @@ async fn while_invoicing_fails_hr_keeps_up_and_invoicing_catches_up_in_order() {
     dispatcher.abort();
     worker.abort();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tenant_without_a_module_gets_none_of_its_effects_until_it_enables_it() {
+    let mut app = TestApp::spawn().await;
+    let (tenant, key) = app.tenant("acme").await;
+    let admin = connect(&cluster().superuser, &app.db.name).await;
+    salesperson(&admin, tenant, "ana@acme.example").await;
+    tessera_core::admin::set_modules(&mut app.owner, tenant, &["invoicing", "hr"], false)
+        .await
+        .expect("disable");
+    assert!(app.get("/v1/invoicing/invoices", &key).await.status == 403, "disabled at once");
+    app.get("/v1/hr/commissions", &key).await.assert_problem(403, "module_not_enabled");
+    let (worker, dispatcher) = pipeline(&app, &admin).await;
+
+    let deal = app
+        .create("deals", &key, json!({"title": "Unbilled", "amount": 50, "owner_email": "ana@acme.example"}))
+        .await;
+    app.patch(&format!("/v1/crm/deals/{deal}"), &key, json!({"stage": "won"})).await;
+    wait_until_dispatched(&admin).await;
+    assert_eq!(count(&admin, "select count(*) from invoicing.invoices").await, 0);
+    assert_eq!(count(&admin, "select count(*) from hr.commissions").await, 0);
+
+    let enabled = tessera_core::admin::set_modules(&mut app.owner, tenant, &["invoicing", "hr"], true)
+        .await
+        .expect("enable");
+    assert_eq!(enabled, ["crm", "hr", "invoicing"]);
+    app.patch(&format!("/v1/crm/deals/{deal}"), &key, json!({"stage": "lost"})).await;
+    app.patch(&format!("/v1/crm/deals/{deal}"), &key, json!({"stage": "won"})).await;
+    assert_eq!(wait_for(&admin, "select count(*) from invoicing.invoices", 1).await, 1);
+    assert_eq!(wait_for(&admin, "select count(*) from hr.commissions", 1).await, 1);
+    assert_eq!(app.get("/v1/invoicing/invoices", &key).await.status, 200);
+    dispatcher.abort();
+    worker.abort();
+}

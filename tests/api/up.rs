@@ -141,6 +141,24 @@ async fn tessera_up_serves_the_demo_tenant_then_stops_cleanly_and_reuses_its_clu
         .status();
     assert_eq!(status, 200);
 
+    // Modules are enabled and disabled per tenant, effective at the next request.
+    let toggle = |action: &str| {
+        let out = Command::new(BIN)
+            .args(["tenant", action, "--tenant", "demo", "--modules", "hr", "--data-dir"])
+            .arg(&data_dir)
+            .output()
+            .expect("tenant enable/disable");
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let employees = async || {
+        http.get(format!("{base}/v1/hr/employees")).bearer_auth(&key).send().await.expect("req").status()
+    };
+    assert_eq!(toggle("disable").trim(), "tenant demo now has modules: crm, invoicing");
+    assert_eq!(employees().await, 403);
+    toggle("enable");
+    assert_eq!(employees().await, 200);
+
     // The operator's view of the event pipeline, beside the running platform.
     let doctor = Command::new(BIN).args(["doctor", "--data-dir"]).arg(&data_dir).output().expect("doctor");
     let report = String::from_utf8_lossy(&doctor.stdout);
@@ -203,6 +221,8 @@ fn every_command_has_help_and_the_scripts_print() {
         vec!["key", "create", "--help"],
         vec!["key", "revoke", "--help"],
         vec!["cdc", "--help"],
+        vec!["tenant", "enable", "--help"],
+        vec!["tenant", "disable", "--help"],
         vec!["doctor", "--help"],
         vec!["events", "dead-letters", "--help"],
         vec!["events", "replay", "--help"],
