@@ -152,10 +152,15 @@ async fn cdc_cmd(settings: Settings, modules: &[Arc<dyn Module>]) -> anyhow::Res
     let session = EventSession::open(&settings, modules).await?;
     let cdc = cdc_settings(&session.config, modules)?;
     let dispatch = dispatch_settings(&settings, &session.config, modules);
-    let prepared = tessera_cdc::worker::prepare(&cdc).await;
+    let prepared = async {
+        tessera_cdc::worker::prepare(&cdc).await?;
+        dispatch::register(&dispatch.connection, &dispatch.subscribers).await?;
+        Ok::<_, anyhow::Error>(())
+    }
+    .await;
     if let Err(e) = prepared {
         session.close()?;
-        return Err(e.into());
+        return Err(e);
     }
     println!("CDC worker and event dispatcher running (slot {SLOT}); stop with Ctrl-C.");
     tokio::select! {
@@ -406,6 +411,10 @@ async fn up_serving(
     // demo data and the gateway, so no change predates it.
     let cdc = cdc_settings(&endpoint.pg_config(REPLICATION, DATABASE), modules)?;
     tessera_cdc::worker::prepare(&cdc).await?;
+    // Subscribers new to this database start at the current end of the log: registered before anything is
+    // served, so they miss nothing from the first request on.
+    let dispatch = dispatch_settings(settings, &endpoint.pg_config(REPLICATION, DATABASE), modules);
+    dispatch::register(&dispatch.connection, &dispatch.subscribers).await?;
 
     let mut owner = bootstrap::connect(&endpoint.pg_config(OWNER, DATABASE)).await?;
     let demo_key = admin::seed_demo(&mut owner, &module_refs(modules)).await?;

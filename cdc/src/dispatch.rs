@@ -25,6 +25,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
+use futures_util::FutureExt;
 use tessera_core::roles::{EVENTS, module_role, quote_ident};
 use tessera_core::{EffectTx, Event, HandlerError, Subscription, bootstrap};
 use tokio::sync::watch;
@@ -63,7 +64,8 @@ pub struct DispatchSettings {
     pub subscribers: Vec<Subscriber>,
     /// Events handled per transaction.
     pub batch: i64,
-    /// Attempts before an event is parked as a dead letter.
+    /// Attempts before an event whose handler fails definitely is parked as a dead letter (transient
+    /// failures are retried for as long as they last).
     pub max_attempts: u32,
     /// The first retry's delay; it doubles up to `max_backoff`.
     pub base_backoff: Duration,
@@ -80,9 +82,9 @@ impl DispatchSettings {
             connection,
             subscribers,
             batch: 100,
-            max_attempts: 8,
+            max_attempts: 5,
             base_backoff: Duration::from_millis(100),
-            max_backoff: Duration::from_secs(10),
+            max_backoff: Duration::from_secs(5),
             idle_recheck: Duration::from_secs(30),
             retention: None,
         }
@@ -94,21 +96,74 @@ impl DispatchSettings {
     }
 }
 
-/// Runs the listener and one task per subscriber until the returned future is dropped (or aborted).
+/// Registers every subscriber that is new, at the current end of the log: a subscriber added to a running
+/// platform receives what happens from then on, not the whole history (which would, say, draft an invoice for
+/// every deal ever won). Known subscribers keep their cursors.
+pub async fn register(
+    config: &tokio_postgres::Config,
+    subscribers: &[Subscriber],
+) -> Result<(), tokio_postgres::Error> {
+    let client = bootstrap::connect(config).await?;
+    let names: Vec<&str> = subscribers.iter().map(Subscriber::name).collect();
+    client
+        .batch_execute(&format!(
+            "begin; set local role {}; lock table events.subscribers in exclusive mode",
+            quote_ident(EVENTS)
+        ))
+        .await?;
+    let inserted = client
+        .execute(
+            "insert into events.subscribers (name, position)
+             select n, (select coalesce(max(seq), 0) from events.log) from unnest($1::text[]) n
+             on conflict do nothing",
+            &[&names],
+        )
+        .await;
+    match inserted {
+        Ok(_) => client.batch_execute("commit").await,
+        Err(e) => {
+            let _ = client.batch_execute("rollback").await;
+            Err(e)
+        }
+    }
+}
+
+/// Runs the listener and one task per subscriber until the returned future is dropped (or aborted). New
+/// subscribers are registered first (see [`register`]); a subscriber task that ends, even by a panic, is
+/// started again.
 pub async fn run(settings: DispatchSettings) {
+    let mut delay = Duration::from_millis(100);
+    while let Err(e) = register(&settings.connection, &settings.subscribers).await {
+        tracing::warn!(error = %e, "registering subscribers failed; retrying");
+        tokio::time::sleep(delay).await;
+        delay = (delay * 2).min(Duration::from_secs(5));
+    }
     let settings = Arc::new(settings);
     let (wake, _) = watch::channel(0u64);
     let wake = Arc::new(wake);
     let mut tasks = tokio::task::JoinSet::new();
     tasks.spawn(listen(settings.connection.clone(), wake.clone()));
+    let mut by_task = HashMap::new();
     for subscriber in settings.subscribers.clone() {
-        tasks.spawn(supervise_subscriber(settings.clone(), subscriber, wake.subscribe()));
+        let handle = tasks.spawn(supervise_subscriber(settings.clone(), subscriber, wake.subscribe()));
+        by_task.insert(handle.id(), subscriber);
     }
     if let Some(retention) = settings.retention {
         tasks.spawn(prune_periodically(settings.connection.clone(), retention));
     }
     // The tasks loop forever; when this future is dropped, the JoinSet aborts them.
-    while tasks.join_next().await.is_some() {}
+    while let Some(ended) = tasks.join_next_with_id().await {
+        let id = match &ended {
+            Ok((id, ())) => *id,
+            Err(e) => e.id(),
+        };
+        if let Some(subscriber) = by_task.remove(&id) {
+            tracing::error!(subscriber = subscriber.name(), "subscriber task ended; starting it again");
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            let handle = tasks.spawn(supervise_subscriber(settings.clone(), subscriber, wake.subscribe()));
+            by_task.insert(handle.id(), subscriber);
+        }
+    }
 }
 
 /// Listens for the worker's notifications and wakes every subscriber; reconnects when the connection drops
@@ -153,29 +208,34 @@ async fn listen_once(
     result
 }
 
-/// Keeps one subscriber running: reconnects after a lost connection.
+/// Keeps one subscriber running: reconnects after a lost connection, with a delay that grows until the
+/// subscriber makes progress again. What is failing survives reconnects, so an event that breaks the
+/// connection every time is still parked after `max_attempts`.
 async fn supervise_subscriber(
     settings: Arc<DispatchSettings>,
     subscriber: Subscriber,
     wake: watch::Receiver<u64>,
 ) {
+    let mut state = SubscriberState { subscriber, failing: None, in_flight: None, progressed: false };
     let mut wake = wake;
     let mut delay = Duration::from_millis(100);
     loop {
         match bootstrap::connect(&settings.connection).await {
             Ok(client) => {
-                let mut state = SubscriberState { client, subscriber, failing: None };
-                match state.serve(&settings, &mut wake).await {
-                    Ok(()) => return,
-                    Err(e) => {
-                        tracing::warn!(subscriber = subscriber.name(), error = %e, "subscriber failed; reconnecting")
+                if let Err(e) = state.serve(&client, &settings, &mut wake).await {
+                    tracing::warn!(subscriber = subscriber.name(), error = %e, "subscriber failed; reconnecting");
+                    // The connection broke while a handler ran: that counts against the event.
+                    if let Some(seq) = state.in_flight.take() {
+                        state.failed(seq, HandlerError::from(e));
                     }
                 }
-                delay = Duration::from_millis(100);
             }
             Err(e) => {
                 tracing::warn!(subscriber = subscriber.name(), error = %e, "subscriber cannot connect; retrying")
             }
+        }
+        if std::mem::take(&mut state.progressed) {
+            delay = Duration::from_millis(100);
         }
         tokio::time::sleep(delay).await;
         delay = (delay * 2).min(Duration::from_secs(5));
@@ -183,10 +243,13 @@ async fn supervise_subscriber(
 }
 
 struct SubscriberState {
-    client: Client,
     subscriber: Subscriber,
-    /// The event that failed last, and how many times in a row.
+    /// The event that failed last, how many times in a row, and the last error.
     failing: Option<(i64, u32, HandlerError)>,
+    /// The event whose handler is running, while it runs.
+    in_flight: Option<i64>,
+    /// Whether a batch committed since the last reconnect.
+    progressed: bool,
 }
 
 /// What one batch did.
@@ -200,15 +263,37 @@ enum Round {
 }
 
 impl SubscriberState {
+    /// Records a failure of the event at `seq` and returns how many in a row it has had.
+    fn failed(&mut self, seq: i64, error: HandlerError) -> u32 {
+        let attempts = match &self.failing {
+            Some((s, n, _)) if *s == seq => n + 1,
+            _ => 1,
+        };
+        self.failing = Some((seq, attempts, error));
+        attempts
+    }
+
     async fn serve(
         &mut self,
+        client: &Client,
         settings: &DispatchSettings,
         wake: &mut watch::Receiver<u64>,
     ) -> Result<(), tokio_postgres::Error> {
         loop {
+            // A definite failure that has used up its attempts (perhaps over several connections) is parked.
+            if let Some((seq, attempts, error)) = self.failing.clone()
+                && !error.transient
+                && attempts >= settings.max_attempts
+            {
+                park(client, &self.subscriber, seq, attempts, &error).await?;
+                tracing::error!(subscriber = self.subscriber.name(), seq, error = %error, "event parked as a dead letter");
+                self.failing = None;
+            }
             // Seen before the log is read: a notification arriving meanwhile triggers another round.
             wake.borrow_and_update();
-            match deliver_batch(&self.client, &self.subscriber, settings.batch).await? {
+            let round = deliver_batch(client, &self.subscriber, settings.batch, &mut self.in_flight).await?;
+            self.progressed = true;
+            match round {
                 Round::More => self.failing = None,
                 Round::CaughtUp => {
                     self.failing = None;
@@ -218,31 +303,16 @@ impl SubscriberState {
                     }
                 }
                 Round::Failed { seq, error } => {
-                    let attempts = match &self.failing {
-                        Some((s, n, _)) if *s == seq => n + 1,
-                        _ => 1,
-                    };
-                    tracing::warn!(subscriber = self.subscriber.name(), seq, attempts, error = %error, "event handler failed");
-                    if attempts >= settings.max_attempts {
-                        park(&self.client, &self.subscriber, seq, attempts, &error).await?;
-                        tracing::error!(subscriber = self.subscriber.name(), seq, error = %error, "event parked as a dead letter");
-                        self.failing = None;
-                    } else {
-                        self.failing = Some((seq, attempts, error));
+                    let transient = error.transient;
+                    let attempts = self.failed(seq, error.clone());
+                    tracing::warn!(subscriber = self.subscriber.name(), seq, attempts, transient, error = %error, "event handler failed");
+                    if transient || attempts < settings.max_attempts {
                         tokio::time::sleep(settings.backoff(attempts)).await;
                     }
                 }
             }
         }
     }
-}
-
-/// Registers the subscriber (at the start of the log) if it is new.
-async fn register(client: &Client, name: &str) -> Result<(), tokio_postgres::Error> {
-    client
-        .execute("insert into events.subscribers (name) values ($1) on conflict do nothing", &[&name])
-        .await?;
-    Ok(())
 }
 
 const EVENT_COLUMNS: &str = "seq, id, tenant_id, type, commit_time, data";
@@ -264,13 +334,21 @@ async fn deliver_batch(
     client: &Client,
     subscriber: &Subscriber,
     batch: i64,
+    in_flight: &mut Option<i64>,
 ) -> Result<Round, tokio_postgres::Error> {
     let events_role = quote_ident(EVENTS);
-    client.batch_execute(&format!("begin; set local role {events_role}")).await?;
-    let result = deliver_in_tx(client, subscriber, batch, &events_role).await;
+    // A handler stuck on a lock or a slow statement fails (transiently) instead of stalling the subscriber.
+    client
+        .batch_execute(&format!(
+            "begin; set local role {events_role}; set local lock_timeout = '10s'; \
+             set local statement_timeout = '60s'"
+        ))
+        .await?;
+    let result = deliver_in_tx(client, subscriber, batch, &events_role, in_flight).await;
     match result {
         Ok(round) => {
             client.batch_execute("commit").await?;
+            *in_flight = None;
             Ok(round)
         }
         Err(e) => {
@@ -285,13 +363,26 @@ async fn deliver_in_tx(
     subscriber: &Subscriber,
     batch: i64,
     events_role: &str,
+    in_flight: &mut Option<i64>,
 ) -> Result<Round, tokio_postgres::Error> {
     let name = subscriber.name();
-    register(client, name).await?;
-    let position: i64 = client
-        .query_one("select position from events.subscribers where name = $1 for update", &[&name])
+    let position: i64 = match client
+        .query_opt("select position from events.subscribers where name = $1 for update", &[&name])
         .await?
-        .get(0);
+    {
+        Some(row) => row.get(0),
+        None => {
+            // Registered at start; recreated (from now) if an operator removed it meanwhile.
+            client
+                .query_one(
+                    "insert into events.subscribers (name, position)
+                     select $1, coalesce(max(seq), 0) from events.log returning position",
+                    &[&name],
+                )
+                .await?
+                .get(0)
+        }
+    };
     // Everything up to the horizon is committed (seq follows commit order), so the cursor may jump to it
     // when no event of this subscriber's types lies in between.
     let horizon: i64 = client.query_one("select coalesce(max(seq), 0) from events.log", &[]).await?.get(0);
@@ -310,6 +401,7 @@ async fn deliver_in_tx(
     let mut outcome = if full { Round::More } else { Round::CaughtUp };
     for row in &rows {
         let event = event_from_row(row);
+        *in_flight = Some(event.seq);
         match handle_in_savepoint(client, subscriber, &event, events_role).await? {
             Ok(()) => {
                 if full {
@@ -356,26 +448,36 @@ async fn handle_in_savepoint(
         client.query_one("select core.module_enabled($1)", &[&subscriber.module]).await?.get(0);
     let outcome = if enabled {
         let tx = EffectTx::new(client);
-        (subscriber.subscription.handle)(&tx, event).await
+        // A panicking handler is a failing handler, not a dead subscriber.
+        match std::panic::AssertUnwindSafe((subscriber.subscription.handle)(&tx, event)).catch_unwind().await
+        {
+            Ok(outcome) => outcome,
+            Err(_) => Err(HandlerError::definite("the handler panicked")),
+        }
     } else {
         Ok(())
     };
-    match outcome {
-        Ok(()) => {
-            client
-                .batch_execute(&format!(
-                    "release savepoint handler; set local role {events_role}; \
-                     select set_config('tessera.tenant_id', '', true)"
-                ))
-                .await?;
-            Ok(Ok(()))
-        }
-        Err(error) => {
-            // Undoes the handler's writes, its role and its tenant.
-            client.batch_execute("rollback to savepoint handler; release savepoint handler").await?;
-            Ok(Err(error))
-        }
-    }
+    let outcome = match outcome {
+        // A handler that swallowed a database error leaves the transaction aborted: then releasing fails.
+        Ok(()) => match client
+            .batch_execute(&format!(
+                "release savepoint handler; set local role {events_role}; \
+                 select set_config('tessera.tenant_id', '', true)"
+            ))
+            .await
+        {
+            Ok(()) => return Ok(Ok(())),
+            Err(e) if e.as_db_error().is_some() => Err(HandlerError::definite(format!(
+                "the handler returned success, but its transaction had failed: {}",
+                HandlerError::from(e)
+            ))),
+            Err(e) => return Err(e),
+        },
+        Err(error) => Err(error),
+    };
+    // Undoes the handler's writes, its role and its tenant.
+    client.batch_execute("rollback to savepoint handler; release savepoint handler").await?;
+    Ok(outcome)
 }
 
 /// Parks an event that kept failing, and moves the subscriber past it, in one transaction.
@@ -404,7 +506,7 @@ async fn park(
                  select $1, seq, tenant_id, id, type, $3, $4 from events.log where seq = $2
                  on conflict (subscriber, seq) do update
                     set error = excluded.error, attempts = excluded.attempts, failed_at = now(), replayed_at = null",
-                &[&name, &seq, &error.0, &attempts],
+                &[&name, &seq, &error.message, &attempts],
             )
             .await?;
         client
@@ -519,7 +621,7 @@ pub async fn replay(
                     .execute(
                         "update events.dead_letters set error = $3, attempts = attempts + 1, failed_at = now()
                           where subscriber = $1 and seq = $2",
-                        &[&letter.subscriber, &letter.seq, &error.0],
+                        &[&letter.subscriber, &letter.seq, &error.message],
                     )
                     .await?;
                 client.batch_execute("commit").await?;
@@ -557,7 +659,7 @@ async fn replay_one(
         .query_opt(&format!("select {EVENT_COLUMNS} from events.log where seq = $1"), &[&letter.seq])
         .await?
     else {
-        return Ok(Some(Err(HandlerError("the event is no longer in the log (retention)".into()))));
+        return Ok(Some(Err(HandlerError::definite("the event is no longer in the log (retention)"))));
     };
     let event = event_from_row(&row);
     let outcome = handle_in_savepoint(client, subscriber, &event, events_role).await?;
@@ -634,6 +736,8 @@ pub async fn prune(client: &Client, retention: Duration) -> Result<u64, tokio_po
                      select seq from events.log
                       where recorded_at < now() - make_interval(secs => $1)
                         and seq <= (select coalesce(min(position), 0) from events.subscribers)
+                        -- a parked event stays replayable
+                        and seq not in (select d.seq from events.dead_letters d where d.replayed_at is null)
                       order by seq limit 10000)",
                 &[&seconds],
             )

@@ -77,6 +77,8 @@ pub enum CdcError {
          `alter table {table} replica identity full` in that module's migrations"
     )]
     RuleNeedsOldValues { rule: &'static str, table: &'static str },
+    #[error("two event rules are named {0}: an event type must have one rule")]
+    DuplicateRule(&'static str),
 }
 
 /// Makes sure the slot exists before anything is served, so that no committed change predates it.
@@ -88,6 +90,12 @@ pub async fn prepare(settings: &CdcSettings) -> Result<(), CdcError> {
 
 /// Refuses a rule that needs old values on a table that would not send them.
 async fn check_rules(settings: &CdcSettings, writer: &Client) -> Result<(), CdcError> {
+    // An event's id derives from its rule's name, so two rules of one name would write one event.
+    for (i, rule) in settings.rules.iter().enumerate() {
+        if settings.rules[..i].iter().any(|r| r.name == rule.name) {
+            return Err(CdcError::DuplicateRule(rule.name));
+        }
+    }
     for rule in settings.rules.iter().filter(|r| r.needs_old) {
         let full: Option<bool> = writer
             .query_opt(
@@ -195,7 +203,11 @@ pub async fn supervise(settings: CdcSettings) {
     loop {
         match run(&settings).await {
             Ok(()) => tracing::info!(slot = %settings.slot, "replication stream ended"),
-            Err(e @ (CdcError::SlotLost { .. } | CdcError::RuleNeedsOldValues { .. })) => {
+            Err(
+                e @ (CdcError::SlotLost { .. }
+                | CdcError::RuleNeedsOldValues { .. }
+                | CdcError::DuplicateRule(_)),
+            ) => {
                 tracing::error!(error = %e, "cdc worker stopped; an operator must act");
                 return;
             }
@@ -317,13 +329,8 @@ impl Stream {
         };
         let table = format!("{}.{}", relation.namespace, relation.name);
         let view = ChangeView { table: &table, op, new: new_row.as_ref(), old: old_row.as_ref() };
-        let derived: Vec<(usize, &'static str)> = self
-            .rules
-            .iter()
-            .enumerate()
-            .filter(|(_, r)| r.table == table && (r.matches)(&view))
-            .map(|(i, r)| (i, r.name))
-            .collect();
+        let derived: Vec<&'static str> =
+            self.rules.iter().filter(|r| r.table == table && (r.matches)(&view)).map(|r| r.name).collect();
         let mut data = Map::new();
         data.insert("table".into(), Value::String(table.clone()));
         data.insert("op".into(), Value::String(op.into()));
@@ -333,16 +340,16 @@ impl Stream {
             data.insert("unchanged_toast".into(), Value::from(unchanged));
         }
         let Some(tx) = self.tx.as_mut() else { return Ok(()) };
-        let change_id = event_id(tx.commit_lsn, position);
+        let change_id = event_id(tx.commit_lsn, position, "");
         // Domain events follow their change in the log and carry its row and id.
         let domain: Vec<ChangeEvent> = derived
             .into_iter()
-            .map(|(rule, name)| {
+            .map(|name| {
                 let mut d = data.clone();
                 d.insert("change_id".into(), Value::String(change_id.to_string()));
                 ChangeEvent {
                     tenant,
-                    id: domain_event_id(tx.commit_lsn, position, rule),
+                    id: event_id(tx.commit_lsn, position, name),
                     position,
                     kind: name.to_owned(),
                     data: Value::Object(d),
@@ -463,23 +470,21 @@ fn key_row(relation: &Relation, tuple: &Tuple) -> Map<String, Value> {
     out
 }
 
-/// The event id of the change at `position` in the transaction that commits at `lsn`: an injective layout
-/// of both into a version-8 UUID, so a replay produces the same id.
-pub fn event_id(lsn: u64, position: i32) -> Uuid {
-    let l = lsn.to_be_bytes();
-    let p = position.to_be_bytes();
-    let bytes = [l[0], l[1], l[2], l[3], l[4], l[5], 0, l[6], 0, l[7], p[0], p[1], p[2], p[3], 0, 0];
+/// The id of the event that the change at `position` of the transaction committing at `lsn` yields: the
+/// change event itself (`rule` empty) or the domain event the named rule derives from it. A hash of the three,
+/// so a replay, or a new version with its rules in another order, produces the same ids; and opaque, so an id
+/// says nothing about the server's WAL.
+pub fn event_id(lsn: u64, position: i32, rule: &str) -> Uuid {
+    use sha2::{Digest, Sha256};
+    let mut hash = Sha256::new();
+    hash.update(b"tessera.event\0");
+    hash.update(lsn.to_be_bytes());
+    hash.update(position.to_be_bytes());
+    hash.update(rule.as_bytes());
+    let digest = hash.finalize();
+    let mut bytes = [0u8; 16];
+    bytes.copy_from_slice(&digest[..16]);
     Uuid::new_v8(bytes)
-}
-
-/// The id of the domain event that rule number `rule` derives from the change at `position`: the change's
-/// id layout with the rule in the otherwise unused last two bytes.
-pub fn domain_event_id(lsn: u64, position: i32, rule: usize) -> Uuid {
-    let mut bytes = *event_id(lsn, position).as_bytes();
-    let tag = u16::try_from(rule + 1).unwrap_or(u16::MAX).to_be_bytes();
-    bytes[14] = tag[0];
-    bytes[15] = tag[1];
-    Uuid::from_bytes(bytes)
 }
 
 fn format_lsn(lsn: u64) -> String {
@@ -492,11 +497,14 @@ mod tests {
 
     #[test]
     fn event_ids_are_deterministic_and_distinct() {
-        assert_eq!(event_id(0x16B3748, 3), event_id(0x16B3748, 3));
+        assert_eq!(event_id(0x16B3748, 3, ""), event_id(0x16B3748, 3, ""));
+        assert_eq!(event_id(0x16B3748, 3, "deal.closed.won"), event_id(0x16B3748, 3, "deal.closed.won"));
         let mut seen = std::collections::HashSet::new();
         for lsn in [0u64, 1, 0x100, 0x1_0000_0000, u64::MAX, 0x00FF_0000_0000_0000, 0x0000_0000_0000_FF00] {
             for position in [0, 1, 255, i32::MAX] {
-                assert!(seen.insert(event_id(lsn, position)), "{lsn:#x} {position}");
+                for rule in ["", "deal.closed.won", "invoice.paid"] {
+                    assert!(seen.insert(event_id(lsn, position, rule)), "{lsn:#x} {position} {rule}");
+                }
             }
         }
         assert_eq!(format_lsn(0x1_0000_00AB), "1/AB");

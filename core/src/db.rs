@@ -164,6 +164,23 @@ impl ModuleDb {
         Ok(value)
     }
 
+    /// Like [`ModuleDb::read`], but `body` runs only after the checks and learns the key's scopes (as
+    /// stored, e.g. `crm:read`), for an API whose answer depends on them.
+    pub async fn read_with_scopes<T>(
+        &self,
+        key: &PresentedKey,
+        body: impl AsyncFnOnce(&TenantTx, &[String]) -> Result<T, ApiError>,
+    ) -> Result<T, ApiError> {
+        let tx = self.connect().await?;
+        let (auth, ()) =
+            self.authenticate_alongside(&tx, &self.begin_read, key, std::future::ready(())).await?;
+        let scopes: Vec<String> = auth.as_ref().map(|row| row.get(1)).unwrap_or_default();
+        self.check(auth, Access::Read)?;
+        let value = body(&tx, &scopes).await?;
+        tx.commit().await?;
+        Ok(value)
+    }
+
     /// Sends `begin`, the key check and whatever `alongside` sends, in that order and without waiting
     /// between them, and returns the key check's answer with `alongside`'s output.
     async fn authenticate_alongside<T>(

@@ -143,15 +143,36 @@ impl<'a> EffectTx<'a> {
 }
 
 /// Why a handler failed; recorded with a dead-lettered event.
+///
+/// A transient failure (a lost connection, a serialization failure, a lock or statement timeout, the server
+/// shutting down) is retried for as long as it lasts; any other is retried a few times, then the event is
+/// parked as a dead letter so that the subscriber can go on.
 #[derive(Debug, Clone, thiserror::Error)]
-#[error("{0}")]
-pub struct HandlerError(pub String);
+#[error("{message}")]
+pub struct HandlerError {
+    pub message: String,
+    pub transient: bool,
+}
+
+impl HandlerError {
+    /// A failure that retrying will not cure by itself (bad data, a violated rule).
+    pub fn definite(message: impl Into<String>) -> Self {
+        Self { message: message.into(), transient: false }
+    }
+}
 
 impl From<tokio_postgres::Error> for HandlerError {
     fn from(e: tokio_postgres::Error) -> Self {
         match e.as_db_error() {
-            Some(db) => Self(format!("{} ({})", db.message(), db.code().code())),
-            None => Self(e.to_string()),
+            Some(db) => {
+                let code = db.code().code();
+                // 08 connection, 40 rollback (serialization, deadlock), 53 resources, 57 operator
+                // intervention (shutdown, statement timeout), 55P03 lock not available.
+                let transient =
+                    ["08", "40", "53", "57"].iter().any(|class| code.starts_with(class)) || code == "55P03";
+                Self { message: format!("{} ({code})", db.message()), transient }
+            }
+            None => Self { message: e.to_string(), transient: true },
         }
     }
 }

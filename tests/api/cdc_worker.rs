@@ -36,9 +36,13 @@ pub async fn count(admin: &Client, sql: &str) -> i64 {
 /// Starts a worker and waits until it holds its slot: changes committed before the slot exists are not its.
 pub async fn start(settings: &CdcSettings, admin: &Client) -> tokio::task::JoinHandle<Result<(), CdcError>> {
     let handle = spawn(settings);
-    let active =
-        format!("select count(*) from pg_replication_slots where slot_name = '{}' and active", settings.slot);
-    assert_eq!(wait_for(admin, &active, 1).await, 1, "the worker holds its slot");
+    // Streaming: a walsender holds the slot (not the backend still creating it) and the slot is recorded.
+    let streaming = format!(
+        "select count(*) from pg_replication_slots s join pg_stat_replication r on r.pid = s.active_pid
+          where s.slot_name = '{0}' and exists (select 1 from events.cdc_slots c where c.slot_name = '{0}')",
+        settings.slot
+    );
+    assert_eq!(wait_for(admin, &streaming, 1).await, 1, "the worker holds its slot");
     handle
 }
 

@@ -45,7 +45,7 @@ async fn record(tx: &EffectTx<'_>, subscriber: &str, event: &Event) -> Result<()
         )
         .await?;
     if fault.is_some() {
-        return Err(HandlerError(format!("fault injected for {subscriber} at {amount:?}")));
+        return Err(HandlerError::definite(format!("fault injected for {subscriber} at {amount:?}")));
     }
     tx.execute(
         "insert into crm.test_effects (subscriber, seq, event_id, tenant_id, amount) values ($1, $2, $3, $4, $5)",
@@ -70,9 +70,11 @@ fn subscriber(
     Subscriber { module: "crm", subscription: Subscription { name, types: &["crm.deals.update"], handle } }
 }
 
-fn dispatch_settings(app: &TestApp, subscribers: Vec<Subscriber>) -> DispatchSettings {
+/// Settings for the test's dispatcher, its subscribers registered (at the current end of the log).
+async fn dispatch_settings(app: &TestApp, subscribers: Vec<Subscriber>) -> DispatchSettings {
     let mut s =
         DispatchSettings::new(cluster().endpoint.pg_config("tessera_replication", &app.db.name), subscribers);
+    dispatch::register(&s.connection, &s.subscribers).await.expect("register");
     s.base_backoff = Duration::from_millis(20);
     s.max_backoff = Duration::from_millis(200);
     s.max_attempts = 1000;
@@ -108,7 +110,7 @@ async fn interleaved_transactions_reach_subscribers_once_in_commit_order_despite
         app.create("deals", &key, json!({"title": "One"})).await,
         app.create("deals", &key, json!({"title": "Two"})).await,
     ];
-    let settings = dispatch_settings(&app, vec![subscriber("test.steady", steady)]);
+    let settings = dispatch_settings(&app, vec![subscriber("test.steady", steady)]).await;
     let mut dispatcher = tokio::spawn(dispatch::run(settings.clone()));
 
     // Two sessions whose transactions interleave: each updates its own deal, and their commits alternate
@@ -159,10 +161,10 @@ async fn a_failing_subscriber_holds_up_nobody_and_catches_up_in_order() {
     effects_table(&admin).await;
     let worker = start(&settings(&app), &admin).await;
     let deal = app.create("deals", &key, json!({"title": "Flaky"})).await;
-    let dispatcher = tokio::spawn(dispatch::run(dispatch_settings(
-        &app,
-        vec![subscriber("test.steady", steady), subscriber("test.flaky", flaky)],
-    )));
+    let dispatcher = tokio::spawn(dispatch::run(
+        dispatch_settings(&app, vec![subscriber("test.steady", steady), subscriber("test.flaky", flaky)])
+            .await,
+    ));
 
     admin.execute("insert into crm.test_faults (subscriber) values ('flaky')", &[]).await.expect("fault");
     for i in 1..=20 {
@@ -191,7 +193,7 @@ async fn a_poison_event_is_parked_then_replayed_once() {
     effects_table(&admin).await;
     let worker = start(&settings(&app), &admin).await;
     let deal = app.create("deals", &key, json!({"title": "Poison"})).await;
-    let mut settings = dispatch_settings(&app, vec![subscriber("test.flaky", flaky)]);
+    let mut settings = dispatch_settings(&app, vec![subscriber("test.flaky", flaky)]).await;
     settings.max_attempts = 3;
     let dispatcher = tokio::spawn(dispatch::run(settings.clone()));
 
@@ -271,15 +273,24 @@ async fn retention_prunes_only_what_every_subscriber_is_past() {
         .get(0);
     events.execute("update events.subscribers set position = $1", &[&second]).await.expect("advance");
     assert_eq!(dispatch::prune(&events, Duration::from_secs(3600)).await.expect("prune"), 0, "too young");
-    assert_eq!(dispatch::prune(&events, Duration::ZERO).await.expect("prune"), 2, "up to the slowest cursor");
-    assert_eq!(count(&admin, "select count(*) from events.log").await, 2);
+    // A parked event stays, to be replayed.
+    events
+        .execute(
+            "insert into events.dead_letters (subscriber, seq, tenant_id, event_id, type, error, attempts)
+             select 'test.behind', seq, tenant_id, id, type, 'parked', 1 from events.log order by seq limit 1",
+            &[],
+        )
+        .await
+        .expect("dead letter");
+    assert_eq!(dispatch::prune(&events, Duration::ZERO).await.expect("prune"), 1, "up to the slowest cursor");
+    assert_eq!(count(&admin, "select count(*) from events.log").await, 3);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_event_feed_shows_a_tenant_its_own_events_a_page_at_a_time() {
     let mut app = TestApp::spawn().await;
     let (acme, acme_writer) = app.tenant("acme").await;
-    let (_, globex_writer) = app.tenant("globex").await;
+    let (globex, globex_writer) = app.tenant("globex").await;
     let admin = connect(&cluster().superuser, &app.db.name).await;
     let worker = start(&settings(&app), &admin).await;
     let deal = app.create("deals", &acme_writer, json!({"title": "Ours"})).await;
@@ -292,22 +303,34 @@ async fn the_event_feed_shows_a_tenant_its_own_events_a_page_at_a_time() {
     assert_eq!(wait_for(&admin, "select count(*) from events.log", 10).await, 10);
     worker.abort();
 
-    let reader = app.key(acme, &["events:read"]).await;
+    let reader = app.key(acme, &["events:read", "crm:read"]).await;
     let first = app.get("/v1/events?limit=4", &reader).await;
     assert_eq!(first.status, 200, "{}", first.body);
     let items = first.body["data"].as_array().expect("data").clone();
     assert_eq!(items.len(), 4);
     assert_eq!(first.body["has_more"], true);
     let after = first.body["next_cursor"].as_str().expect("cursor").to_owned();
+    assert_eq!(after, items[3]["id"].as_str().expect("id"), "the cursor is the last event's opaque id");
     let rest = app.get(&format!("/v1/events?limit=100&after={after}"), &reader).await;
     let rest_items = rest.body["data"].as_array().expect("data").clone();
     assert_eq!(rest.body["has_more"], false);
     let all: Vec<&serde_json::Value> = items.iter().chain(rest_items.iter()).collect();
     assert_eq!(all.len(), 7, "the insert, four updates, the win's update and deal.closed.won — ours only");
     assert!(all.iter().all(|e| e["data"]["new"]["title"] == "Ours"), "never another tenant's");
-    let cursors: Vec<i64> =
-        all.iter().map(|e| e["cursor"].as_str().expect("c").parse().expect("n")).collect();
-    assert!(cursors.windows(2).all(|w| w[0] < w[1]), "in log order");
+    let amounts: Vec<&str> =
+        all[1..5].iter().map(|e| e["data"]["new"]["amount"].as_str().expect("amount")).collect();
+    assert_eq!(amounts, ["1.00", "2.00", "3.00", "4.00"], "in log order");
+    assert!(all.iter().all(|e| e.get("commit_lsn").is_none() && e.get("cursor").is_none()), "nothing global");
+
+    // The feed is no way around a module scope: without crm:read no CRM event shows.
+    let feed_only = app.key(acme, &["events:read", "hr:read"]).await;
+    let none = app.get("/v1/events", &feed_only).await;
+    assert_eq!(none.body["data"].as_array().map(Vec::len), Some(0), "{}", none.body);
+    // Another tenant's event id is not a cursor here.
+    let globex_reader = app.key(globex, &["events:read", "crm:read"]).await;
+    let theirs = app.get("/v1/events?limit=1", &globex_reader).await;
+    let their_id = theirs.body["data"][0]["id"].as_str().expect("their event").to_owned();
+    app.get(&format!("/v1/events?after={their_id}"), &reader).await.assert_problem(400, "invalid_parameter");
 
     let won = app.get("/v1/events?types=deal.closed.won", &reader).await;
     let won = won.body["data"].as_array().expect("data").clone();

@@ -635,7 +635,7 @@ async fn a_malformed_event_is_an_error_and_writes_nothing() {
             .await
             .expect("bind");
         let err = (sub.handle)(&EffectTx::new(&client), &event).await.expect_err("refused");
-        assert!(err.0.contains(&event.id.to_string()), "the error names the event: {err}");
+        assert!(err.message.contains(&event.id.to_string()), "the error names the event: {err}");
         client.batch_execute("rollback").await.expect("rollback");
     }
     assert_eq!(rows(&app).await, before);

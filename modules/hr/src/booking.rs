@@ -85,7 +85,7 @@ struct WonDeal {
 
 impl WonDeal {
     fn from_event(event: &Event) -> Result<Self, HandlerError> {
-        let bad = |what: &str| HandlerError(format!("{} event {}: {what}", event.kind, event.id));
+        let bad = |what: &str| HandlerError::definite(format!("{} event {}: {what}", event.kind, event.id));
         let id = event.new_uuid("id").ok_or_else(|| bad("the deal has no id"))?;
         let amount = event
             .new_value("amount")
@@ -101,7 +101,7 @@ impl WonDeal {
             id,
             amount,
             currency,
-            owner_email: owner_email.map(str::to_lowercase),
+            owner_email: owner_email.map(str::to_owned),
             day: utc_date(event.commit_time),
         })
     }
@@ -164,7 +164,7 @@ mod tests {
         assert_eq!(deal.id, id);
         assert_eq!(deal.amount, "12345.67");
         assert_eq!(deal.currency, "EUR");
-        assert_eq!(deal.owner_email.as_deref(), Some("ana@demo.example"));
+        assert_eq!(deal.owner_email.as_deref(), Some("Ana@Demo.example"), "trimmed; SQL folds the case");
         // 23:30 at UTC-2 is already the next day in UTC.
         assert_eq!(deal.day, time::macros::date!(2025 - 07 - 01));
 

@@ -67,8 +67,8 @@ async fn list_employees(
 ) -> Result<Json<Page<Employee>>, ApiError> {
     let mut q = QueryParams::parse(query.as_deref())?;
     let filter = EmployeeFilter {
-        // Lowercased here: the cluster's C locale folds only ASCII in lower().
-        email: q.text("email", 254)?.map(|e| e.to_lowercase()),
+        // Compared with lower() on both sides in SQL, as the unique index folds it.
+        email: q.text("email", 254)?,
         status: q.one_of("status", EMPLOYEE_STATUSES)?,
     };
     let window = Window { limit: q.limit()?, after: q.cursor()? };

@@ -29,7 +29,7 @@ pub async fn list_employees(
     let (ts, id, limit) = window.bounds();
     let sql = format!(
         "select {} from hr.employees
-         where ($1::text is null or lower(email) = $1)
+         where ($1::text is null or lower(email) = lower($1))
            and ($2::text is null or status = $2)
            and ($3::timestamptz is null or (created_at, id) > ($3, $4::uuid))
          order by created_at, id limit $5",
@@ -170,10 +170,13 @@ pub async fn get_commission(tx: &TenantTx, id: Uuid) -> Result<Option<Commission
 
 // Booking (the deal.closed.won handler, in the dispatcher's transaction)
 
-/// The active employee with this e-mail address (lowercased by the caller), if any.
+/// The active employee with this e-mail address (compared as the unique index folds it), if any.
 pub async fn active_employee_by_email(tx: &EffectTx<'_>, email: &str) -> Result<Option<Uuid>, Error> {
     let row = tx
-        .query_opt("select id from hr.employees where lower(email) = $1 and status = 'active'", &[&email])
+        .query_opt(
+            "select id from hr.employees where lower(email) = lower($1) and status = 'active'",
+            &[&email],
+        )
         .await?;
     Ok(row.map(|r| r.get(0)))
 }

@@ -67,9 +67,9 @@ async fn invoice_won_deal(tx: &EffectTx<'_>, event: &Event) -> Result<(), Handle
         event.new_value("amount").and_then(decimal_text).ok_or_else(|| malformed(event, "an amount"))?;
     let currency = event.new_text("currency").unwrap_or("USD");
     let customer = match event.new_uuid("company_id") {
-        Some(company) => store::customer_for_company(tx, company)
-            .await?
-            .ok_or_else(|| HandlerError(format!("the customer for CRM company {company} vanished")))?,
+        Some(company) => store::customer_for_company(tx, company).await?.ok_or_else(|| {
+            HandlerError::definite(format!("the customer for CRM company {company} vanished"))
+        })?,
         None => store::placeholder_customer(tx, &title).await?,
     };
     store::insert_deal_invoice(tx, customer, currency, deal, event.id, &title, &amount).await?;
@@ -96,7 +96,7 @@ fn clip(text: &str, max: usize) -> &str {
 }
 
 fn malformed(event: &Event, missing: &str) -> HandlerError {
-    HandlerError(format!("{} event {} has no usable {missing}", event.kind, event.id))
+    HandlerError::definite(format!("{} event {} has no usable {missing}", event.kind, event.id))
 }
 
 #[cfg(test)]
