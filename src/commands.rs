@@ -107,17 +107,40 @@ async fn run_event_system(cdc: CdcSettings, dispatch: DispatchSettings) {
     tokio::join!(tessera_cdc::worker::supervise(cdc), tessera_cdc::dispatch::run(dispatch));
 }
 
-/// The event pipeline's state as Prometheus metrics, read on each scrape as the event system's role.
+/// The event pipeline's state as Prometheus metrics: read every few seconds by one background task over one
+/// connection, and served from memory, so scrapes cost the database nothing however many arrive.
 fn event_metrics(config: tokio_postgres::Config, modules: &[Arc<dyn Module>]) -> MetricsSource {
     let subscribers = subscribers(modules);
+    let latest: Arc<std::sync::RwLock<Result<String, String>>> =
+        Arc::new(std::sync::RwLock::new(Err("not read yet".into())));
+    let writer = Arc::downgrade(&latest);
+    tokio::spawn(async move {
+        let mut client = None;
+        // Ends when the gateway (and with it the last reader) is gone.
+        while let Some(latest) = writer.upgrade() {
+            if client.is_none() {
+                client = bootstrap::connect(&config).await.ok();
+            }
+            let read = match &client {
+                Some(c) => tessera_cdc::doctor::status(c, SLOT, &subscribers)
+                    .await
+                    .map(|s| s.prometheus())
+                    .map_err(|e| e.to_string()),
+                None => Err("cannot connect".into()),
+            };
+            if read.is_err() {
+                client = None;
+            }
+            if let Ok(mut slot) = latest.write() {
+                *slot = read;
+            }
+            drop(latest);
+            tokio::time::sleep(std::time::Duration::from_secs(5)).await;
+        }
+    });
     MetricsSource(Arc::new(move || {
-        let (config, subscribers) = (config.clone(), subscribers.clone());
-        Box::pin(async move {
-            let client = bootstrap::connect(&config).await.map_err(|e| e.to_string())?;
-            let status =
-                tessera_cdc::doctor::status(&client, SLOT, &subscribers).await.map_err(|e| e.to_string())?;
-            Ok(status.prometheus())
-        })
+        let value = latest.read().map(|v| v.clone()).unwrap_or_else(|_| Err("poisoned".into()));
+        Box::pin(std::future::ready(value))
     }))
 }
 

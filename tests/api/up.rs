@@ -173,9 +173,17 @@ async fn tessera_up_serves_the_demo_tenant_then_stops_cleanly_and_reuses_its_clu
         .expect("letters");
     assert!(letters.status.success());
     assert!(String::from_utf8_lossy(&letters.stderr).contains("no dead letters"));
-    let metrics =
-        http.get(format!("{base}/metrics")).send().await.expect("metrics").text().await.expect("text");
-    assert!(metrics.contains("tessera_cdc_slot_active{slot=\"tessera\"} 1"), "{metrics}");
+    // Read in the background every 5 s: poll until it shows the worker streaming.
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    let metrics = loop {
+        let text =
+            http.get(format!("{base}/metrics")).send().await.expect("metrics").text().await.expect("text");
+        if text.contains("tessera_cdc_slot_active{slot=\"tessera\"} 1") {
+            break text;
+        }
+        assert!(std::time::Instant::now() < deadline, "{text}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
     assert!(
         metrics.contains("tessera_subscriber_dead_letters{subscriber=\"hr.commissions\"} 0"),
         "{metrics}"
