@@ -50,7 +50,7 @@ pub fn handle<'a>(tx: &'a EffectTx<'a>, event: &'a Event) -> Effect<'a> {
 async fn mirror_company(tx: &EffectTx<'_>, event: &Event) -> Result<(), HandlerError> {
     let company = event.new_uuid("id").ok_or_else(|| malformed(event, "the company's id"))?;
     let name = event.new_text("name").map(|n| clip(n, 200)).filter(|n| !n.is_empty());
-    store::mirror_company(tx, company, name).await?;
+    store::mirror_company(tx, company, name, event.seq).await?;
     Ok(())
 }
 

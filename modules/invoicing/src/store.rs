@@ -253,12 +253,19 @@ pub async fn insert_payment(tx: &TenantTx, invoice_id: Uuid, input: &PaymentInpu
 
 /// Creates or renames the customer that mirrors a CRM company. `name` is `None` when the event does not
 /// carry it: a new customer is then called after the company's id, an existing one keeps its name.
-pub async fn mirror_company(tx: &EffectTx<'_>, company_id: Uuid, name: Option<&str>) -> Result<(), Error> {
+/// `seq` is the event's log position: only a newer event renames (a replayed older one changes nothing).
+pub async fn mirror_company(
+    tx: &EffectTx<'_>,
+    company_id: Uuid,
+    name: Option<&str>,
+    seq: i64,
+) -> Result<(), Error> {
     tx.execute(
-        "insert into invoicing.customers as c (id, name, crm_company_id)
-         values ($1, coalesce($2, 'Company ' || $3::uuid::text), $3::uuid)
-         on conflict (tenant_id, crm_company_id) do update set name = coalesce($2, c.name)",
-        &[&Uuid::now_v7(), &name, &company_id],
+        "insert into invoicing.customers as c (id, name, crm_company_id, crm_seq)
+         values ($1, coalesce($2, 'Company ' || $3::uuid::text), $3::uuid, $4)
+         on conflict (tenant_id, crm_company_id) do update set name = coalesce($2, c.name), crm_seq = $4
+          where c.crm_seq is null or c.crm_seq < $4",
+        &[&Uuid::now_v7(), &name, &company_id, &seq],
     )
     .await?;
     Ok(())
