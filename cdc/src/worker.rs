@@ -2,12 +2,14 @@
 //! committed change into `events.log`, then acknowledges the slot.
 //!
 //! ```text
-//! slot (pgoutput) ──▶ decode ──▶ change events ──▶ one DB transaction per source transaction ──▶ commit
+//! slot (pgoutput) ──▶ decode ──▶ change events ──▶ one DB transaction per group of source transactions
 //!                                                   (chunks of CHUNK rows, so memory stays bounded)   │
-//!             ◀──────────────── acknowledge the source commit's end LSN only after that commit ◀──────┘
+//!             ◀──────── acknowledge the group's last end LSN only after that transaction commits ◀─┘
 //! ```
 //!
-//! Exactly-once in the log follows from two facts: nothing is acknowledged before it is durable in the log,
+//! Every source transaction's events commit together (atomically), with those of the source transactions that
+//! arrived right behind it (group commit: one fsync for many small transactions). Exactly-once in the log
+//! follows from two facts: nothing is acknowledged before it is durable in the log,
 //! so a crash at any point makes Postgres send it again; and event ids are derived from the source commit's
 //! LSN and the change's position in it, so what is sent again inserts nothing twice. While no transaction
 //! is open, keepalive positions are acknowledged too, so an idle publication does not pin WAL.
@@ -16,7 +18,9 @@
 //! worker records the slot it created in `events.cdc_slots` and refuses to start when it is gone.
 
 use std::collections::HashMap;
-use std::time::Duration;
+use std::time::{Duration, Instant};
+
+use futures_util::FutureExt;
 
 use pgwire_replication::{ReplicationClient, ReplicationConfig, ReplicationEvent};
 use serde_json::{Map, Value};
@@ -172,29 +176,86 @@ pub async fn run(settings: &CdcSettings) -> Result<(), CdcError> {
     .with_port(settings.port)
     .with_status_interval(Duration::from_millis(200));
     let mut stream = connect_with_retry(config).await?;
-    let mut state = Stream { writer, relations: HashMap::new(), tx: None, rules: settings.rules.clone() };
-    while let Some(event) = stream.recv().await? {
+    let mut state =
+        Stream { writer, relations: HashMap::new(), tx: None, rules: settings.rules.clone(), writing: false };
+    // Source transactions that arrive back to back share one log transaction (a group): one commit, one
+    // fsync and one acknowledgement for all of them, so many small transactions cost little more than one
+    // large one. A group is committed before the worker waits for the stream, and when it reaches
+    // GROUP_TRANSACTIONS or GROUP_AGE, so grouping adds no latency when the stream is quiet and little
+    // when it is busy.
+    let mut group: Option<Group> = None;
+    let mut next: Option<ReplicationEvent> = None;
+    let mut ended = false;
+    loop {
+        let event = match next.take() {
+            Some(event) => event,
+            None => {
+                if let Some(g) = group.take() {
+                    state.commit_group().await?;
+                    stream.update_applied_lsn(g.end_lsn);
+                }
+                if ended {
+                    break;
+                }
+                match stream.recv().await? {
+                    Some(event) => event,
+                    None => break,
+                }
+            }
+        };
         match event {
             ReplicationEvent::Begin { final_lsn, commit_time_micros, .. } => {
                 state.tx = Some(SourceTx::new(final_lsn.as_u64(), commit_time_micros));
             }
             ReplicationEvent::XLogData { data, .. } => state.apply(pgoutput::decode(&data)?).await?,
             ReplicationEvent::Commit { end_lsn, .. } => {
-                state.commit().await?;
-                stream.update_applied_lsn(end_lsn);
+                state.end_source_tx().await?;
+                let g =
+                    group.get_or_insert_with(|| Group { started: Instant::now(), transactions: 0, end_lsn });
+                g.end_lsn = end_lsn;
+                g.transactions += 1;
+                // Keep the group open only for what is already here.
+                if g.transactions < GROUP_TRANSACTIONS && g.started.elapsed() < GROUP_AGE {
+                    match stream.recv().now_or_never() {
+                        Some(Ok(Some(event))) => next = Some(event),
+                        Some(Ok(None)) => ended = true,
+                        Some(Err(e)) => {
+                            // Whatever is in the group is still written; it is acknowledged on redelivery.
+                            state.commit_group().await?;
+                            return Err(e.into());
+                        }
+                        None => {}
+                    }
+                }
             }
             ReplicationEvent::KeepAlive { wal_end, .. } => {
-                // Everything before wal_end has been sent and, outside a transaction, written.
-                if state.tx.is_none() {
+                // Everything before wal_end has been sent and, outside a transaction and a group, written.
+                if state.tx.is_none() && group.is_none() {
                     stream.update_applied_lsn(wal_end);
                 }
             }
             ReplicationEvent::Message { .. } => {}
-            ReplicationEvent::StoppedAt { .. } => break,
+            ReplicationEvent::StoppedAt { .. } => ended = true,
         }
+    }
+    if group.is_some() {
+        state.commit_group().await?;
     }
     Ok(())
 }
+
+/// Source transactions written in one log transaction, acknowledged together after its commit.
+struct Group {
+    started: Instant,
+    transactions: usize,
+    /// The end LSN of the last source transaction in the group.
+    end_lsn: pgwire_replication::Lsn,
+}
+
+/// Source transactions per group, at most.
+const GROUP_TRANSACTIONS: usize = 1000;
+/// How long a group may stay open while more keeps arriving.
+const GROUP_AGE: Duration = Duration::from_millis(5);
 
 /// Runs the worker for as long as the process lives: a transient failure (a lost connection, a restarted
 /// database) is retried with backoff; a definite one (the slot is lost) is logged for an operator and ends it.
@@ -243,13 +304,11 @@ struct SourceTx {
     commit_micros: i64,
     position: i32,
     pending: Vec<ChangeEvent>,
-    /// Whether a writer transaction is open (a chunk has been written).
-    writing: bool,
 }
 
 impl SourceTx {
     fn new(commit_lsn: u64, commit_micros: i64) -> Self {
-        Self { commit_lsn, commit_micros, position: 0, pending: Vec::new(), writing: false }
+        Self { commit_lsn, commit_micros, position: 0, pending: Vec::new() }
     }
 }
 
@@ -266,6 +325,8 @@ struct Stream {
     relations: HashMap<u32, Relation>,
     tx: Option<SourceTx>,
     rules: Vec<EventRule>,
+    /// Whether a writer transaction (a group's) is open.
+    writing: bool,
 }
 
 impl Stream {
@@ -376,7 +437,7 @@ impl Stream {
         if tx.pending.is_empty() {
             return Ok(());
         }
-        if !tx.writing {
+        if !self.writing {
             // Durable before the slot is acknowledged, whatever the server's default; the notification
             // goes out with the commit.
             self.writer
@@ -385,7 +446,7 @@ impl Stream {
                     quote_ident(EVENTS)
                 ))
                 .await?;
-            tx.writing = true;
+            self.writing = true;
         }
         let events = std::mem::take(&mut tx.pending);
         let lsn = format_lsn(tx.commit_lsn);
@@ -418,12 +479,16 @@ impl Stream {
         Ok(())
     }
 
-    /// Makes the source transaction's events durable; only then may the caller acknowledge it.
-    async fn commit(&mut self) -> Result<(), CdcError> {
+    /// Writes what is left of the source transaction into the group's log transaction.
+    async fn end_source_tx(&mut self) -> Result<(), CdcError> {
         self.flush().await?;
-        if let Some(tx) = self.tx.take()
-            && tx.writing
-        {
+        self.tx = None;
+        Ok(())
+    }
+
+    /// Makes the group's events durable; only then may the caller acknowledge it.
+    async fn commit_group(&mut self) -> Result<(), CdcError> {
+        if std::mem::take(&mut self.writing) {
             self.writer.batch_execute("commit").await?;
         }
         Ok(())
