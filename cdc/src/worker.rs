@@ -18,6 +18,7 @@
 //! worker records the slot it created in `events.cdc_slots` and refuses to start when it is gone.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures_util::FutureExt;
@@ -81,6 +82,8 @@ pub enum CdcError {
          `alter table {table} replica identity full` in that module's migrations"
     )]
     RuleNeedsOldValues { rule: &'static str, table: &'static str },
+    #[error("writing to the event log failed: {0}")]
+    Writer(String),
     #[error("two event rules are named {0}: an event type must have one rule")]
     DuplicateRule(&'static str),
 }
@@ -176,8 +179,15 @@ pub async fn run(settings: &CdcSettings) -> Result<(), CdcError> {
     .with_port(settings.port)
     .with_status_interval(Duration::from_millis(200));
     let mut stream = connect_with_retry(config).await?;
-    let mut state =
-        Stream { writer, relations: HashMap::new(), tx: None, rules: settings.rules.clone(), writing: false };
+    let mut state = Stream {
+        writer: Arc::new(writer),
+        relations: HashMap::new(),
+        tx: None,
+        rules: settings.rules.clone(),
+        writing: false,
+        pending: Vec::new(),
+        in_flight: None,
+    };
     // Source transactions that arrive back to back share one log transaction (a group): one commit, one
     // fsync and one acknowledgement for all of them, so many small transactions cost little more than one
     // large one. A group is committed before the worker waits for the stream, and when it reaches
@@ -303,30 +313,35 @@ struct SourceTx {
     commit_lsn: u64,
     commit_micros: i64,
     position: i32,
-    pending: Vec<ChangeEvent>,
 }
 
 impl SourceTx {
     fn new(commit_lsn: u64, commit_micros: i64) -> Self {
-        Self { commit_lsn, commit_micros, position: 0, pending: Vec::new() }
+        Self { commit_lsn, commit_micros, position: 0 }
     }
 }
 
 struct ChangeEvent {
     tenant: Uuid,
     id: Uuid,
+    commit_lsn: u64,
+    commit_micros: i64,
     position: i32,
     kind: String,
     data: Value,
 }
 
 struct Stream {
-    writer: Client,
+    writer: Arc<Client>,
     relations: HashMap<u32, Relation>,
     tx: Option<SourceTx>,
     rules: Vec<EventRule>,
     /// Whether a writer transaction (a group's) is open.
     writing: bool,
+    /// Events decoded but not yet sent to the log (fewer than CHUNK).
+    pending: Vec<ChangeEvent>,
+    /// The chunk being written while the next one is decoded.
+    in_flight: Option<tokio::task::JoinHandle<Result<(), tokio_postgres::Error>>>,
 }
 
 impl Stream {
@@ -411,32 +426,38 @@ impl Stream {
                 ChangeEvent {
                     tenant,
                     id: event_id(tx.commit_lsn, position, name),
+                    commit_lsn: tx.commit_lsn,
+                    commit_micros: tx.commit_micros,
                     position,
                     kind: name.to_owned(),
                     data: Value::Object(d),
                 }
             })
             .collect();
-        tx.pending.push(ChangeEvent {
+        self.pending.push(ChangeEvent {
             tenant,
             id: change_id,
+            commit_lsn: tx.commit_lsn,
+            commit_micros: tx.commit_micros,
             position,
             kind: format!("{table}.{op}"),
             data: Value::Object(data),
         });
-        tx.pending.extend(domain);
-        if tx.pending.len() >= CHUNK {
+        self.pending.extend(domain);
+        if self.pending.len() >= CHUNK {
             self.flush().await?;
         }
         Ok(())
     }
 
-    /// Writes what is pending into the open writer transaction (opening it first).
+    /// Sends what is pending to the group's log transaction (opening it first), and returns while it is
+    /// written: the next chunk is decoded meanwhile. Statements on the connection run in the order sent, and
+    /// each chunk waits for the one before it.
     async fn flush(&mut self) -> Result<(), CdcError> {
-        let Some(tx) = self.tx.as_mut() else { return Ok(()) };
-        if tx.pending.is_empty() {
+        if self.pending.is_empty() {
             return Ok(());
         }
+        self.wait_for_writes().await?;
         if !self.writing {
             // Durable before the slot is acknowledged, whatever the server's default; the notification
             // goes out with the commit.
@@ -448,51 +469,71 @@ impl Stream {
                 .await?;
             self.writing = true;
         }
-        let events = std::mem::take(&mut tx.pending);
-        let lsn = format_lsn(tx.commit_lsn);
-        let mut start = 0;
-        while start < events.len() {
-            // Consecutive events of one tenant share one statement, with that tenant bound.
-            let tenant = events[start].tenant;
-            let end =
-                events[start..].iter().position(|e| e.tenant != tenant).map_or(events.len(), |n| start + n);
-            let group = &events[start..end];
-            self.writer
-                .execute("select set_config('tessera.tenant_id', $1, true)", &[&tenant.to_string()])
-                .await?;
-            let ids: Vec<Uuid> = group.iter().map(|e| e.id).collect();
-            let positions: Vec<i32> = group.iter().map(|e| e.position).collect();
-            let kinds: Vec<&str> = group.iter().map(|e| e.kind.as_str()).collect();
-            let data: Vec<&Value> = group.iter().map(|e| &e.data).collect();
-            self.writer
-                .execute(
-                    "insert into events.log (tenant_id, id, commit_lsn, position, type, commit_time, data)
-                     select $1, e.id, $2::text::pg_lsn, e.position, e.type,
-                            timestamptz '2000-01-01 00:00:00+00' + $3::bigint * interval '1 microsecond', e.data
-                       from unnest($4::uuid[], $5::int[], $6::text[], $7::jsonb[]) as e(id, position, type, data)
-                     on conflict do nothing",
-                    &[&tenant, &lsn, &tx.commit_micros, &ids, &positions, &kinds, &data],
-                )
-                .await?;
-            start = end;
+        let events = std::mem::take(&mut self.pending);
+        let writer = self.writer.clone();
+        self.in_flight = Some(tokio::spawn(async move { write_chunk(&writer, &events).await }));
+        Ok(())
+    }
+
+    async fn wait_for_writes(&mut self) -> Result<(), CdcError> {
+        if let Some(write) = self.in_flight.take() {
+            write.await.map_err(|e| CdcError::Writer(e.to_string()))??;
         }
         Ok(())
     }
 
-    /// Writes what is left of the source transaction into the group's log transaction.
+    /// The source transaction is complete; its events go out with the group's.
     async fn end_source_tx(&mut self) -> Result<(), CdcError> {
-        self.flush().await?;
         self.tx = None;
         Ok(())
     }
 
     /// Makes the group's events durable; only then may the caller acknowledge it.
     async fn commit_group(&mut self) -> Result<(), CdcError> {
+        self.flush().await?;
+        self.wait_for_writes().await?;
         if std::mem::take(&mut self.writing) {
             self.writer.batch_execute("commit").await?;
         }
         Ok(())
     }
+}
+
+/// Inserts a chunk of events: consecutive events of one tenant share one statement, with that tenant bound
+/// (the log's row policy checks every row against it).
+async fn write_chunk(writer: &Client, events: &[ChangeEvent]) -> Result<(), tokio_postgres::Error> {
+    let mut start = 0;
+    while start < events.len() {
+        let tenant = events[start].tenant;
+        let end = events[start..].iter().position(|e| e.tenant != tenant).map_or(events.len(), |n| start + n);
+        let group = &events[start..end];
+        let ids: Vec<Uuid> = group.iter().map(|e| e.id).collect();
+        let lsns: Vec<String> = group.iter().map(|e| format_lsn(e.commit_lsn)).collect();
+        let micros: Vec<i64> = group.iter().map(|e| e.commit_micros).collect();
+        let positions: Vec<i32> = group.iter().map(|e| e.position).collect();
+        let kinds: Vec<&str> = group.iter().map(|e| e.kind.as_str()).collect();
+        let data: Vec<&Value> = group.iter().map(|e| &e.data).collect();
+        let tenant_text = tenant.to_string();
+        let bind_params: [&(dyn tokio_postgres::types::ToSql + Sync); 1] = [&tenant_text];
+        let insert_params: [&(dyn tokio_postgres::types::ToSql + Sync); 7] =
+            [&tenant, &ids, &lsns, &micros, &positions, &kinds, &data];
+        let bind = writer.execute("select set_config('tessera.tenant_id', $1, true)", &bind_params);
+        let insert = writer.execute(
+            "insert into events.log (tenant_id, id, commit_lsn, position, type, commit_time, data)
+             select $1, e.id, e.lsn::pg_lsn, e.position, e.type,
+                    timestamptz '2000-01-01 00:00:00+00' + e.micros * interval '1 microsecond', e.data
+               from unnest($2::uuid[], $3::text[], $4::int8[], $5::int[], $6::text[], $7::jsonb[])
+                    as e(id, lsn, micros, position, type, data)
+             on conflict do nothing",
+            &insert_params,
+        );
+        // Sent back to back, in this order (`biased`), answered in one round trip.
+        let (bound, inserted) = tokio::join!(biased; bind, insert);
+        bound?;
+        inserted?;
+        start = end;
+    }
+    Ok(())
 }
 
 /// A row as JSON. An unchanged TOASTed value is taken from `old` (the full old row) when there is one,
