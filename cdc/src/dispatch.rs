@@ -81,7 +81,8 @@ impl DispatchSettings {
         Self {
             connection,
             subscribers,
-            batch: 100,
+            // Each event runs in a savepoint; Postgres caches 64 subtransactions per transaction.
+            batch: 50,
             max_attempts: 5,
             base_backoff: Duration::from_millis(100),
             max_backoff: Duration::from_secs(5),
@@ -338,10 +339,12 @@ async fn deliver_batch(
 ) -> Result<Round, tokio_postgres::Error> {
     let events_role = quote_ident(EVENTS);
     // A handler stuck on a lock or a slow statement fails (transiently) instead of stalling the subscriber.
+    // The commit is durable before anyone sees it (an effect seen and then lost in a crash would come back
+    // as another row), whatever the server's default.
     client
         .batch_execute(&format!(
             "begin; set local role {events_role}; set local lock_timeout = '10s'; \
-             set local statement_timeout = '60s'"
+             set local statement_timeout = '60s'; set local synchronous_commit = on"
         ))
         .await?;
     let result = deliver_in_tx(client, subscriber, batch, &events_role, in_flight).await;

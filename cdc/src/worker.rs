@@ -21,8 +21,6 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use futures_util::FutureExt;
-
 use pgwire_replication::{ReplicationClient, ReplicationConfig, ReplicationEvent};
 use serde_json::{Map, Value};
 use tessera_core::roles::{EVENTS, quote_ident};
@@ -188,11 +186,10 @@ pub async fn run(settings: &CdcSettings) -> Result<(), CdcError> {
         pending: Vec::new(),
         in_flight: None,
     };
-    // Source transactions that arrive back to back share one log transaction (a group): one commit, one
+    // Source transactions that arrive close together share one log transaction (a group): one commit, one
     // fsync and one acknowledgement for all of them, so many small transactions cost little more than one
-    // large one. A group is committed before the worker waits for the stream, and when it reaches
-    // GROUP_TRANSACTIONS or GROUP_AGE, so grouping adds no latency when the stream is quiet and little
-    // when it is busy.
+    // large one. A group closes when it reaches GROUP_TRANSACTIONS or GROUP_AGE, whichever comes first,
+    // so grouping adds at most GROUP_AGE of latency.
     let mut group: Option<Group> = None;
     let mut next: Option<ReplicationEvent> = None;
     let mut ended = false;
@@ -200,9 +197,13 @@ pub async fn run(settings: &CdcSettings) -> Result<(), CdcError> {
         let event = match next.take() {
             Some(event) => event,
             None => {
-                if let Some(g) = group.take() {
+                // Before waiting, commit the group, unless a source transaction is half received (the rest
+                // of it is on its way; the group closes after its commit).
+                if state.tx.is_some() {
+                } else if let Some(g) = group.take() {
                     state.commit_group().await?;
                     stream.update_applied_lsn(g.end_lsn);
+                    tracing::debug!(transactions = g.transactions, age = ?g.started.elapsed(), "group committed");
                 }
                 if ended {
                     break;
@@ -224,18 +225,26 @@ pub async fn run(settings: &CdcSettings) -> Result<(), CdcError> {
                     group.get_or_insert_with(|| Group { started: Instant::now(), transactions: 0, end_lsn });
                 g.end_lsn = end_lsn;
                 g.transactions += 1;
-                // Keep the group open only for what is already here.
-                if g.transactions < GROUP_TRANSACTIONS && g.started.elapsed() < GROUP_AGE {
-                    match stream.recv().now_or_never() {
-                        Some(Ok(Some(event))) => next = Some(event),
-                        Some(Ok(None)) => ended = true,
-                        Some(Err(e)) => {
+                // Keep the group open for what arrives while it is young. Keepalives in between say nothing
+                // the group's acknowledgement will not (the walsender sends one whenever our confirmed
+                // position lags what it has sent, that is, all the time while a group is open).
+                let mut left = GROUP_AGE.saturating_sub(g.started.elapsed());
+                while g.transactions < GROUP_TRANSACTIONS && !left.is_zero() {
+                    match tokio::time::timeout(left, stream.recv()).await {
+                        Ok(Ok(Some(ReplicationEvent::KeepAlive { .. }))) => {
+                            left = GROUP_AGE.saturating_sub(g.started.elapsed());
+                            continue;
+                        }
+                        Ok(Ok(Some(event))) => next = Some(event),
+                        Ok(Ok(None)) => ended = true,
+                        Ok(Err(e)) => {
                             // Whatever is in the group is still written; it is acknowledged on redelivery.
                             state.commit_group().await?;
                             return Err(e.into());
                         }
-                        None => {}
+                        Err(_) => {}
                     }
+                    break;
                 }
             }
             ReplicationEvent::KeepAlive { wal_end, .. } => {
@@ -264,7 +273,7 @@ struct Group {
 
 /// Source transactions per group, at most.
 const GROUP_TRANSACTIONS: usize = 1000;
-/// How long a group may stay open while more keeps arriving.
+/// How long a group stays open for more source transactions.
 const GROUP_AGE: Duration = Duration::from_millis(5);
 
 /// Runs the worker for as long as the process lives: a transient failure (a lost connection, a restarted
