@@ -400,12 +400,13 @@ async fn deliver_in_tx(
         )
         .await?;
     let full = rows.len() as i64 == batch;
+    let mut context = HandlerContext::default();
     let mut handled_to = if full { position } else { horizon.max(position) };
     let mut outcome = if full { Round::More } else { Round::CaughtUp };
     for row in &rows {
         let event = event_from_row(row);
         *in_flight = Some(event.seq);
-        match handle_in_savepoint(client, subscriber, &event, events_role).await? {
+        match handle_in_savepoint(client, subscriber, &event, events_role, &mut context).await? {
             Ok(()) => {
                 if full {
                     handled_to = event.seq;
@@ -436,21 +437,29 @@ async fn handle_in_savepoint(
     subscriber: &Subscriber,
     event: &Event,
     events_role: &str,
+    context: &mut HandlerContext,
 ) -> Result<Result<(), HandlerError>, tokio_postgres::Error> {
+    // One round trip: the tenant is a UUID (hex and dashes) and the role a quoted identifier.
     client
         .batch_execute(&format!(
-            "savepoint handler; set local role {}",
-            quote_ident(&module_role(subscriber.module))
+            "savepoint handler; set local role {}; select set_config('tessera.tenant_id', '{}', true)",
+            quote_ident(&module_role(subscriber.module)),
+            event.tenant_id
         ))
         .await?;
-    client
-        .execute("select set_config('tessera.tenant_id', $1, true)", &[&event.tenant_id.to_string()])
-        .await?;
-    // A tenant without the module (never enabled, or disabled since) gets none of its effects.
-    let enabled: bool =
-        client.query_one("select core.module_enabled($1)", &[&subscriber.module]).await?.get(0);
+    // A tenant without the module (never enabled, or disabled since) gets none of its effects. Asked once
+    // per tenant and batch.
+    let enabled = match context.enabled.get(&event.tenant_id) {
+        Some(enabled) => *enabled,
+        None => {
+            let enabled: bool =
+                client.query_one("select core.module_enabled($1)", &[&subscriber.module]).await?.get(0);
+            context.enabled.insert(event.tenant_id, enabled);
+            enabled
+        }
+    };
     let outcome = if enabled {
-        let tx = EffectTx::new(client);
+        let tx = EffectTx::with_cache(client, &context.statements);
         // A panicking handler is a failing handler, not a dead subscriber.
         match std::panic::AssertUnwindSafe((subscriber.subscription.handle)(&tx, event)).catch_unwind().await
         {
@@ -481,6 +490,14 @@ async fn handle_in_savepoint(
     // Undoes the handler's writes, its role and its tenant.
     client.batch_execute("rollback to savepoint handler; release savepoint handler").await?;
     Ok(outcome)
+}
+
+/// What the handlers of one batch share: the connection's prepared statements and which tenants have the
+/// module.
+#[derive(Default)]
+struct HandlerContext {
+    statements: tessera_core::module::StatementCache,
+    enabled: HashMap<uuid::Uuid, bool>,
 }
 
 /// Parks an event that kept failing, and moves the subscriber past it, in one transaction.
@@ -665,7 +682,8 @@ async fn replay_one(
         return Ok(Some(Err(HandlerError::definite("the event is no longer in the log (retention)"))));
     };
     let event = event_from_row(&row);
-    let outcome = handle_in_savepoint(client, subscriber, &event, events_role).await?;
+    let outcome =
+        handle_in_savepoint(client, subscriber, &event, events_role, &mut HandlerContext::default()).await?;
     if outcome.is_ok() {
         client
             .execute(

@@ -106,12 +106,34 @@ impl Event {
 /// they happen exactly once; an error rolls them back and the event is retried.
 pub struct EffectTx<'a> {
     client: &'a tokio_postgres::Client,
+    /// Statements already prepared on this connection, by SQL text.
+    cache: Option<&'a StatementCache>,
 }
+
+/// Prepared statements of one connection, for [`EffectTx::with_cache`].
+pub type StatementCache = std::sync::Mutex<std::collections::HashMap<String, tokio_postgres::Statement>>;
 
 impl<'a> EffectTx<'a> {
     /// For the dispatcher, which opens and ends the transaction.
     pub fn new(client: &'a tokio_postgres::Client) -> Self {
-        Self { client }
+        Self { client, cache: None }
+    }
+
+    /// The same, preparing each statement once per connection.
+    pub fn with_cache(client: &'a tokio_postgres::Client, cache: &'a StatementCache) -> Self {
+        Self { client, cache: Some(cache) }
+    }
+
+    async fn prepare(&self, sql: &str) -> Result<tokio_postgres::Statement, tokio_postgres::Error> {
+        let Some(cache) = self.cache else { return self.client.prepare(sql).await };
+        if let Some(statement) = cache.lock().ok().and_then(|c| c.get(sql).cloned()) {
+            return Ok(statement);
+        }
+        let statement = self.client.prepare(sql).await?;
+        if let Ok(mut c) = cache.lock() {
+            c.insert(sql.to_owned(), statement.clone());
+        }
+        Ok(statement)
     }
 
     pub async fn query(
@@ -119,7 +141,7 @@ impl<'a> EffectTx<'a> {
         sql: &str,
         params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
     ) -> Result<Vec<tokio_postgres::Row>, tokio_postgres::Error> {
-        let statement = self.client.prepare(sql).await?;
+        let statement = self.prepare(sql).await?;
         self.client.query(&statement, params).await
     }
 
@@ -128,7 +150,7 @@ impl<'a> EffectTx<'a> {
         sql: &str,
         params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
     ) -> Result<Option<tokio_postgres::Row>, tokio_postgres::Error> {
-        let statement = self.client.prepare(sql).await?;
+        let statement = self.prepare(sql).await?;
         self.client.query_opt(&statement, params).await
     }
 
@@ -137,7 +159,7 @@ impl<'a> EffectTx<'a> {
         sql: &str,
         params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
     ) -> Result<u64, tokio_postgres::Error> {
-        let statement = self.client.prepare(sql).await?;
+        let statement = self.prepare(sql).await?;
         self.client.execute(&statement, params).await
     }
 }

@@ -72,10 +72,8 @@ async fn committed_changes_become_events_in_commit_order() {
 
     let n = wait_for(&admin, "select count(*) from events.log", 4).await;
     assert_eq!(n, 4, "three changes and the win they include");
-    let rows = admin
-        .query("select tenant_id, type, data from events.log order by commit_lsn, position, id", &[])
-        .await
-        .expect("log");
+    let rows =
+        admin.query("select tenant_id, type, data from events.log order by seq", &[]).await.expect("log");
     let types: Vec<String> = rows.iter().map(|r| r.get(1)).collect();
     assert_eq!(types, ["crm.companies.insert", "crm.deals.insert", "crm.deals.update", "deal.closed.won"]);
     assert!(rows.iter().all(|r| r.get::<_, uuid::Uuid>(0) == tenant.as_uuid()));
@@ -133,7 +131,10 @@ async fn killing_the_worker_at_any_moment_loses_and_duplicates_nothing() {
     assert_eq!(total, UPDATES + 1, "the insert and every update, nothing twice");
     assert_eq!(total, distinct);
     let amounts: Vec<String> = admin
-        .query("select data->'new'->>'amount' from events.log where type = 'crm.deals.update' order by commit_lsn", &[])
+        .query(
+            "select data->'new'->>'amount' from events.log where type = 'crm.deals.update' order by seq",
+            &[],
+        )
         .await
         .expect("amounts")
         .iter()
