@@ -257,7 +257,9 @@ pub async fn run(settings: &CdcSettings) -> Result<(), CdcError> {
             ReplicationEvent::StoppedAt { .. } => ended = true,
         }
     }
-    if group.is_some() {
+    // A source transaction cut off by the end of the stream is not committed: its events would be in the
+    // log without the rest of it (it is sent again, whole, next time).
+    if group.is_some() && state.tx.is_none() {
         state.commit_group().await?;
     }
     Ok(())
