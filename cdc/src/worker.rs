@@ -185,11 +185,13 @@ pub async fn run(settings: &CdcSettings) -> Result<(), CdcError> {
         writing: false,
         pending: Vec::new(),
         in_flight: None,
+        tx_start: 0,
     };
     // Source transactions that arrive close together share one log transaction (a group): one commit, one
     // fsync and one acknowledgement for all of them, so many small transactions cost little more than one
-    // large one. A group closes when it reaches GROUP_TRANSACTIONS or GROUP_AGE, whichever comes first,
-    // so grouping adds at most GROUP_AGE of latency.
+    // large one. A group takes no new source transaction once it holds GROUP_TRANSACTIONS or is GROUP_AGE
+    // old, and commits before the worker waits for the stream, or as soon as a large transaction behind it
+    // fills a chunk.
     let mut group: Option<Group> = None;
     let mut next: Option<ReplicationEvent> = None;
     let mut ended = false;
@@ -217,8 +219,21 @@ pub async fn run(settings: &CdcSettings) -> Result<(), CdcError> {
         match event {
             ReplicationEvent::Begin { final_lsn, commit_time_micros, .. } => {
                 state.tx = Some(SourceTx::new(final_lsn.as_u64(), commit_time_micros));
+                state.tx_start = state.pending.len();
             }
-            ReplicationEvent::XLogData { data, .. } => state.apply(pgoutput::decode(&data)?).await?,
+            ReplicationEvent::XLogData { data, .. } => {
+                state.apply(pgoutput::decode(&data)?).await?;
+                if state.pending.len() >= CHUNK {
+                    // A large transaction: the group before it commits now rather than after all of it.
+                    if let Some(g) = group.take() {
+                        let before = state.tx_start;
+                        state.flush_through(before).await?;
+                        state.commit_written().await?;
+                        stream.update_applied_lsn(g.end_lsn);
+                    }
+                    state.flush().await?;
+                }
+            }
             ReplicationEvent::Commit { end_lsn, .. } => {
                 state.end_source_tx().await?;
                 let g =
@@ -258,7 +273,8 @@ pub async fn run(settings: &CdcSettings) -> Result<(), CdcError> {
         }
     }
     // A source transaction cut off by the end of the stream is not committed: its events would be in the
-    // log without the rest of it (it is sent again, whole, next time).
+    // log without the rest of it. The group before it goes with it (the writer's transaction rolls back);
+    // all of it is sent again, whole, next time.
     if group.is_some() && state.tx.is_none() {
         state.commit_group().await?;
     }
@@ -353,6 +369,18 @@ struct Stream {
     pending: Vec<ChangeEvent>,
     /// The chunk being written while the next one is decoded.
     in_flight: Option<tokio::task::JoinHandle<Result<(), tokio_postgres::Error>>>,
+    /// Where the current source transaction's events start in `pending`.
+    tx_start: usize,
+}
+
+impl Drop for Stream {
+    /// A write still in flight holds the writer's session (and the worker lock); a stream that is gone
+    /// stops it, so the transaction rolls back and the lock is free for the retry.
+    fn drop(&mut self) {
+        if let Some(write) = self.in_flight.take() {
+            write.abort();
+        }
+    }
 }
 
 impl Stream {
@@ -455,9 +483,6 @@ impl Stream {
             data: Value::Object(data),
         });
         self.pending.extend(domain);
-        if self.pending.len() >= CHUNK {
-            self.flush().await?;
-        }
         Ok(())
     }
 
@@ -465,7 +490,12 @@ impl Stream {
     /// written: the next chunk is decoded meanwhile. Statements on the connection run in the order sent, and
     /// each chunk waits for the one before it.
     async fn flush(&mut self) -> Result<(), CdcError> {
-        if self.pending.is_empty() {
+        self.flush_through(self.pending.len()).await
+    }
+
+    /// The same for the first `n` pending events only.
+    async fn flush_through(&mut self, n: usize) -> Result<(), CdcError> {
+        if n == 0 {
             return Ok(());
         }
         self.wait_for_writes().await?;
@@ -480,7 +510,8 @@ impl Stream {
                 .await?;
             self.writing = true;
         }
-        let events = std::mem::take(&mut self.pending);
+        let events: Vec<ChangeEvent> = self.pending.drain(..n).collect();
+        self.tx_start = self.tx_start.saturating_sub(n);
         let writer = self.writer.clone();
         self.in_flight = Some(tokio::spawn(async move { write_chunk(&writer, &events).await }));
         Ok(())
@@ -499,9 +530,15 @@ impl Stream {
         Ok(())
     }
 
-    /// Makes the group's events durable; only then may the caller acknowledge it.
+    /// Makes the group's events durable; only then may the caller acknowledge it. Only between source
+    /// transactions: everything pending is complete.
     async fn commit_group(&mut self) -> Result<(), CdcError> {
         self.flush().await?;
+        self.commit_written().await
+    }
+
+    /// Commits what has been sent (not what is pending).
+    async fn commit_written(&mut self) -> Result<(), CdcError> {
         self.wait_for_writes().await?;
         if std::mem::take(&mut self.writing) {
             self.writer.batch_execute("commit").await?;
