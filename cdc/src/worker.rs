@@ -186,6 +186,7 @@ pub async fn run(settings: &CdcSettings) -> Result<(), CdcError> {
         pending: Vec::new(),
         in_flight: None,
         tx_start: 0,
+        statements: None,
     };
     // Source transactions that arrive close together share one log transaction (a group): one commit, one
     // fsync and one acknowledgement for all of them, so many small transactions cost little more than one
@@ -371,6 +372,7 @@ struct Stream {
     in_flight: Option<tokio::task::JoinHandle<Result<(), tokio_postgres::Error>>>,
     /// Where the current source transaction's events start in `pending`.
     tx_start: usize,
+    statements: Option<Statements>,
 }
 
 impl Drop for Stream {
@@ -512,8 +514,20 @@ impl Stream {
         }
         let events: Vec<ChangeEvent> = self.pending.drain(..n).collect();
         self.tx_start = self.tx_start.saturating_sub(n);
+        let statements = match &self.statements {
+            Some(prepared) => prepared.clone(),
+            None => {
+                // Prepared once per connection, inside the transaction (as tessera_events).
+                let prepared = Statements {
+                    bind: self.writer.prepare(BIND_TENANT).await?,
+                    insert: self.writer.prepare(INSERT_EVENTS).await?,
+                };
+                self.statements = Some(prepared.clone());
+                prepared
+            }
+        };
         let writer = self.writer.clone();
-        self.in_flight = Some(tokio::spawn(async move { write_chunk(&writer, &events).await }));
+        self.in_flight = Some(tokio::spawn(async move { write_chunk(&writer, &statements, &events).await }));
         Ok(())
     }
 
@@ -549,7 +563,11 @@ impl Stream {
 
 /// Inserts a chunk of events: consecutive events of one tenant share one statement, with that tenant bound
 /// (the log's row policy checks every row against it).
-async fn write_chunk(writer: &Client, events: &[ChangeEvent]) -> Result<(), tokio_postgres::Error> {
+async fn write_chunk(
+    writer: &Client,
+    statements: &Statements,
+    events: &[ChangeEvent],
+) -> Result<(), tokio_postgres::Error> {
     let mut start = 0;
     while start < events.len() {
         let tenant = events[start].tenant;
@@ -565,24 +583,36 @@ async fn write_chunk(writer: &Client, events: &[ChangeEvent]) -> Result<(), toki
         let bind_params: [&(dyn tokio_postgres::types::ToSql + Sync); 1] = [&tenant_text];
         let insert_params: [&(dyn tokio_postgres::types::ToSql + Sync); 7] =
             [&tenant, &ids, &lsns, &micros, &positions, &kinds, &data];
-        let bind = writer.execute("select set_config('tessera.tenant_id', $1, true)", &bind_params);
-        let insert = writer.execute(
-            "insert into events.log (tenant_id, id, commit_lsn, position, type, commit_time, data)
-             select $1, e.id, e.lsn::pg_lsn, e.position, e.type,
-                    timestamptz '2000-01-01 00:00:00+00' + e.micros * interval '1 microsecond', e.data
-               from unnest($2::uuid[], $3::text[], $4::int8[], $5::int[], $6::text[], $7::jsonb[])
-                    as e(id, lsn, micros, position, type, data)
-             on conflict do nothing",
-            &insert_params,
+        // Prepared statements go out on their first poll: `biased` sends the binding, then the insert, and
+        // both are answered in one round trip.
+        let (bound, inserted) = tokio::join!(
+            biased;
+            writer.execute(&statements.bind, &bind_params),
+            writer.execute(&statements.insert, &insert_params)
         );
-        // Sent back to back, in this order (`biased`), answered in one round trip.
-        let (bound, inserted) = tokio::join!(biased; bind, insert);
         bound?;
         inserted?;
         start = end;
     }
     Ok(())
 }
+
+/// The writer's two statements, prepared once per connection.
+#[derive(Clone)]
+struct Statements {
+    bind: tokio_postgres::Statement,
+    insert: tokio_postgres::Statement,
+}
+
+const BIND_TENANT: &str = "select set_config('tessera.tenant_id', $1, true)";
+
+const INSERT_EVENTS: &str =
+    "insert into events.log (tenant_id, id, commit_lsn, position, type, commit_time, data)
+     select $1, e.id, e.lsn::pg_lsn, e.position, e.type,
+            timestamptz '2000-01-01 00:00:00+00' + e.micros * interval '1 microsecond', e.data
+       from unnest($2::uuid[], $3::text[], $4::int8[], $5::int[], $6::text[], $7::jsonb[])
+            as e(id, lsn, micros, position, type, data)
+     on conflict do nothing";
 
 /// A row as JSON. An unchanged TOASTed value is taken from `old` (the full old row) when there is one,
 /// and otherwise left out and named in the returned list: never turned into null.
