@@ -704,6 +704,21 @@ pub struct SubscriberLag {
     pub dead_letters: i64,
 }
 
+/// Subscribers registered in the database that no compiled-in module has (a module removed, a subscription
+/// renamed): their cursors still hold retention back.
+pub async fn unknown_subscribers(
+    client: &Client,
+    subscribers: &[Subscriber],
+) -> Result<Vec<String>, tokio_postgres::Error> {
+    let known: Vec<&str> = subscribers.iter().map(Subscriber::name).collect();
+    client.batch_execute(&format!("begin read only; set local role {}", quote_ident(EVENTS))).await?;
+    let rows = client
+        .query("select name from events.subscribers where name <> all($1) order by name", &[&known])
+        .await;
+    client.batch_execute("commit").await?;
+    Ok(rows?.iter().map(|r| r.get(0)).collect())
+}
+
 /// Every compiled-in subscriber's lag (a subscriber that never ran counts from the start of the log).
 pub async fn lag(
     client: &Client,

@@ -31,6 +31,8 @@ pub struct Status {
     pub slot_name: String,
     pub slot: Option<SlotStatus>,
     pub subscribers: Vec<SubscriberLag>,
+    /// Registered subscribers no compiled-in module has; they hold retention back.
+    pub unknown_subscribers: Vec<String>,
 }
 
 /// One finding.
@@ -64,8 +66,9 @@ pub async fn status(
             wal_status: row.get(2),
             retained_wal_bytes: row.get(3),
         });
+    let unknown_subscribers = dispatch::unknown_subscribers(client, subscribers).await?;
     let subscribers = dispatch::lag(client, subscribers).await?;
-    Ok(Status { wal_level, slot_name: slot.to_owned(), slot: slot_status, subscribers })
+    Ok(Status { wal_level, slot_name: slot.to_owned(), slot: slot_status, subscribers, unknown_subscribers })
 }
 
 impl Status {
@@ -120,6 +123,15 @@ impl Status {
                     lag.dead_letters,
                     if lag.dead_letters > 0 { " (see `tessera events dead-letters`)" } else { "" }
                 ),
+            );
+        }
+        for name in &self.unknown_subscribers {
+            push(
+                format!("subscriber {name}"),
+                false,
+                "registered, but no module of this build has it; its cursor holds retention back. If it is \
+                 gone for good, delete its dead letters and its row from events.subscribers (as tessera_events)"
+                    .into(),
             );
         }
         checks

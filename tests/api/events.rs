@@ -266,6 +266,10 @@ async fn retention_prunes_only_what_every_subscriber_is_past() {
         .await
         .expect("subscriber");
     assert_eq!(dispatch::prune(&events, Duration::ZERO).await.expect("prune"), 0);
+    // The doctor names a registered subscriber that no module of this build has: it pins retention.
+    let status = tessera_cdc::doctor::status(&events, &settings(&app).slot, &[]).await.expect("status");
+    assert_eq!(status.unknown_subscribers, ["test.behind"]);
+    assert!(!status.healthy());
     let second: i64 = events
         .query_one("select seq from events.log order by seq offset 1 limit 1", &[])
         .await
