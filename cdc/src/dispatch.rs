@@ -97,6 +97,38 @@ impl DispatchSettings {
     }
 }
 
+/// How a transaction as `tessera_events` begins: writable, or read-only.
+#[derive(Clone, Copy)]
+enum Access {
+    Write,
+    Read,
+}
+
+/// Runs `body` in a transaction as `tessera_events`, after `extra` (more `set local …` or `lock …` statements,
+/// or nothing): commits when it succeeds, rolls back when it fails.
+async fn as_events<T>(
+    client: &Client,
+    access: Access,
+    extra: &str,
+    body: impl AsyncFnOnce() -> Result<T, tokio_postgres::Error>,
+) -> Result<T, tokio_postgres::Error> {
+    let begin = match access {
+        Access::Write => "begin",
+        Access::Read => "begin read only",
+    };
+    client.batch_execute(&format!("{begin}; set local role {}; {extra}", quote_ident(EVENTS))).await?;
+    match body().await {
+        Ok(value) => {
+            client.batch_execute("commit").await?;
+            Ok(value)
+        }
+        Err(e) => {
+            let _ = client.batch_execute("rollback").await;
+            Err(e)
+        }
+    }
+}
+
 /// Registers every subscriber that is new, at the current end of the log: a subscriber added to a running
 /// platform receives what happens from then on, not the whole history (which would, say, draft an invoice for
 /// every deal ever won). Known subscribers keep their cursors.
@@ -106,27 +138,18 @@ pub async fn register(
 ) -> Result<(), tokio_postgres::Error> {
     let client = bootstrap::connect(config).await?;
     let names: Vec<&str> = subscribers.iter().map(Subscriber::name).collect();
-    client
-        .batch_execute(&format!(
-            "begin; set local role {}; lock table events.subscribers in exclusive mode",
-            quote_ident(EVENTS)
-        ))
-        .await?;
-    let inserted = client
-        .execute(
-            "insert into events.subscribers (name, position)
-             select n, (select coalesce(max(seq), 0) from events.log) from unnest($1::text[]) n
-             on conflict do nothing",
-            &[&names],
-        )
-        .await;
-    match inserted {
-        Ok(_) => client.batch_execute("commit").await,
-        Err(e) => {
-            let _ = client.batch_execute("rollback").await;
-            Err(e)
-        }
-    }
+    as_events(&client, Access::Write, "lock table events.subscribers in exclusive mode", async || {
+        client
+            .execute(
+                "insert into events.subscribers (name, position)
+                 select n, (select coalesce(max(seq), 0) from events.log) from unnest($1::text[]) n
+                 on conflict do nothing",
+                &[&names],
+            )
+            .await?;
+        Ok(())
+    })
+    .await
 }
 
 /// Runs the listener and one task per subscriber until the returned future is dropped (or aborted). New
@@ -341,24 +364,15 @@ async fn deliver_batch(
     // A handler stuck on a lock or a slow statement fails (transiently) instead of stalling the subscriber.
     // The commit is durable before anyone sees it (an effect seen and then lost in a crash would come back
     // as another row), whatever the server's default.
-    client
-        .batch_execute(&format!(
-            "begin; set local role {events_role}; set local lock_timeout = '10s'; \
-             set local statement_timeout = '60s'; set local synchronous_commit = on"
-        ))
-        .await?;
-    let result = deliver_in_tx(client, subscriber, batch, &events_role, in_flight).await;
-    match result {
-        Ok(round) => {
-            client.batch_execute("commit").await?;
-            *in_flight = None;
-            Ok(round)
-        }
-        Err(e) => {
-            let _ = client.batch_execute("rollback").await;
-            Err(e)
-        }
-    }
+    let round = as_events(
+        client,
+        Access::Write,
+        "set local lock_timeout = '10s'; set local statement_timeout = '60s'; set local synchronous_commit = on",
+        async || deliver_in_tx(client, subscriber, batch, &events_role, in_flight).await,
+    )
+    .await?;
+    *in_flight = None;
+    Ok(round)
 }
 
 async fn deliver_in_tx(
@@ -509,8 +523,7 @@ async fn park(
     error: &HandlerError,
 ) -> Result<(), tokio_postgres::Error> {
     let name = subscriber.name();
-    client.batch_execute(&format!("begin; set local role {}", quote_ident(EVENTS))).await?;
-    let result = async {
+    as_events(client, Access::Write, "", async || {
         let position: i64 = client
             .query_one("select position from events.subscribers where name = $1 for update", &[&name])
             .await?
@@ -536,15 +549,8 @@ async fn park(
             )
             .await?;
         Ok(())
-    }
-    .await;
-    match result {
-        Ok(()) => client.batch_execute("commit").await,
-        Err(e) => {
-            let _ = client.batch_execute("rollback").await;
-            Err(e)
-        }
-    }
+    })
+    .await
 }
 
 /// A parked event, as `tessera events dead-letters` lists it.
@@ -567,18 +573,19 @@ pub async fn dead_letters(
     client: &Client,
     subscriber: Option<&str>,
 ) -> Result<Vec<DeadLetter>, tokio_postgres::Error> {
-    client.batch_execute(&format!("begin read only; set local role {}", quote_ident(EVENTS))).await?;
-    let rows = client
-        .query(
-            "select subscriber, seq, tenant_id, event_id, type, error, attempts, failed_at
-               from events.dead_letters
-              where replayed_at is null and ($1::text is null or subscriber = $1)
-              order by subscriber, seq",
-            &[&subscriber],
-        )
-        .await;
-    client.batch_execute("commit").await?;
-    Ok(rows?
+    let rows = as_events(client, Access::Read, "", async || {
+        client
+            .query(
+                "select subscriber, seq, tenant_id, event_id, type, error, attempts, failed_at
+                   from events.dead_letters
+                  where replayed_at is null and ($1::text is null or subscriber = $1)
+                  order by subscriber, seq",
+                &[&subscriber],
+            )
+            .await
+    })
+    .await?;
+    Ok(rows
         .iter()
         .map(|r| DeadLetter {
             subscriber: r.get(0),
@@ -711,12 +718,13 @@ pub async fn unknown_subscribers(
     subscribers: &[Subscriber],
 ) -> Result<Vec<String>, tokio_postgres::Error> {
     let known: Vec<&str> = subscribers.iter().map(Subscriber::name).collect();
-    client.batch_execute(&format!("begin read only; set local role {}", quote_ident(EVENTS))).await?;
-    let rows = client
-        .query("select name from events.subscribers where name <> all($1) order by name", &[&known])
-        .await;
-    client.batch_execute("commit").await?;
-    Ok(rows?.iter().map(|r| r.get(0)).collect())
+    let rows = as_events(client, Access::Read, "", async || {
+        client
+            .query("select name from events.subscribers where name <> all($1) order by name", &[&known])
+            .await
+    })
+    .await?;
+    Ok(rows.iter().map(|r| r.get(0)).collect())
 }
 
 /// Every compiled-in subscriber's lag (a subscriber that never ran counts from the start of the log).
@@ -724,39 +732,30 @@ pub async fn lag(
     client: &Client,
     subscribers: &[Subscriber],
 ) -> Result<Vec<SubscriberLag>, tokio_postgres::Error> {
-    client.batch_execute(&format!("begin read only; set local role {}", quote_ident(EVENTS))).await?;
-    let mut out = Vec::new();
-    let mut failure = None;
-    for s in subscribers {
-        let types: Vec<&str> = s.subscription.types.to_vec();
-        let row = client
-            .query_one(
-                "with cursor as (select coalesce((select position from events.subscribers where name = $1), 0) as p)
-                 select cursor.p,
-                        (select count(*) from events.log where seq > cursor.p and type = any($2)),
-                        (select count(*) from events.dead_letters where subscriber = $1 and replayed_at is null)
-                   from cursor",
-                &[&s.name(), &types],
-            )
-            .await;
-        match row {
-            Ok(row) => out.push(SubscriberLag {
+    as_events(client, Access::Read, "", async || {
+        let mut out = Vec::new();
+        for s in subscribers {
+            let types: Vec<&str> = s.subscription.types.to_vec();
+            let row = client
+                .query_one(
+                    "with cursor as (select coalesce((select position from events.subscribers where name = $1), 0) as p)
+                     select cursor.p,
+                            (select count(*) from events.log where seq > cursor.p and type = any($2)),
+                            (select count(*) from events.dead_letters where subscriber = $1 and replayed_at is null)
+                       from cursor",
+                    &[&s.name(), &types],
+                )
+                .await?;
+            out.push(SubscriberLag {
                 subscriber: s.name().to_owned(),
                 position: row.get(0),
                 pending: row.get(1),
                 dead_letters: row.get(2),
-            }),
-            Err(e) => {
-                failure = Some(e);
-                break;
-            }
+            });
         }
-    }
-    client.batch_execute("commit").await?;
-    match failure {
-        Some(e) => Err(e),
-        None => Ok(out),
-    }
+        Ok(out)
+    })
+    .await
 }
 
 /// Deletes events recorded longer than `retention` ago that every subscriber has finished with, a bounded
@@ -765,27 +764,21 @@ pub async fn prune(client: &Client, retention: Duration) -> Result<u64, tokio_po
     let seconds = retention.as_secs_f64();
     let mut total = 0;
     loop {
-        client.batch_execute(&format!("begin; set local role {}", quote_ident(EVENTS))).await?;
-        let deleted = client
-            .execute(
-                "delete from events.log where seq in (
+        let deleted = as_events(client, Access::Write, "", async || {
+            client
+                .execute(
+                    "delete from events.log where seq in (
                      select seq from events.log
                       where recorded_at < now() - make_interval(secs => $1)
                         and seq <= (select coalesce(min(position), 0) from events.subscribers)
                         -- a parked event stays replayable
                         and seq not in (select d.seq from events.dead_letters d where d.replayed_at is null)
                       order by seq limit 10000)",
-                &[&seconds],
-            )
-            .await;
-        let deleted = match deleted {
-            Ok(n) => n,
-            Err(e) => {
-                let _ = client.batch_execute("rollback").await;
-                return Err(e);
-            }
-        };
-        client.batch_execute("commit").await?;
+                    &[&seconds],
+                )
+                .await
+        })
+        .await?;
         total += deleted;
         if deleted < 10000 {
             return Ok(total);
