@@ -159,8 +159,23 @@ impl EventSession {
         Ok(Self { config: embedded.endpoint.pg_config(REPLICATION, DATABASE), embedded: Some(embedded) })
     }
 
-    async fn connect(&self) -> anyhow::Result<Client> {
-        bootstrap::connect(&self.config).await.context("could not connect as the event system's role")
+    /// Opens a session, runs `body` on a connection as the event system's role, and closes the session
+    /// whatever `body` returned.
+    async fn run<T>(
+        settings: &Settings,
+        modules: &[Arc<dyn Module>],
+        body: impl AsyncFnOnce(&Client) -> anyhow::Result<T>,
+    ) -> anyhow::Result<T> {
+        let session = Self::open(settings, modules).await?;
+        let result = async {
+            let client = bootstrap::connect(&session.config)
+                .await
+                .context("could not connect as the event system's role")?;
+            body(&client).await
+        }
+        .await;
+        session.close()?;
+        result
     }
 
     fn close(self) -> anyhow::Result<()> {
@@ -200,14 +215,10 @@ async fn events_cmd(
 ) -> anyhow::Result<()> {
     match action {
         EventsAction::DeadLetters { target, subscriber } => {
-            let session = EventSession::open(&settings(file, &target, None)?, modules).await?;
-            let result = async {
-                let client = session.connect().await?;
-                Ok::<_, anyhow::Error>(dispatch::dead_letters(&client, subscriber.as_deref()).await?)
-            }
-            .await;
-            session.close()?;
-            let letters = result?;
+            let letters = EventSession::run(&settings(file, &target, None)?, modules, async |client| {
+                Ok(dispatch::dead_letters(client, subscriber.as_deref()).await?)
+            })
+            .await?;
             if letters.is_empty() {
                 eprintln!("no dead letters");
             }
@@ -216,16 +227,10 @@ async fn events_cmd(
             }
         }
         EventsAction::Replay { target, subscriber, seq } => {
-            let session = EventSession::open(&settings(file, &target, None)?, modules).await?;
-            let result = async {
-                let client = session.connect().await?;
-                Ok::<_, anyhow::Error>(
-                    dispatch::replay(&client, &subscribers(modules), subscriber.as_deref(), seq).await?,
-                )
-            }
-            .await;
-            session.close()?;
-            let report = result?;
+            let report = EventSession::run(&settings(file, &target, None)?, modules, async |client| {
+                Ok(dispatch::replay(client, &subscribers(modules), subscriber.as_deref(), seq).await?)
+            })
+            .await?;
             for (s, seq) in &report.replayed {
                 println!("replayed {s} seq {seq}");
             }
@@ -242,14 +247,10 @@ async fn events_cmd(
 }
 
 async fn doctor_cmd(settings: Settings, modules: &[Arc<dyn Module>]) -> anyhow::Result<()> {
-    let session = EventSession::open(&settings, modules).await?;
-    let result = async {
-        let client = session.connect().await?;
-        Ok::<_, anyhow::Error>(tessera_cdc::doctor::status(&client, SLOT, &subscribers(modules)).await?)
-    }
-    .await;
-    session.close()?;
-    let status = result?;
+    let status = EventSession::run(&settings, modules, async |client| {
+        Ok(tessera_cdc::doctor::status(client, SLOT, &subscribers(modules)).await?)
+    })
+    .await?;
     let checks = status.checks();
     for check in &checks {
         println!("{} {}: {}", if check.ok { "ok  " } else { "FAIL" }, check.name, check.detail);
