@@ -3,9 +3,9 @@
 //!
 //! ```text
 //! events.log ──▶ subscriber task (one per subscription, its own connection) ──▶ one transaction per batch:
-//!                  lock the cursor row, read the next events of its types, and for each event
-//!                  (in a savepoint) switch to the module's role, bind the event's tenant, run the handler;
-//!                  then move the cursor past what was handled ──▶ commit: effects and cursor together
+//!                  lock the cursor row, read the next events of its types, switch to the module's role,
+//!                  and for each event bind its tenant and run the handler; then move the cursor past
+//!                  what was handled ──▶ commit: effects and cursor together
 //! ```
 //!
 //! - Exactly once: a handler's writes and the cursor commit in the same transaction, so a crash anywhere
@@ -14,8 +14,9 @@
 //! - Order: `seq` follows commit order (see `sql/events/V2__subscribers.sql`); every subscriber reads in it.
 //! - Wake-ups: the CDC worker notifies `tessera_events` in each transaction it commits; a listener wakes every
 //!   subscriber. A long fallback timer covers a notification lost while the listener reconnects.
-//! - Failures: a failing handler's savepoint is rolled back, what came before it commits, and the event is
-//!   retried with exponential backoff. After `max_attempts` it is parked in `events.dead_letters` with its
+//! - Failures: a batch whose handler fails is rolled back and run again with each handler in a savepoint
+//!   (subtransactions cost too much to use always), so what came before the failing event commits; the
+//!   event is retried with exponential backoff. After `max_attempts` it is parked in `events.dead_letters` with its
 //!   error and the subscriber moves on; `tessera events replay` hands it to the handler again. Subscribers
 //!   are independent tasks with their own connections: one that fails or stops holds up no other.
 //! - Entitlements: a handler runs only for tenants that have its module enabled; other tenants' events pass
@@ -26,6 +27,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::FutureExt;
+use tessera_core::module::StatementCache;
 use tessera_core::roles::{EVENTS, module_role, quote_ident};
 use tessera_core::{EffectTx, Event, HandlerError, Subscription, bootstrap};
 use tokio::sync::watch;
@@ -62,7 +64,7 @@ pub struct DispatchSettings {
     /// The event system's login (`tessera_replication`), which may become `tessera_events` and module roles.
     pub connection: tokio_postgres::Config,
     pub subscribers: Vec<Subscriber>,
-    /// Events handled per transaction.
+    /// Events handled per transaction (at most 50 while a failing handler is retried, each in a savepoint).
     pub batch: i64,
     /// Attempts before an event whose handler fails definitely is parked as a dead letter (transient
     /// failures are retried for as long as they last).
@@ -81,8 +83,7 @@ impl DispatchSettings {
         Self {
             connection,
             subscribers,
-            // Each event runs in a savepoint; Postgres caches 64 subtransactions per transaction.
-            batch: 50,
+            batch: 200,
             max_attempts: 5,
             base_backoff: Duration::from_millis(100),
             max_backoff: Duration::from_secs(5),
@@ -303,6 +304,9 @@ impl SubscriberState {
         settings: &DispatchSettings,
         wake: &mut watch::Receiver<u64>,
     ) -> Result<(), tokio_postgres::Error> {
+        // Statements are prepared once per connection (plans that depend on the role or on the row policies
+        // are checked by Postgres at each execution).
+        let statements = StatementCache::default();
         loop {
             // A definite failure that has used up its attempts (perhaps over several connections) is parked.
             if let Some((seq, attempts, error)) = self.failing.clone()
@@ -315,7 +319,16 @@ impl SubscriberState {
             }
             // Seen before the log is read: a notification arriving meanwhile triggers another round.
             wake.borrow_and_update();
-            let round = deliver_batch(client, &self.subscriber, settings.batch, &mut self.in_flight).await?;
+            let failing = self.failing.as_ref().map(|(seq, _, _)| *seq);
+            let round = deliver_batch(
+                client,
+                &statements,
+                &self.subscriber,
+                settings.batch,
+                failing,
+                &mut self.in_flight,
+            )
+            .await?;
             self.progressed = true;
             match round {
                 Round::More => self.failing = None,
@@ -352,36 +365,106 @@ fn event_from_row(row: &tokio_postgres::Row) -> Event {
     }
 }
 
-/// One transaction: the next events after the cursor, each handled in a savepoint, and the cursor moved past
-/// what was handled.
+/// How a batch runs its handlers.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Mode {
+    /// Every handler in the batch's transaction, without savepoints (subtransactions are expensive: beyond
+    /// 64 in one transaction every visibility check consults `pg_subtrans`). When a handler fails, the whole
+    /// batch is rolled back and run again carefully.
+    Fast,
+    /// Each handler in a savepoint, up to and including the event at `through`: what comes before a failing
+    /// handler commits, and its failure is recorded.
+    Careful { through: i64 },
+}
+
+/// Savepoints per careful transaction: Postgres caches 64 subtransactions per transaction.
+const CAREFUL_BATCH: i64 = 50;
+
+/// What one transaction did.
+enum Attempt {
+    Committed(Round),
+    /// A fast batch's handler failed at this event; the whole batch was rolled back.
+    RolledBack {
+        seq: i64,
+    },
+}
+
+/// Delivers the next events after the subscriber's cursor and moves it past what was handled: in one fast
+/// transaction, or, when a handler fails (now, or in an earlier round: `failing`), in careful ones through
+/// that event.
 async fn deliver_batch(
     client: &Client,
+    statements: &StatementCache,
     subscriber: &Subscriber,
     batch: i64,
+    failing: Option<i64>,
     in_flight: &mut Option<i64>,
 ) -> Result<Round, tokio_postgres::Error> {
-    let events_role = quote_ident(EVENTS);
+    let mut mode = match failing {
+        None => Mode::Fast,
+        Some(through) => Mode::Careful { through },
+    };
+    loop {
+        let attempt = deliver_in_tx(client, statements, subscriber, batch, mode, in_flight).await?;
+        *in_flight = None;
+        match (mode, attempt) {
+            (_, Attempt::RolledBack { seq }) => mode = Mode::Careful { through: seq },
+            (Mode::Fast, Attempt::Committed(round)) => return Ok(round),
+            (Mode::Careful { .. }, Attempt::Committed(round)) => match round {
+                // Through the failing event (a failure that has passed): back to fast batches.
+                Round::CaughtUp => return Ok(Round::More),
+                // A full careful batch short of it: on towards it.
+                Round::More => {}
+                Round::Failed { .. } => return Ok(round),
+            },
+        }
+    }
+}
+
+/// One transaction as `tessera_events`: lock the subscriber's cursor, read the next events of its types,
+/// hand them to the handler, move the cursor past what was handled, commit.
+async fn deliver_in_tx(
+    client: &Client,
+    statements: &StatementCache,
+    subscriber: &Subscriber,
+    batch: i64,
+    mode: Mode,
+    in_flight: &mut Option<i64>,
+) -> Result<Attempt, tokio_postgres::Error> {
     // A handler stuck on a lock or a slow statement fails (transiently) instead of stalling the subscriber.
     // The commit is durable before anyone sees it (an effect seen and then lost in a crash would come back
     // as another row), whatever the server's default.
-    let round = as_events(
-        client,
-        Access::Write,
-        "set local lock_timeout = '10s'; set local statement_timeout = '60s'; set local synchronous_commit = on",
-        async || deliver_in_tx(client, subscriber, batch, &events_role, in_flight).await,
-    )
-    .await?;
-    *in_flight = None;
-    Ok(round)
+    client
+        .batch_execute(&format!(
+            "begin; set local role {}; set local lock_timeout = '10s'; set local statement_timeout = '60s'; \
+             set local synchronous_commit = on",
+            quote_ident(EVENTS)
+        ))
+        .await?;
+    match handle_batch(client, statements, subscriber, batch, mode, in_flight).await {
+        Ok(Attempt::Committed(round)) => {
+            client.batch_execute("commit").await?;
+            Ok(Attempt::Committed(round))
+        }
+        Ok(rolled_back) => {
+            client.batch_execute("rollback").await?;
+            Ok(rolled_back)
+        }
+        Err(e) => {
+            let _ = client.batch_execute("rollback").await;
+            Err(e)
+        }
+    }
 }
 
-async fn deliver_in_tx(
+async fn handle_batch(
     client: &Client,
+    statements: &StatementCache,
     subscriber: &Subscriber,
     batch: i64,
-    events_role: &str,
+    mode: Mode,
     in_flight: &mut Option<i64>,
-) -> Result<Round, tokio_postgres::Error> {
+) -> Result<Attempt, tokio_postgres::Error> {
     let name = subscriber.name();
     let position: i64 = match client
         .query_opt("select position from events.subscribers where name = $1 for update", &[&name])
@@ -401,8 +484,16 @@ async fn deliver_in_tx(
         }
     };
     // Everything up to the horizon is committed (seq follows commit order), so the cursor may jump to it
-    // when no event of this subscriber's types lies in between.
-    let horizon: i64 = client.query_one("select coalesce(max(seq), 0) from events.log", &[]).await?.get(0);
+    // when no event of this subscriber's types lies in between. A careful batch stops at its event.
+    let mut horizon: i64 =
+        client.query_one("select coalesce(max(seq), 0) from events.log", &[]).await?.get(0);
+    let batch = match mode {
+        Mode::Fast => batch,
+        Mode::Careful { through } => {
+            horizon = horizon.min(through);
+            batch.min(CAREFUL_BATCH)
+        }
+    };
     let types: Vec<&str> = subscriber.subscription.types.to_vec();
     let rows = client
         .query(
@@ -414,22 +505,79 @@ async fn deliver_in_tx(
         )
         .await?;
     let full = rows.len() as i64 == batch;
-    let mut context = HandlerContext::default();
+    let mut context = HandlerContext::new(statements);
     let mut handled_to = if full { position } else { horizon.max(position) };
     let mut outcome = if full { Round::More } else { Round::CaughtUp };
-    for row in &rows {
-        let event = event_from_row(row);
-        *in_flight = Some(event.seq);
-        match handle_in_savepoint(client, subscriber, &event, events_role, &mut context).await? {
-            Ok(()) => {
+    let module_role = quote_ident(&module_role(subscriber.module));
+    let events_role = quote_ident(EVENTS);
+    match mode {
+        Mode::Fast => {
+            if !rows.is_empty() {
+                client.batch_execute(&format!("set local role {module_role}")).await?;
+            }
+            let mut previous = None;
+            let bind = EffectTx::with_cache(client, statements)
+                .prepare("select set_config('tessera.tenant_id', $1, true)")
+                .await?;
+            for row in &rows {
+                let event = event_from_row(row);
+                *in_flight = Some(event.seq);
+                // The tenant is bound in the same round trip as the handler's first statement: requests on
+                // one connection run in the order they are sent, and `join` polls (sends) the bind first.
+                let tenant = event.tenant_id.to_string();
+                let (bound, outcome) = futures_util::future::join(
+                    client.execute(&bind, &[&tenant]),
+                    run_handler(client, subscriber, &event, &mut context),
+                )
+                .await;
+                match bound {
+                    Ok(_) => {}
+                    // The previous handler swallowed a database error: the transaction was aborted before
+                    // this event's handler ran.
+                    Err(e) if e.as_db_error().is_some() && previous.is_some() => {
+                        return Ok(Attempt::RolledBack { seq: previous.unwrap_or(event.seq) });
+                    }
+                    Err(e) => return Err(e),
+                }
+                if !matches!(outcome?, Ok(())) {
+                    return Ok(Attempt::RolledBack { seq: event.seq });
+                }
                 if full {
                     handled_to = event.seq;
                 }
+                previous = Some(event.seq);
             }
-            Err(error) => {
-                handled_to = event.seq - 1;
-                outcome = Round::Failed { seq: event.seq, error };
-                break;
+            if let Some(last) = rows.last() {
+                match client
+                    .batch_execute(&format!(
+                        "set local role {events_role}; select set_config('tessera.tenant_id', '', true)"
+                    ))
+                    .await
+                {
+                    Ok(()) => {}
+                    Err(e) if e.as_db_error().is_some() => {
+                        return Ok(Attempt::RolledBack { seq: last.get(0) });
+                    }
+                    Err(e) => return Err(e),
+                }
+            }
+        }
+        Mode::Careful { .. } => {
+            for row in &rows {
+                let event = event_from_row(row);
+                *in_flight = Some(event.seq);
+                match handle_in_savepoint(client, subscriber, &event, &events_role, &mut context).await? {
+                    Ok(()) => {
+                        if full {
+                            handled_to = event.seq;
+                        }
+                    }
+                    Err(error) => {
+                        handled_to = event.seq - 1;
+                        outcome = Round::Failed { seq: event.seq, error };
+                        break;
+                    }
+                }
             }
         }
     }
@@ -441,7 +589,7 @@ async fn deliver_in_tx(
             )
             .await?;
     }
-    Ok(outcome)
+    Ok(Attempt::Committed(outcome))
 }
 
 /// Runs the handler in a savepoint as the module's role with the event's tenant bound. The outer error is
@@ -451,7 +599,7 @@ async fn handle_in_savepoint(
     subscriber: &Subscriber,
     event: &Event,
     events_role: &str,
-    context: &mut HandlerContext,
+    context: &mut HandlerContext<'_>,
 ) -> Result<Result<(), HandlerError>, tokio_postgres::Error> {
     // One round trip: the tenant is a UUID (hex and dashes) and the role a quoted identifier.
     client
@@ -461,28 +609,7 @@ async fn handle_in_savepoint(
             event.tenant_id
         ))
         .await?;
-    // A tenant without the module (never enabled, or disabled since) gets none of its effects. Asked once
-    // per tenant and batch.
-    let enabled = match context.enabled.get(&event.tenant_id) {
-        Some(enabled) => *enabled,
-        None => {
-            let enabled: bool =
-                client.query_one("select core.module_enabled($1)", &[&subscriber.module]).await?.get(0);
-            context.enabled.insert(event.tenant_id, enabled);
-            enabled
-        }
-    };
-    let outcome = if enabled {
-        let tx = EffectTx::with_cache(client, &context.statements);
-        // A panicking handler is a failing handler, not a dead subscriber.
-        match std::panic::AssertUnwindSafe((subscriber.subscription.handle)(&tx, event)).catch_unwind().await
-        {
-            Ok(outcome) => outcome,
-            Err(_) => Err(HandlerError::definite("the handler panicked")),
-        }
-    } else {
-        Ok(())
-    };
+    let outcome = run_handler(client, subscriber, event, context).await?;
     let outcome = match outcome {
         // A handler that swallowed a database error leaves the transaction aborted: then releasing fails.
         Ok(()) => match client
@@ -506,12 +633,50 @@ async fn handle_in_savepoint(
     Ok(outcome)
 }
 
+/// Runs the handler for an event whose tenant is bound, if the tenant has the module. The outer error is
+/// the connection's; the inner one the handler's.
+async fn run_handler(
+    client: &Client,
+    subscriber: &Subscriber,
+    event: &Event,
+    context: &mut HandlerContext<'_>,
+) -> Result<Result<(), HandlerError>, tokio_postgres::Error> {
+    // A tenant without the module (never enabled, or disabled since) gets none of its effects. Asked once
+    // per tenant and batch.
+    let enabled = match context.enabled.get(&event.tenant_id) {
+        Some(enabled) => *enabled,
+        None => {
+            let enabled: bool =
+                client.query_one("select core.module_enabled($1)", &[&subscriber.module]).await?.get(0);
+            context.enabled.insert(event.tenant_id, enabled);
+            enabled
+        }
+    };
+    if !enabled {
+        return Ok(Ok(()));
+    }
+    let tx = EffectTx::with_cache(client, context.statements);
+    // A panicking handler is a failing handler, not a dead subscriber.
+    Ok(
+        match std::panic::AssertUnwindSafe((subscriber.subscription.handle)(&tx, event)).catch_unwind().await
+        {
+            Ok(outcome) => outcome,
+            Err(_) => Err(HandlerError::definite("the handler panicked")),
+        },
+    )
+}
+
 /// What the handlers of one batch share: the connection's prepared statements and which tenants have the
 /// module.
-#[derive(Default)]
-struct HandlerContext {
-    statements: tessera_core::module::StatementCache,
+struct HandlerContext<'c> {
+    statements: &'c StatementCache,
     enabled: HashMap<uuid::Uuid, bool>,
+}
+
+impl<'c> HandlerContext<'c> {
+    fn new(statements: &'c StatementCache) -> Self {
+        Self { statements, enabled: HashMap::new() }
+    }
 }
 
 /// Parks an event that kept failing, and moves the subscriber past it, in one transaction.
@@ -689,8 +854,10 @@ async fn replay_one(
         return Ok(Some(Err(HandlerError::definite("the event is no longer in the log (retention)"))));
     };
     let event = event_from_row(&row);
+    let statements = StatementCache::default();
     let outcome =
-        handle_in_savepoint(client, subscriber, &event, events_role, &mut HandlerContext::default()).await?;
+        handle_in_savepoint(client, subscriber, &event, events_role, &mut HandlerContext::new(&statements))
+            .await?;
     if outcome.is_ok() {
         client
             .execute(

@@ -124,7 +124,8 @@ impl<'a> EffectTx<'a> {
         Self { client, cache: Some(cache) }
     }
 
-    async fn prepare(&self, sql: &str) -> Result<tokio_postgres::Statement, tokio_postgres::Error> {
+    /// The statement, prepared on first use (once per connection with a cache).
+    pub async fn prepare(&self, sql: &str) -> Result<tokio_postgres::Statement, tokio_postgres::Error> {
         let Some(cache) = self.cache else { return self.client.prepare(sql).await };
         if let Some(statement) = cache.lock().ok().and_then(|c| c.get(sql).cloned()) {
             return Ok(statement);
@@ -161,6 +162,24 @@ impl<'a> EffectTx<'a> {
     ) -> Result<u64, tokio_postgres::Error> {
         let statement = self.prepare(sql).await?;
         self.client.execute(&statement, params).await
+    }
+
+    /// Two statements in one round trip: both are prepared first, then sent together; the second runs after
+    /// the first (a connection runs its requests in the order they are sent), and fails when the first did
+    /// (the transaction is then aborted). Returns both row counts.
+    pub async fn execute_pair(
+        &self,
+        (first, first_params): (&str, &[&(dyn tokio_postgres::types::ToSql + Sync)]),
+        (second, second_params): (&str, &[&(dyn tokio_postgres::types::ToSql + Sync)]),
+    ) -> Result<(u64, u64), tokio_postgres::Error> {
+        let (a, b) = (self.prepare(first).await?, self.prepare(second).await?);
+        // `join` polls its first future first, and a request is sent when its future is first polled.
+        let (a, b) = futures_util::future::join(
+            self.client.execute(&a, first_params),
+            self.client.execute(&b, second_params),
+        )
+        .await;
+        Ok((a?, b?))
     }
 }
 

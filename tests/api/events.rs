@@ -63,6 +63,18 @@ fn flaky<'a>(tx: &'a EffectTx<'a>, event: &'a Event) -> Effect<'a> {
     Box::pin(record(tx, "flaky", event))
 }
 
+/// Swallows the database error of a broken statement at amount 7.00 and claims success: the transaction is
+/// aborted all the same, and the dispatcher must notice.
+fn swallowing<'a>(tx: &'a EffectTx<'a>, event: &'a Event) -> Effect<'a> {
+    Box::pin(async move {
+        if amount(event).as_deref() == Some("7.00") {
+            let _ = tx.execute("select 1 / 0", &[]).await;
+            return Ok(());
+        }
+        record(tx, "swallowing", event).await
+    })
+}
+
 fn subscriber(
     name: &'static str,
     handle: for<'a> fn(&'a EffectTx<'a>, &'a Event) -> Effect<'a>,
@@ -240,6 +252,55 @@ async fn a_poison_event_is_parked_then_replayed_once() {
         dispatch::replay(&events, &subscribers, Some("nobody.here"), None).await,
         Err(dispatch::ReplayError::UnknownSubscriber(_))
     ));
+    dispatcher.abort();
+    worker.abort();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backlog_with_failing_handlers_commits_everything_else_once() {
+    let mut app = TestApp::spawn().await;
+    let (_, key) = app.tenant("acme").await;
+    let admin = connect(&cluster().superuser, &app.db.name).await;
+    effects_table(&admin).await;
+    let worker = start(&settings(&app), &admin).await;
+    let deal = app.create("deals", &key, json!({"title": "Backlog"})).await;
+    let mut settings = dispatch_settings(
+        &app,
+        vec![subscriber("test.flaky", flaky), subscriber("test.swallowing", swallowing)],
+    )
+    .await;
+    settings.max_attempts = 2;
+    settings.batch = 200;
+    admin
+        .execute("insert into crm.test_faults (subscriber, amount) values ('flaky', '17.00')", &[])
+        .await
+        .expect("fault");
+    // The whole backlog is in the log before the dispatcher starts, so that it comes as one batch.
+    const UPDATES: i64 = 30;
+    for i in 1..=UPDATES {
+        let r = app.patch(&format!("/v1/crm/deals/{deal}"), &key, json!({"amount": i})).await;
+        assert_eq!(r.status, 200);
+    }
+    let logged = "select count(*) from events.log where type = 'crm.deals.update'";
+    assert_eq!(wait_for(&admin, logged, UPDATES).await, UPDATES);
+    let dispatcher = tokio::spawn(dispatch::run(settings));
+
+    for (subscriber, broken) in [("flaky", "17.00"), ("swallowing", "7.00")] {
+        assert_eq!(wait_effects(&admin, subscriber, UPDATES - 1).await, UPDATES - 1, "{subscriber}");
+        let amounts: Vec<String> =
+            effects(&admin, subscriber).await.into_iter().map(|(_, a)| a.expect("amount")).collect();
+        let expected: Vec<String> =
+            (1..=UPDATES).map(|i| format!("{i}.00")).filter(|a| a != broken).collect();
+        assert_eq!(amounts, expected, "{subscriber}: every other event once, in order");
+    }
+    let parked = "select count(*) from events.dead_letters";
+    assert_eq!(wait_for(&admin, parked, 2).await, 2);
+    let swallowed: String = admin
+        .query_one("select error from events.dead_letters where subscriber = 'test.swallowing'", &[])
+        .await
+        .expect("letter")
+        .get(0);
+    assert!(swallowed.contains("transaction had failed"), "{swallowed}");
     dispatcher.abort();
     worker.abort();
 }

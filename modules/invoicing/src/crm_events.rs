@@ -18,7 +18,8 @@
 //!   events and two drafts (`deal_id` tells them apart from the rest; a draft billed twice is deleted by
 //!   hand, which is cheaper than a win never billed). Editing a won deal is not a win and bills nothing.
 //! - Idempotent by event id on top of the dispatcher's exactly-once delivery: the unique index on
-//!   `(tenant_id, source_event_id)` and `on conflict do nothing`, plus a check before any customer is made.
+//!   `(tenant_id, source_event_id)` and `on conflict do nothing`, plus, for a deal without a company, a check
+//!   before its placeholder customer is made.
 //! - Amounts arrive as JSON strings (the CDC worker keeps numeric exact, so that is the normal case) or as
 //!   JSON numbers; either way their decimal text goes to Postgres as `$n::text::numeric`. A string is
 //!   exact whatever its length; a number is as exact as serde_json kept it (its shortest round-trip form).
@@ -29,7 +30,7 @@
 use serde_json::Value;
 use tessera_core::{Effect, EffectTx, Event, HandlerError};
 
-use crate::store;
+use crate::store::{self, Billed};
 
 /// The event types of the subscription.
 pub const TYPES: &[&str] = &["deal.closed.won", "crm.companies.insert", "crm.companies.update"];
@@ -56,9 +57,6 @@ async fn mirror_company(tx: &EffectTx<'_>, event: &Event) -> Result<(), HandlerE
 
 async fn invoice_won_deal(tx: &EffectTx<'_>, event: &Event) -> Result<(), HandlerError> {
     let deal = event.new_uuid("id").ok_or_else(|| malformed(event, "the deal's id"))?;
-    if store::event_invoiced(tx, event.id).await? {
-        return Ok(());
-    }
     let title = match event.new_text("title").map(|t| clip(t, 200)).filter(|t| !t.is_empty()) {
         Some(t) => t.to_owned(),
         None => format!("Deal {deal}"),
@@ -66,13 +64,27 @@ async fn invoice_won_deal(tx: &EffectTx<'_>, event: &Event) -> Result<(), Handle
     let amount =
         event.new_value("amount").and_then(decimal_text).ok_or_else(|| malformed(event, "an amount"))?;
     let currency = event.new_text("currency").unwrap_or("USD");
-    let customer = match event.new_uuid("company_id") {
-        Some(company) => store::customer_for_company(tx, company).await?.ok_or_else(|| {
-            HandlerError::definite(format!("the customer for CRM company {company} vanished"))
-        })?,
-        None => store::placeholder_customer(tx, &title).await?,
+    let billed = match event.new_uuid("company_id") {
+        Some(company) => Billed::Company(company),
+        None => {
+            // A redelivered event must not leave a second placeholder behind (a company's customer is found
+            // again instead).
+            if store::event_invoiced(tx, event.id).await? {
+                return Ok(());
+            }
+            Billed::Customer(store::placeholder_customer(tx, &title).await?)
+        }
     };
-    store::insert_deal_invoice(tx, customer, currency, deal, event.id, &title, &amount).await?;
+    if !store::insert_deal_invoice(tx, billed, currency, deal, event.id, &title, &amount).await?
+        && !store::event_invoiced(tx, event.id).await?
+    {
+        // Neither inserted nor there before: the company's customer was not found (a concurrent insert of
+        // it, committed after this statement's snapshot). A retry sees it.
+        return Err(HandlerError {
+            message: format!("no customer for the company of deal {deal} yet"),
+            transient: true,
+        });
+    }
     Ok(())
 }
 

@@ -278,28 +278,6 @@ pub async fn event_invoiced(tx: &EffectTx<'_>, event_id: Uuid) -> Result<bool, E
     Ok(row.is_some())
 }
 
-/// The customer mirroring a CRM company, created (named after the company's id until the CRM's next
-/// change to it) when there is none yet. `None` only if the row vanished in between, which cannot happen
-/// while the dispatcher runs one transaction per subscriber at a time.
-pub async fn customer_for_company(tx: &EffectTx<'_>, company_id: Uuid) -> Result<Option<Uuid>, Error> {
-    let row = tx
-        .query_opt(
-            "with created as (
-                 insert into invoicing.customers (id, name, crm_company_id)
-                 values ($1, 'Company ' || $2::uuid::text, $2::uuid)
-                 on conflict (tenant_id, crm_company_id) do nothing
-                 returning id
-             )
-             select id from created
-             union all
-             select id from invoicing.customers where crm_company_id = $2::uuid
-             limit 1",
-            &[&Uuid::now_v7(), &company_id],
-        )
-        .await?;
-    Ok(row.map(|r| r.get(0)))
-}
-
 /// A customer of its own (not linked to any CRM company), for a deal that has no company.
 pub async fn placeholder_customer(tx: &EffectTx<'_>, name: &str) -> Result<Uuid, Error> {
     let id = Uuid::now_v7();
@@ -307,33 +285,67 @@ pub async fn placeholder_customer(tx: &EffectTx<'_>, name: &str) -> Result<Uuid,
     Ok(id)
 }
 
+/// Who a deal invoice bills.
+pub enum Billed {
+    /// The customer mirroring this CRM company (created, named after the company's id, when there is none
+    /// yet).
+    Company(Uuid),
+    /// This customer.
+    Customer(Uuid),
+}
+
 /// A draft invoice billing a won deal: one line, the deal's title at its amount. Nothing happens when the
 /// event already produced an invoice (the unique index on `source_event_id`). `amount` is decimal text.
+///
+/// One round trip: the invoice (and the company's customer, in the same statement) and its line are sent
+/// together. The line is inserted only if its invoice was (not when the event had been invoiced before).
+/// Returns whether the invoice was inserted.
 pub async fn insert_deal_invoice(
     tx: &EffectTx<'_>,
-    customer_id: Uuid,
+    billed: Billed,
     currency: &str,
     deal_id: Uuid,
     event_id: Uuid,
     title: &str,
     amount: &str,
-) -> Result<(), Error> {
+) -> Result<bool, Error> {
     let invoice_id = Uuid::now_v7();
-    let inserted = tx
-        .execute(
-            "insert into invoicing.invoices (id, customer_id, currency, deal_id, source_event_id)
-             values ($1, $2, $3, $4, $5)
+    let customer_id = Uuid::now_v7();
+    let (company, customer) = match billed {
+        Billed::Company(company) => (Some(company), None),
+        Billed::Customer(customer) => (None, Some(customer)),
+    };
+    let line_id = Uuid::now_v7();
+    let (invoices, _) = tx
+        .execute_pair(
+            (
+                // The customer: the one given, or the company's (created if need be; a row inserted by this
+                // statement is not visible to its own select, hence the union).
+                "with created as (
+                 insert into invoicing.customers (id, name, crm_company_id)
+                 select $1, 'Company ' || $2::uuid::text, $2::uuid where $2::uuid is not null
+                 on conflict (tenant_id, crm_company_id) do nothing
+                 returning id
+             ), customer as (
+                 select $3::uuid as id where $3::uuid is not null
+                 union all
+                 select id from created
+                 union all
+                 select id from invoicing.customers where crm_company_id = $2::uuid
+                 limit 1
+             )
+             insert into invoicing.invoices (id, customer_id, currency, deal_id, source_event_id)
+             select $4, id, $5, $6, $7 from customer
              on conflict (tenant_id, source_event_id) do nothing",
-            &[&invoice_id, &customer_id, &currency, &deal_id, &event_id],
+                &[&customer_id, &company, &customer, &invoice_id, &currency, &deal_id, &event_id],
+            ),
+            (
+                "insert into invoicing.invoice_lines (id, invoice_id, description, quantity, unit_price)
+             select $1, $2, $3, 1, $4::text::numeric
+              where exists (select 1 from invoicing.invoices where id = $2)",
+                &[&line_id, &invoice_id, &title, &amount],
+            ),
         )
         .await?;
-    if inserted == 1 {
-        tx.execute(
-            "insert into invoicing.invoice_lines (id, invoice_id, description, quantity, unit_price)
-             values ($1, $2, $3, 1, $4::text::numeric)",
-            &[&Uuid::now_v7(), &invoice_id, &title, &amount],
-        )
-        .await?;
-    }
-    Ok(())
+    Ok(invoices == 1)
 }
