@@ -515,37 +515,38 @@ async fn handle_batch(
             if !rows.is_empty() {
                 client.batch_execute(&format!("set local role {module_role}")).await?;
             }
-            let mut previous = None;
             let bind = EffectTx::with_cache(client, statements)
                 .prepare("select set_config('tessera.tenant_id', $1, true)")
                 .await?;
-            for row in &rows {
-                let event = event_from_row(row);
-                *in_flight = Some(event.seq);
+            let events: Vec<Event> = rows.iter().map(event_from_row).collect();
+            // The last event of the group before: a handler that swallowed a database error is noticed when
+            // the next group's tenant cannot be bound.
+            let mut previous = None;
+            for group in events.chunk_by(|a, b| a.tenant_id == b.tenant_id) {
+                let (first, last) = (group[0].seq, group[group.len() - 1].seq);
+                *in_flight = Some(first);
                 // The tenant is bound in the same round trip as the handler's first statement: requests on
                 // one connection run in the order they are sent, and `join` polls (sends) the bind first.
-                let tenant = event.tenant_id.to_string();
+                let tenant = group[0].tenant_id.to_string();
                 let (bound, outcome) = futures_util::future::join(
                     client.execute(&bind, &[&tenant]),
-                    run_handler(client, subscriber, &event, &mut context),
+                    run_handlers(client, subscriber, group, &mut context),
                 )
                 .await;
                 match bound {
                     Ok(_) => {}
-                    // The previous handler swallowed a database error: the transaction was aborted before
-                    // this event's handler ran.
                     Err(e) if e.as_db_error().is_some() && previous.is_some() => {
-                        return Ok(Attempt::RolledBack { seq: previous.unwrap_or(event.seq) });
+                        return Ok(Attempt::RolledBack { seq: previous.unwrap_or(first) });
                     }
                     Err(e) => return Err(e),
                 }
                 if !matches!(outcome?, Ok(())) {
-                    return Ok(Attempt::RolledBack { seq: event.seq });
+                    return Ok(Attempt::RolledBack { seq: last });
                 }
                 if full {
-                    handled_to = event.seq;
+                    handled_to = last;
                 }
-                previous = Some(event.seq);
+                previous = Some(last);
             }
             if let Some(last) = rows.last() {
                 match client
@@ -609,7 +610,7 @@ async fn handle_in_savepoint(
             event.tenant_id
         ))
         .await?;
-    let outcome = run_handler(client, subscriber, event, context).await?;
+    let outcome = run_handlers(client, subscriber, std::slice::from_ref(event), context).await?;
     let outcome = match outcome {
         // A handler that swallowed a database error leaves the transaction aborted: then releasing fails.
         Ok(()) => match client
@@ -633,14 +634,16 @@ async fn handle_in_savepoint(
     Ok(outcome)
 }
 
-/// Runs the handler for an event whose tenant is bound, if the tenant has the module. The outer error is
-/// the connection's; the inner one the handler's.
-async fn run_handler(
+/// Runs the handler for consecutive events of one tenant, which is bound, if the tenant has the module:
+/// all at once when the subscription can, else one by one until one fails. The outer error is the
+/// connection's; the inner one the handler's.
+async fn run_handlers(
     client: &Client,
     subscriber: &Subscriber,
-    event: &Event,
+    events: &[Event],
     context: &mut HandlerContext<'_>,
 ) -> Result<Result<(), HandlerError>, tokio_postgres::Error> {
+    let Some(event) = events.first() else { return Ok(Ok(())) };
     // A tenant without the module (never enabled, or disabled since) gets none of its effects. Asked once
     // per tenant and batch.
     let enabled = match context.enabled.get(&event.tenant_id) {
@@ -656,14 +659,22 @@ async fn run_handler(
         return Ok(Ok(()));
     }
     let tx = EffectTx::with_cache(client, context.statements);
+    let subscription = &subscriber.subscription;
     // A panicking handler is a failing handler, not a dead subscriber.
-    Ok(
-        match std::panic::AssertUnwindSafe((subscriber.subscription.handle)(&tx, event)).catch_unwind().await
-        {
-            Ok(outcome) => outcome,
-            Err(_) => Err(HandlerError::definite("the handler panicked")),
-        },
-    )
+    let handled = std::panic::AssertUnwindSafe(async {
+        match subscription.handle_many {
+            Some(handle_many) if events.len() > 1 => handle_many(&tx, events).await,
+            _ => {
+                for event in events {
+                    (subscription.handle)(&tx, event).await?;
+                }
+                Ok(())
+            }
+        }
+    })
+    .catch_unwind()
+    .await;
+    Ok(handled.unwrap_or_else(|_| Err(HandlerError::definite("the handler panicked"))))
 }
 
 /// What the handlers of one batch share: the connection's prepared statements and which tenants have the

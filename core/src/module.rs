@@ -229,6 +229,26 @@ pub struct Subscription {
     /// The event types it receives; others pass it by.
     pub types: &'static [&'static str],
     pub handle: for<'a> fn(&'a EffectTx<'a>, &'a Event) -> Effect<'a>,
+    /// Optionally, the same for several consecutive events of one tenant at once (in log order), with the
+    /// same effects as `handle` on each in turn: a module whose per-event statements cost more than the
+    /// work itself does them set-wise. When it fails, the dispatcher falls back to `handle`, event by event,
+    /// to find the failing one.
+    pub handle_many: Option<for<'a> fn(&'a EffectTx<'a>, &'a [Event]) -> Effect<'a>>,
+}
+
+impl Subscription {
+    pub fn new(
+        name: &'static str,
+        types: &'static [&'static str],
+        handle: for<'a> fn(&'a EffectTx<'a>, &'a Event) -> Effect<'a>,
+    ) -> Self {
+        Self { name, types, handle, handle_many: None }
+    }
+
+    /// With a handler for runs of events (see [`Subscription::handle_many`]).
+    pub fn with_many(self, handle_many: for<'a> fn(&'a EffectTx<'a>, &'a [Event]) -> Effect<'a>) -> Self {
+        Self { handle_many: Some(handle_many), ..self }
+    }
 }
 
 impl std::fmt::Debug for Subscription {

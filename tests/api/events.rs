@@ -79,7 +79,7 @@ fn subscriber(
     name: &'static str,
     handle: for<'a> fn(&'a EffectTx<'a>, &'a Event) -> Effect<'a>,
 ) -> Subscriber {
-    Subscriber { module: "crm", subscription: Subscription { name, types: &["crm.deals.update"], handle } }
+    Subscriber { module: "crm", subscription: Subscription::new(name, &["crm.deals.update"], handle) }
 }
 
 /// Settings for the test's dispatcher, its subscribers registered (at the current end of the log).

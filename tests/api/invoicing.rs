@@ -963,6 +963,27 @@ async fn deliver(app: &TestApp, event: &Event) -> Result<(), HandlerError> {
     result
 }
 
+/// Runs the subscription's handler for several events of one tenant at once, as the dispatcher does with a
+/// backlog.
+async fn deliver_many(app: &TestApp, events: &[Event]) -> Result<(), HandlerError> {
+    let subscription = tessera_invoicing::Invoicing
+        .subscriptions()
+        .into_iter()
+        .find(|s| s.name == "invoicing.deals")
+        .expect("the subscription");
+    let handle_many = subscription.handle_many.expect("invoicing handles runs of events");
+    let client = connect(&cluster().superuser, &app.db.name).await;
+    client.batch_execute("begin; set local role tessera_invoicing").await.expect("role");
+    client
+        .execute("select set_config('tessera.tenant_id', $1, true)", &[&events[0].tenant_id.to_string()])
+        .await
+        .expect("bind");
+    let tx = EffectTx::new(&client);
+    let result = handle_many(&tx, events).await;
+    client.batch_execute(if result.is_ok() { "commit" } else { "rollback" }).await.expect("end");
+    result
+}
+
 fn won_deal(tenant: TenantId, deal: &str, company: Option<&str>, amount: Value) -> Event {
     event(
         tenant,
@@ -1013,6 +1034,68 @@ async fn a_won_deal_becomes_one_draft_invoice_even_when_delivered_twice() {
 
     // The draft is a normal draft: it can be issued.
     assert_eq!(issue(&app, &key, &ids(&list)[0]).await.body["number"], "INV-000001");
+}
+
+#[tokio::test]
+async fn a_run_of_events_handled_at_once_has_the_effects_of_handling_them_one_by_one() {
+    let mut app = TestApp::spawn().await;
+    let (one_by_one, _) = app.tenant("acme").await;
+    let (at_once, _) = app.tenant("globex").await;
+    let (known, unknown) = (uuid::Uuid::now_v7().to_string(), uuid::Uuid::now_v7().to_string());
+    let deals: Vec<String> = (0..7).map(|_| uuid::Uuid::now_v7().to_string()).collect();
+    // Wins of a known company, of one the module has not heard of (a placeholder customer, renamed by the
+    // company event in between), of no company, and a malformed-free mix of amounts.
+    let script = |tenant: TenantId| {
+        let company = |id: &str, name: &str| {
+            json!({"tenant_id": tenant.to_string(), "id": id, "name": name, "domain": null})
+        };
+        vec![
+            event(tenant, "crm.companies.insert", "crm.companies", "insert", company(&known, "Initech")),
+            won_deal(tenant, &deals[0], Some(&known), json!("100.10")),
+            won_deal(tenant, &deals[1], Some(&known), json!(200)),
+            won_deal(tenant, &deals[2], Some(&unknown), json!("300.30")),
+            won_deal(tenant, &deals[3], Some(&unknown), json!("400.40")),
+            event(tenant, "crm.companies.update", "crm.companies", "update", company(&unknown, "Hooli")),
+            won_deal(tenant, &deals[4], None, json!("500.50")),
+            won_deal(tenant, &deals[5], Some(&unknown), json!("600.60")),
+            won_deal(tenant, &deals[6], Some(&known), json!("700.70")),
+        ]
+    };
+    for event in &script(one_by_one) {
+        deliver(&app, event).await.expect("one event");
+    }
+    let run = script(at_once);
+    deliver_many(&app, &run).await.expect("the run");
+    deliver_many(&app, &run).await.expect("the same run again");
+    deliver_many(&app, &run[1..3]).await.expect("part of it again");
+
+    let admin = connect(&cluster().superuser, &app.db.name).await;
+    let effects = async |tenant: TenantId| -> Vec<String> {
+        admin
+            .query(
+                "select concat_ws(' | ', i.deal_id, i.status, i.currency, i.total, c.name, c.crm_company_id,
+                                  l.description, l.quantity, l.unit_price, l.amount)
+                   from invoicing.invoices i
+                   join invoicing.customers c on c.tenant_id = i.tenant_id and c.id = i.customer_id
+                   join invoicing.invoice_lines l on l.tenant_id = i.tenant_id and l.invoice_id = i.id
+                  where i.tenant_id = $1
+                  order by i.deal_id",
+                &[&tenant.as_uuid()],
+            )
+            .await
+            .expect("effects")
+            .iter()
+            .map(|r| r.get(0))
+            .collect()
+    };
+    let expected = effects(one_by_one).await;
+    assert_eq!(expected.len(), 7, "{expected:#?}");
+    assert_eq!(effects(at_once).await, expected);
+    let customers = "select count(*) from invoicing.customers where tenant_id = $1";
+    let count = async |tenant: TenantId| -> i64 {
+        admin.query_one(customers, &[&tenant.as_uuid()]).await.expect("count").get(0)
+    };
+    assert_eq!((count(one_by_one).await, count(at_once).await), (3, 3), "two companies and a placeholder");
 }
 
 #[tokio::test]

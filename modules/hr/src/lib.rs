@@ -49,7 +49,7 @@ impl Module for Hr {
     }
 
     fn subscriptions(&self) -> Vec<Subscription> {
-        vec![Subscription { name: "hr.commissions", types: &["deal.closed.won"], handle: booking::handle }]
+        vec![Subscription::new("hr.commissions", &["deal.closed.won"], booking::handle)]
     }
 }
 

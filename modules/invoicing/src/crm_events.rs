@@ -30,7 +30,9 @@
 use serde_json::Value;
 use tessera_core::{Effect, EffectTx, Event, HandlerError};
 
-use crate::store::{self, Billed};
+use uuid::Uuid;
+
+use crate::store::{self, Billed, DealInvoice};
 
 /// The event types of the subscription.
 pub const TYPES: &[&str] = &["deal.closed.won", "crm.companies.insert", "crm.companies.update"];
@@ -55,35 +57,79 @@ async fn mirror_company(tx: &EffectTx<'_>, event: &Event) -> Result<(), HandlerE
     Ok(())
 }
 
-async fn invoice_won_deal(tx: &EffectTx<'_>, event: &Event) -> Result<(), HandlerError> {
+/// Several events of one tenant, in log order (see `Subscription::handle_many`): a run of won deals with a
+/// company is invoiced in one round trip; anything else goes one by one, in order.
+pub fn handle_many<'a>(tx: &'a EffectTx<'a>, events: &'a [Event]) -> Effect<'a> {
+    Box::pin(async move {
+        let mut rest = events;
+        while let Some(first) = rest.first() {
+            let companies: Vec<Uuid> = rest
+                .iter()
+                .map_while(|e| (e.kind == "deal.closed.won").then(|| e.new_uuid("company_id")).flatten())
+                .collect();
+            let run = companies.len();
+            if run > 1 {
+                let invoices = rest[..run]
+                    .iter()
+                    .zip(companies)
+                    .map(|(event, company)| won_deal(event, Billed::Company(company)))
+                    .collect::<Result<Vec<_>, _>>()?;
+                invoice_won_deals(tx, &invoices).await?;
+                rest = &rest[run..];
+            } else {
+                handle(tx, first).await?;
+                rest = &rest[1..];
+            }
+        }
+        Ok(())
+    })
+}
+
+/// The invoice a `deal.closed.won` event asks for, billed as given.
+fn won_deal(event: &Event, billed: Billed) -> Result<DealInvoice, HandlerError> {
     let deal = event.new_uuid("id").ok_or_else(|| malformed(event, "the deal's id"))?;
-    let title = match event.new_text("title").map(|t| clip(t, 200)).filter(|t| !t.is_empty()) {
-        Some(t) => t.to_owned(),
-        None => format!("Deal {deal}"),
-    };
     let amount =
         event.new_value("amount").and_then(decimal_text).ok_or_else(|| malformed(event, "an amount"))?;
-    let currency = event.new_text("currency").unwrap_or("USD");
+    let currency = event.new_text("currency").unwrap_or("USD").to_owned();
+    Ok(DealInvoice { billed, currency, deal_id: deal, event_id: event.id, title: deal_title(event)?, amount })
+}
+
+/// The deal's title, or "Deal <id>" when it has none.
+fn deal_title(event: &Event) -> Result<String, HandlerError> {
+    let deal = event.new_uuid("id").ok_or_else(|| malformed(event, "the deal's id"))?;
+    Ok(match event.new_text("title").map(|t| clip(t, 200)).filter(|t| !t.is_empty()) {
+        Some(t) => t.to_owned(),
+        None => format!("Deal {deal}"),
+    })
+}
+
+async fn invoice_won_deal(tx: &EffectTx<'_>, event: &Event) -> Result<(), HandlerError> {
     let billed = match event.new_uuid("company_id") {
         Some(company) => Billed::Company(company),
         None => {
-            // A redelivered event must not leave a second placeholder behind (a company's customer is found
-            // again instead).
+            // A redelivered event must not leave a second placeholder behind (a company's customer is
+            // found again instead).
             if store::event_invoiced(tx, event.id).await? {
                 return Ok(());
             }
-            Billed::Customer(store::placeholder_customer(tx, &title).await?)
+            Billed::Customer(store::placeholder_customer(tx, &deal_title(event)?).await?)
         }
     };
-    if !store::insert_deal_invoice(tx, billed, currency, deal, event.id, &title, &amount).await?
-        && !store::event_invoiced(tx, event.id).await?
-    {
-        // Neither inserted nor there before: the company's customer was not found (a concurrent insert of
-        // it, committed after this statement's snapshot). A retry sees it.
-        return Err(HandlerError {
-            message: format!("no customer for the company of deal {deal} yet"),
-            transient: true,
-        });
+    invoice_won_deals(tx, &[won_deal(event, billed)?]).await
+}
+
+async fn invoice_won_deals(tx: &EffectTx<'_>, invoices: &[DealInvoice]) -> Result<(), HandlerError> {
+    let inserted = store::insert_deal_invoices(tx, invoices).await?;
+    if inserted < invoices.len() as u64 {
+        // Those not inserted must have been there before; otherwise a company's customer was not found (a
+        // concurrent insert of it, committed after the statement's snapshot), and a retry sees it.
+        let events: Vec<Uuid> = invoices.iter().map(|i| i.event_id).collect();
+        if store::events_invoiced(tx, &events).await? < invoices.len() as i64 {
+            return Err(HandlerError {
+                message: format!("no customer yet for the company of a won deal (events {events:?})"),
+                transient: true,
+            });
+        }
     }
     Ok(())
 }

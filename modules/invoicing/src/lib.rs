@@ -56,7 +56,10 @@ impl Module for Invoicing {
     }
 
     fn subscriptions(&self) -> Vec<Subscription> {
-        vec![Subscription { name: "invoicing.deals", types: crm_events::TYPES, handle: crm_events::handle }]
+        vec![
+            Subscription::new("invoicing.deals", crm_events::TYPES, crm_events::handle)
+                .with_many(crm_events::handle_many),
+        ]
     }
 }
 

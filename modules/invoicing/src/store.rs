@@ -294,58 +294,98 @@ pub enum Billed {
     Customer(Uuid),
 }
 
-/// A draft invoice billing a won deal: one line, the deal's title at its amount. Nothing happens when the
-/// event already produced an invoice (the unique index on `source_event_id`). `amount` is decimal text.
+/// A draft invoice to bill a won deal with: one line, the deal's title at its amount (decimal text).
+pub struct DealInvoice {
+    pub billed: Billed,
+    pub currency: String,
+    pub deal_id: Uuid,
+    pub event_id: Uuid,
+    pub title: String,
+    pub amount: String,
+}
+
+/// Draft invoices billing won deals, in the order given. Nothing happens for an event that already produced
+/// an invoice (the unique index on `source_event_id`).
 ///
-/// One round trip: the invoice (and the company's customer, in the same statement) and its line are sent
-/// together. The line is inserted only if its invoice was (not when the event had been invoiced before).
-/// Returns whether the invoice was inserted.
-pub async fn insert_deal_invoice(
-    tx: &EffectTx<'_>,
-    billed: Billed,
-    currency: &str,
-    deal_id: Uuid,
-    event_id: Uuid,
-    title: &str,
-    amount: &str,
-) -> Result<bool, Error> {
-    let invoice_id = Uuid::now_v7();
-    let customer_id = Uuid::now_v7();
-    let (company, customer) = match billed {
-        Billed::Company(company) => (Some(company), None),
-        Billed::Customer(customer) => (None, Some(customer)),
-    };
-    let line_id = Uuid::now_v7();
-    let (invoices, _) = tx
+/// One round trip, whatever their number: the invoices (and the companies' customers, in the same statement)
+/// and their lines are sent together. A line is inserted only if its invoice was. Returns how many invoices
+/// were inserted.
+pub async fn insert_deal_invoices(tx: &EffectTx<'_>, invoices: &[DealInvoice]) -> Result<u64, Error> {
+    let n = invoices.len();
+    let (mut customer_ids, mut companies, mut customers, mut invoice_ids) =
+        (Vec::with_capacity(n), Vec::with_capacity(n), Vec::with_capacity(n), Vec::with_capacity(n));
+    let (mut currencies, mut deals, mut events, mut line_ids, mut titles, mut amounts) = (
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+    );
+    for invoice in invoices {
+        customer_ids.push(Uuid::now_v7());
+        let (company, customer) = match invoice.billed {
+            Billed::Company(company) => (Some(company), None),
+            Billed::Customer(customer) => (None, Some(customer)),
+        };
+        companies.push(company);
+        customers.push(customer);
+        invoice_ids.push(Uuid::now_v7());
+        currencies.push(invoice.currency.as_str());
+        deals.push(invoice.deal_id);
+        events.push(invoice.event_id);
+        line_ids.push(Uuid::now_v7());
+        titles.push(invoice.title.as_str());
+        amounts.push(invoice.amount.as_str());
+    }
+    let (inserted, _) = tx
         .execute_pair(
             (
-                // The customer: the one given, or the company's (created if need be; a row inserted by this
-                // statement is not visible to its own select, hence the union).
-                "with created as (
-                 insert into invoicing.customers (id, name, crm_company_id)
-                 select $1, 'Company ' || $2::uuid::text, $2::uuid where $2::uuid is not null
-                 on conflict (tenant_id, crm_company_id) do nothing
-                 returning id
-             ), customer as (
-                 select $3::uuid as id where $3::uuid is not null
-                 union all
-                 select id from created
-                 union all
-                 select id from invoicing.customers where crm_company_id = $2::uuid
-                 limit 1
-             )
-             insert into invoicing.invoices (id, customer_id, currency, deal_id, source_event_id)
-             select $4, id, $5, $6, $7 from customer
-             on conflict (tenant_id, source_event_id) do nothing",
-                &[&customer_id, &company, &customer, &invoice_id, &currency, &deal_id, &event_id],
+                // The customer: the one given, else the company's, created if need be (once per company; a
+                // row inserted by this statement is not visible to its own scan of customers, hence both
+                // joins).
+                "with input as (
+                     select * from unnest($1::uuid[], $2::uuid[], $3::uuid[], $4::uuid[], $5::text[], $6::uuid[],
+                                          $7::uuid[])
+                              with ordinality as t(new_customer, company, customer, invoice, currency, deal, event, ord)
+                 ), created as (
+                     insert into invoicing.customers (id, name, crm_company_id)
+                     select distinct on (company) new_customer, 'Company ' || company::text, company
+                       from input where company is not null
+                      order by company, ord
+                     on conflict (tenant_id, crm_company_id) do nothing
+                     returning id, crm_company_id
+                 )
+                 insert into invoicing.invoices (id, customer_id, currency, deal_id, source_event_id)
+                 select i.invoice, coalesce(i.customer, c.id, k.id), i.currency, i.deal, i.event
+                   from input i
+                   left join created c on c.crm_company_id = i.company
+                   left join invoicing.customers k on k.crm_company_id = i.company
+                  order by i.ord
+                 on conflict (tenant_id, source_event_id) do nothing",
+                &[&customer_ids, &companies, &customers, &invoice_ids, &currencies, &deals, &events],
             ),
             (
                 "insert into invoicing.invoice_lines (id, invoice_id, description, quantity, unit_price)
-             select $1, $2, $3, 1, $4::text::numeric
-              where exists (select 1 from invoicing.invoices where id = $2)",
-                &[&line_id, &invoice_id, &title, &amount],
+                 select l.id, l.invoice, l.title, 1, l.amount::numeric
+                   from unnest($1::uuid[], $2::uuid[], $3::text[], $4::text[])
+                        with ordinality as l(id, invoice, title, amount, ord)
+                  where exists (select 1 from invoicing.invoices v where v.id = l.invoice)
+                  order by l.ord",
+                &[&line_ids, &invoice_ids, &titles, &amounts],
             ),
         )
         .await?;
-    Ok(invoices == 1)
+    Ok(inserted)
+}
+
+/// How many of these events produced an invoice.
+pub async fn events_invoiced(tx: &EffectTx<'_>, event_ids: &[Uuid]) -> Result<i64, Error> {
+    let row = tx
+        .query_opt(
+            "select count(*) from invoicing.invoices where source_event_id = any($1::uuid[])",
+            &[&event_ids],
+        )
+        .await?;
+    Ok(row.map_or(0, |r| r.get(0)))
 }
