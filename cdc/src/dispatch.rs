@@ -31,6 +31,7 @@ use tessera_core::module::StatementCache;
 use tessera_core::roles::{EVENTS, module_role, quote_ident};
 use tessera_core::{EffectTx, Event, HandlerError, Subscription, bootstrap};
 use tokio::sync::watch;
+use tokio_postgres::error::SqlState;
 use tokio_postgres::{AsyncMessage, Client, NoTls};
 
 use crate::worker::CHANNEL;
@@ -431,21 +432,8 @@ async fn deliver_in_tx(
     mode: Mode,
     in_flight: &mut Option<i64>,
 ) -> Result<Attempt, tokio_postgres::Error> {
-    // A handler stuck on a lock or a slow statement fails (transiently) instead of stalling the subscriber.
-    // The commit is durable before anyone sees it (an effect seen and then lost in a crash would come back
-    // as another row), whatever the server's default.
-    client
-        .batch_execute(&format!(
-            "begin; set local role {}; set local lock_timeout = '10s'; set local statement_timeout = '60s'; \
-             set local synchronous_commit = on",
-            quote_ident(EVENTS)
-        ))
-        .await?;
     match handle_batch(client, statements, subscriber, batch, mode, in_flight).await {
-        Ok(Attempt::Committed(round)) => {
-            client.batch_execute("commit").await?;
-            Ok(Attempt::Committed(round))
-        }
+        Ok(attempt @ Attempt::Committed(_)) => Ok(attempt),
         Ok(rolled_back) => {
             client.batch_execute("rollback").await?;
             Ok(rolled_back)
@@ -457,6 +445,26 @@ async fn deliver_in_tx(
     }
 }
 
+/// The subscriber's cursor (locked for the transaction), the horizon (the end of the log, or the careful
+/// batch's last event: `$2`) and the next events of its types between the two: one row per event, or one
+/// row of nulls when there is none; no row when the subscriber is not registered.
+const READ_BATCH: &str = "with cursor as (
+         select position from events.subscribers where name = $1 for update
+     ), horizon as (
+         select least(coalesce(max(seq), 0), $2) as horizon from events.log
+     )
+     select c.position, h.horizon, e.seq, e.id, e.tenant_id, e.type, e.commit_time, e.data
+       from cursor c cross join horizon h
+       left join lateral (
+           select seq, id, tenant_id, type, commit_time, data from events.log l
+            where l.seq > c.position and l.seq <= h.horizon and l.type = any($3)
+            order by l.seq limit $4
+       ) e on true
+      order by e.seq";
+
+/// Begins the transaction, reads and handles a batch, moves the cursor and commits; or, when a fast batch's
+/// handler fails, leaves the transaction for the caller to roll back. Round trips: one to begin and read,
+/// one per tenant's run of events (with the handler's), one to move the cursor and commit.
 async fn handle_batch(
     client: &Client,
     statements: &StatementCache,
@@ -466,73 +474,94 @@ async fn handle_batch(
     in_flight: &mut Option<i64>,
 ) -> Result<Attempt, tokio_postgres::Error> {
     let name = subscriber.name();
-    let position: i64 = match client
-        .query_opt("select position from events.subscribers where name = $1 for update", &[&name])
-        .await?
-    {
-        Some(row) => row.get(0),
-        None => {
-            // Registered at start; recreated (from now) if an operator removed it meanwhile.
-            client
-                .query_one(
-                    "insert into events.subscribers (name, position)
-                     select $1, coalesce(max(seq), 0) from events.log returning position",
-                    &[&name],
-                )
-                .await?
-                .get(0)
-        }
-    };
-    // Everything up to the horizon is committed (seq follows commit order), so the cursor may jump to it
-    // when no event of this subscriber's types lies in between. A careful batch stops at its event.
-    let mut horizon: i64 =
-        client.query_one("select coalesce(max(seq), 0) from events.log", &[]).await?.get(0);
-    let batch = match mode {
-        Mode::Fast => batch,
-        Mode::Careful { through } => {
-            horizon = horizon.min(through);
-            batch.min(CAREFUL_BATCH)
-        }
+    let cached = EffectTx::with_cache(client, statements);
+    let bind = cached.prepare(BIND_TENANT).await?;
+    let (batch, through) = match mode {
+        Mode::Fast => (batch, i64::MAX),
+        Mode::Careful { through } => (batch.min(CAREFUL_BATCH), through),
     };
     let types: Vec<&str> = subscriber.subscription.types.to_vec();
-    let rows = client
-        .query(
-            &format!(
-                "select {EVENT_COLUMNS} from events.log
-                  where seq > $1 and seq <= $2 and type = any($3) order by seq limit $4"
-            ),
-            &[&position, &horizon, &types, &batch],
-        )
-        .await?;
-    let full = rows.len() as i64 == batch;
+    // A handler stuck on a lock or a slow statement fails (transiently) instead of stalling the subscriber.
+    // The commit is durable before anyone sees it (an effect seen and then lost in a crash would come back
+    // as another row), whatever the server's default.
+    let begin_sql = format!(
+        "begin; set local role {}; set local lock_timeout = '10s'; set local statement_timeout = '60s'; \
+         set local synchronous_commit = on",
+        quote_ident(EVENTS)
+    );
+    let begin = client.batch_execute(&begin_sql);
+    let params: [&(dyn tokio_postgres::types::ToSql + Sync); 4] = [&name, &through, &types, &batch];
+    let prepared = statements.lock().ok().and_then(|c| c.get(READ_BATCH).cloned());
+    let rows = match prepared {
+        // Sent together with the begin.
+        Some(read) => {
+            let (begun, rows) = futures_util::future::join(begin, client.query(&read, &params)).await;
+            begun?;
+            rows?
+        }
+        // The first time: prepared as tessera_events (the login may not even look into the schema).
+        None => {
+            begin.await?;
+            client.query(&cached.prepare(READ_BATCH).await?, &params).await?
+        }
+    };
+    let Some(head) = rows.first() else {
+        // Registered at start; recreated (from now) if an operator removed it meanwhile.
+        client
+            .execute(
+                "insert into events.subscribers (name, position)
+                 select $1, coalesce(max(seq), 0) from events.log on conflict do nothing",
+                &[&name],
+            )
+            .await?;
+        client.batch_execute("commit").await?;
+        return Ok(Attempt::Committed(Round::More));
+    };
+    let (position, horizon): (i64, i64) = (head.get(0), head.get(1));
+    let events: Vec<Event> = rows
+        .iter()
+        .filter(|r| r.get::<_, Option<i64>>(2).is_some())
+        .map(|r| Event {
+            seq: r.get(2),
+            id: r.get(3),
+            tenant_id: r.get(4),
+            kind: r.get(5),
+            commit_time: r.get(6),
+            data: r.get(7),
+        })
+        .collect();
+    // Everything up to the horizon is committed (seq follows commit order), so the cursor may jump to it
+    // when no event of this subscriber's types lies in between.
+    let full = events.len() as i64 == batch;
     let mut context = HandlerContext::new(statements);
     let mut handled_to = if full { position } else { horizon.max(position) };
     let mut outcome = if full { Round::More } else { Round::CaughtUp };
-    let module_role = quote_ident(&module_role(subscriber.module));
     let events_role = quote_ident(EVENTS);
     match mode {
         Mode::Fast => {
-            if !rows.is_empty() {
-                client.batch_execute(&format!("set local role {module_role}")).await?;
-            }
-            let bind = EffectTx::with_cache(client, statements)
-                .prepare("select set_config('tessera.tenant_id', $1, true)")
-                .await?;
-            let events: Vec<Event> = rows.iter().map(event_from_row).collect();
+            let mut role = Some(format!("set local role {}", quote_ident(&module_role(subscriber.module))));
             // The last event of the group before: a handler that swallowed a database error is noticed when
             // the next group's tenant cannot be bound.
             let mut previous = None;
             for group in events.chunk_by(|a, b| a.tenant_id == b.tenant_id) {
                 let (first, last) = (group[0].seq, group[group.len() - 1].seq);
                 *in_flight = Some(first);
-                // The tenant is bound in the same round trip as the handler's first statement: requests on
-                // one connection run in the order they are sent, and `join` polls (sends) the bind first.
+                // The module's role (before the first group) and the tenant go in the same round trip as the
+                // handler's first statement: a connection runs requests in the order they are sent, and
+                // `join3` polls (sends) them in order.
                 let tenant = group[0].tenant_id.to_string();
-                let (bound, outcome) = futures_util::future::join(
+                let (switched, bound, outcome) = futures_util::future::join3(
+                    async {
+                        match role.take() {
+                            Some(role) => client.batch_execute(&role).await,
+                            None => Ok(()),
+                        }
+                    },
                     client.execute(&bind, &[&tenant]),
                     run_handlers(client, subscriber, group, &mut context),
                 )
                 .await;
+                switched?;
                 match bound {
                     Ok(_) => {}
                     Err(e) if e.as_db_error().is_some() && previous.is_some() => {
@@ -548,26 +577,11 @@ async fn handle_batch(
                 }
                 previous = Some(last);
             }
-            if let Some(last) = rows.last() {
-                match client
-                    .batch_execute(&format!(
-                        "set local role {events_role}; select set_config('tessera.tenant_id', '', true)"
-                    ))
-                    .await
-                {
-                    Ok(()) => {}
-                    Err(e) if e.as_db_error().is_some() => {
-                        return Ok(Attempt::RolledBack { seq: last.get(0) });
-                    }
-                    Err(e) => return Err(e),
-                }
-            }
         }
         Mode::Careful { .. } => {
-            for row in &rows {
-                let event = event_from_row(row);
+            for event in &events {
                 *in_flight = Some(event.seq);
-                match handle_in_savepoint(client, subscriber, &event, &events_role, &mut context).await? {
+                match handle_in_savepoint(client, subscriber, event, &events_role, &mut context).await? {
                     Ok(()) => {
                         if full {
                             handled_to = event.seq;
@@ -582,15 +596,37 @@ async fn handle_batch(
             }
         }
     }
-    if handled_to > position {
-        client
-            .execute(
-                "update events.subscribers set position = $2, updated_at = now() where name = $1",
-                &[&name, &handled_to],
-            )
-            .await?;
+    // Back to the event system's role, the cursor moved, committed: one round trip (the subscriber's name is
+    // a literal from the code, quoted; the position a number). If the last handler swallowed a database
+    // error, the transaction is aborted and the first of these statements says so.
+    let move_cursor = if handled_to > position {
+        format!(
+            "update events.subscribers set position = {handled_to}, updated_at = now() where name = {};",
+            quote_literal(name)
+        )
+    } else {
+        String::new()
+    };
+    match client
+        .batch_execute(&format!(
+            "set local role {events_role}; select set_config('tessera.tenant_id', '', true); {move_cursor} commit"
+        ))
+        .await
+    {
+        Ok(()) => Ok(Attempt::Committed(outcome)),
+        Err(e) if e.code() == Some(&SqlState::IN_FAILED_SQL_TRANSACTION) && mode == Mode::Fast => {
+            Ok(Attempt::RolledBack { seq: events.last().map_or(position, |e| e.seq) })
+        }
+        Err(e) => Err(e),
     }
-    Ok(Attempt::Committed(outcome))
+}
+
+/// Binds a tenant for the rest of the transaction.
+const BIND_TENANT: &str = "select set_config('tessera.tenant_id', $1, true)";
+
+/// A string as an SQL literal (standard_conforming_strings is on since PostgreSQL 9.1).
+fn quote_literal(s: &str) -> String {
+    format!("'{}'", s.replace('\'', "''"))
 }
 
 /// Runs the handler in a savepoint as the module's role with the event's tenant bound. The outer error is

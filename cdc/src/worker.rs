@@ -21,6 +21,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use futures_util::FutureExt;
 use pgwire_replication::{ReplicationClient, ReplicationConfig, ReplicationEvent};
 use serde_json::{Map, Value};
 use tessera_core::roles::{EVENTS, quote_ident};
@@ -244,21 +245,20 @@ pub async fn run(settings: &CdcSettings) -> Result<(), CdcError> {
                 // Keep the group open for what arrives while it is young. Keepalives in between say nothing
                 // the group's acknowledgement will not (the walsender sends one whenever our confirmed
                 // position lags what it has sent, that is, all the time while a group is open).
-                let mut left = GROUP_AGE.saturating_sub(g.started.elapsed());
-                while g.transactions < GROUP_TRANSACTIONS && !left.is_zero() {
-                    match tokio::time::timeout(left, stream.recv()).await {
-                        Ok(Ok(Some(ReplicationEvent::KeepAlive { .. }))) => {
-                            left = GROUP_AGE.saturating_sub(g.started.elapsed());
-                            continue;
-                        }
-                        Ok(Ok(Some(event))) => next = Some(event),
-                        Ok(Ok(None)) => ended = true,
-                        Ok(Err(e)) => {
+                // Only what has already arrived joins: waiting for more would delay every event in the group
+                // (under a backlog the stream always has the next message ready, so groups still grow).
+                while g.transactions < GROUP_TRANSACTIONS && g.started.elapsed() < GROUP_AGE {
+                    tokio::task::yield_now().await;
+                    match stream.recv().now_or_never() {
+                        Some(Ok(Some(ReplicationEvent::KeepAlive { .. }))) => continue,
+                        Some(Ok(Some(event))) => next = Some(event),
+                        Some(Ok(None)) => ended = true,
+                        Some(Err(e)) => {
                             // Whatever is in the group is still written; it is acknowledged on redelivery.
                             state.commit_group().await?;
                             return Err(e.into());
                         }
-                        Err(_) => {}
+                        None => {}
                     }
                     break;
                 }
@@ -292,7 +292,7 @@ struct Group {
 
 /// Source transactions per group, at most.
 const GROUP_TRANSACTIONS: usize = 1000;
-/// How long a group stays open for more source transactions.
+/// How long a group stays open for more source transactions that have already arrived.
 const GROUP_AGE: Duration = Duration::from_millis(5);
 
 /// Runs the worker for as long as the process lives: a transient failure (a lost connection, a restarted

@@ -93,6 +93,20 @@ async fn deliver(app: &TestApp, event: &Event) {
     client.batch_execute("commit").await.expect("commit");
 }
 
+/// Hands several events of one tenant to HR's subscription at once, as the dispatcher does with a backlog.
+async fn deliver_many(app: &TestApp, events: &[Event]) {
+    let sub = tessera_hr::Hr.subscriptions().into_iter().next().expect("HR's subscription");
+    let handle_many = sub.handle_many.expect("HR handles runs of events");
+    let client = connect(&cluster().superuser, &app.db.name).await;
+    client.batch_execute("begin; set local role tessera_hr").await.expect("begin");
+    client
+        .execute("select set_config('tessera.tenant_id', $1, true)", &[&events[0].tenant_id.to_string()])
+        .await
+        .expect("bind the tenant");
+    handle_many(&EffectTx::new(&client), events).await.expect("the handler succeeds");
+    client.batch_execute("commit").await.expect("commit");
+}
+
 // CRUD
 
 #[tokio::test]
@@ -519,6 +533,71 @@ async fn a_won_deal_books_one_commission_at_the_owners_rate_even_when_delivered_
     let kept = app.get(&format!("/v1/hr/commissions/{id}"), &key).await;
     assert_eq!(kept.body["plan_id"], Value::Null);
     assert_eq!((kept.body["rate"].as_str(), kept.body["amount"].as_str()), (Some("0.1000"), Some("1234.57")));
+}
+
+#[tokio::test]
+async fn a_run_of_won_deals_handled_at_once_books_what_one_by_one_would() {
+    let mut app = TestApp::spawn().await;
+    let (one_by_one, key_one) = app.tenant("acme").await;
+    let (at_once, key_many) = app.tenant("globex").await;
+    for key in [&key_one, &key_many] {
+        let ana = employee(&app, key, "Ana", "ana@example.com").await;
+        plan(&app, key, &ana, "0.05", "2024-01-01").await;
+        plan(&app, key, &ana, "0.1", "2025-01-01").await;
+        employee(&app, key, "Ben", "ben@example.com").await; // no plan
+        let cleo = employee(&app, key, "Cleo", "cleo@example.com").await;
+        plan(&app, key, &cleo, "0.0333", "2020-01-01").await;
+        let r = app.patch(&format!("/v1/hr/employees/{cleo}"), key, json!({"status": "inactive"})).await;
+        assert_eq!(r.status, StatusCode::OK);
+    }
+    let deals: Vec<Uuid> = (0..8).map(|_| Uuid::now_v7()).collect();
+    let script = |tenant: TenantId| {
+        let won = |i: usize, amount: Value, owner: Option<&str>, at: OffsetDateTime| {
+            let mut event = deal_won(tenant, deals[i], amount, owner, at);
+            // The same event id in both tenants' scripts is fine: ids are unique per tenant.
+            event.id = Uuid::from_u128(i as u128 + 1);
+            event
+        };
+        vec![
+            won(0, json!("1000.00"), Some("ana@example.com"), datetime!(2024-06-01 12:00 UTC)),
+            won(1, json!("1000.00"), Some("ANA@example.com"), datetime!(2024-12-31 22:30 -02:00)),
+            won(2, json!(150.15), Some("ana@example.com"), datetime!(2025-06-01 12:00 UTC)),
+            won(3, json!("500.00"), None, datetime!(2025-06-01 12:00 UTC)),
+            won(4, json!("500.00"), Some("ben@example.com"), datetime!(2025-06-01 12:00 UTC)),
+            won(5, json!("500.00"), Some("cleo@example.com"), datetime!(2025-06-01 12:00 UTC)),
+            won(6, json!("500.00"), Some("nobody@example.com"), datetime!(2025-06-01 12:00 UTC)),
+            won(7, json!("9999999999999999.99"), Some("ana@example.com"), datetime!(2023-12-31 23:00 UTC)),
+        ]
+    };
+    for event in &script(one_by_one) {
+        deliver(&app, event).await;
+    }
+    let run = script(at_once);
+    deliver_many(&app, &run).await;
+    deliver_many(&app, &run).await;
+    deliver_many(&app, &run[..3]).await;
+
+    let admin = connect(&cluster().superuser, &app.db.name).await;
+    let booked = async |tenant: TenantId| -> Vec<String> {
+        admin
+            .query(
+                "select concat_ws(' | ', c.deal_id, e.email, c.deal_amount, c.currency, c.rate, c.amount,
+                                  c.source_event_id, c.booked_at)
+                   from hr.commissions c
+                   join hr.employees e on e.tenant_id = c.tenant_id and e.id = c.employee_id
+                  where c.tenant_id = $1
+                  order by c.deal_id",
+                &[&tenant.as_uuid()],
+            )
+            .await
+            .expect("commissions")
+            .iter()
+            .map(|r| r.get(0))
+            .collect()
+    };
+    let expected = booked(one_by_one).await;
+    assert_eq!(expected.len(), 3, "Ana's three wins with a plan in force: {expected:#?}");
+    assert_eq!(booked(at_once).await, expected);
 }
 
 #[tokio::test]

@@ -1046,9 +1046,7 @@ async fn a_run_of_events_handled_at_once_has_the_effects_of_handling_them_one_by
     // Wins of a known company, of one the module has not heard of (a placeholder customer, renamed by the
     // company event in between), of no company, and a malformed-free mix of amounts.
     let script = |tenant: TenantId| {
-        let company = |id: &str, name: &str| {
-            json!({"tenant_id": tenant.to_string(), "id": id, "name": name, "domain": null})
-        };
+        let company = |id: &str, name: &str| json!({"tenant_id": tenant.to_string(), "id": id, "name": name, "domain": null});
         vec![
             event(tenant, "crm.companies.insert", "crm.companies", "insert", company(&known, "Initech")),
             won_deal(tenant, &deals[0], Some(&known), json!("100.10")),

@@ -23,11 +23,39 @@ use tessera_core::{Effect, EffectTx, Event, HandlerError};
 use time::{Date, OffsetDateTime, UtcOffset};
 use uuid::Uuid;
 
-use crate::store::{self, NewCommission};
+use crate::store::{self, NewCommission, WonDealBooking};
 
 /// The subscription's handler (see [`crate::Hr`]'s `subscriptions`).
 pub fn handle<'a>(tx: &'a EffectTx<'a>, event: &'a Event) -> Effect<'a> {
     Box::pin(async move { book(tx, event).await })
+}
+
+/// Several events of one tenant at once (see `Subscription::handle_many`): one statement books them all,
+/// with the same effects as [`handle`] on each in turn.
+pub fn handle_many<'a>(tx: &'a EffectTx<'a>, events: &'a [Event]) -> Effect<'a> {
+    Box::pin(async move {
+        let deals = events
+            .iter()
+            .map(|e| WonDeal::from_event(e).map(|deal| (e, deal)))
+            .collect::<Result<Vec<_>, _>>()?;
+        let bookings: Vec<WonDealBooking<'_>> = deals
+            .iter()
+            .filter_map(|(event, deal)| {
+                Some(WonDealBooking {
+                    deal_id: deal.id,
+                    deal_amount: &deal.amount,
+                    currency: &deal.currency,
+                    owner_email: deal.owner_email.as_deref()?,
+                    day: deal.day,
+                    source_event_id: event.id,
+                    booked_at: event.commit_time,
+                })
+            })
+            .collect();
+        let booked = store::book_commissions(tx, &bookings).await?;
+        tracing::info!(events = events.len(), booked, "commissions booked for won deals");
+        Ok(())
+    })
 }
 
 async fn book(tx: &EffectTx<'_>, event: &Event) -> Result<(), HandlerError> {

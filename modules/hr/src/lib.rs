@@ -49,7 +49,10 @@ impl Module for Hr {
     }
 
     fn subscriptions(&self) -> Vec<Subscription> {
-        vec![Subscription::new("hr.commissions", &["deal.closed.won"], booking::handle)]
+        vec![
+            Subscription::new("hr.commissions", &["deal.closed.won"], booking::handle)
+                .with_many(booking::handle_many),
+        ]
     }
 }
 

@@ -246,3 +246,50 @@ pub async fn book_commission(tx: &EffectTx<'_>, new: &NewCommission<'_>) -> Resu
         .await?;
     Ok(row.map(|r| r.get(0)))
 }
+
+/// A won deal to book a commission for, as [`book_commissions`] takes it.
+pub struct WonDealBooking<'a> {
+    pub deal_id: Uuid,
+    /// Exact decimal text.
+    pub deal_amount: &'a str,
+    pub currency: &'a str,
+    pub owner_email: &'a str,
+    /// Picks the plan in force.
+    pub day: Date,
+    pub source_event_id: Uuid,
+    pub booked_at: OffsetDateTime,
+}
+
+/// Books the commissions of several won deals in one statement, with the rules of the one-by-one path: the
+/// owner must be an active employee (e-mail compared case-insensitively) with a plan in force on the day;
+/// the amount is computed in Postgres from the exact decimals; an event that booked one already books
+/// nothing. Returns how many were booked.
+pub async fn book_commissions(tx: &EffectTx<'_>, deals: &[WonDealBooking<'_>]) -> Result<u64, Error> {
+    let ids: Vec<Uuid> = deals.iter().map(|_| Uuid::now_v7()).collect();
+    let deal_ids: Vec<Uuid> = deals.iter().map(|d| d.deal_id).collect();
+    let amounts: Vec<&str> = deals.iter().map(|d| d.deal_amount).collect();
+    let currencies: Vec<&str> = deals.iter().map(|d| d.currency).collect();
+    let emails: Vec<&str> = deals.iter().map(|d| d.owner_email).collect();
+    let days: Vec<Date> = deals.iter().map(|d| d.day).collect();
+    let events: Vec<Uuid> = deals.iter().map(|d| d.source_event_id).collect();
+    let booked_at: Vec<OffsetDateTime> = deals.iter().map(|d| d.booked_at).collect();
+    tx.execute(
+        "insert into hr.commissions
+             (id, employee_id, plan_id, deal_id, deal_amount, currency, rate, amount, source_event_id, booked_at)
+         select d.id, e.id, p.id, d.deal, d.amount::numeric(18, 2), d.currency, p.rate,
+                round(d.amount::numeric(18, 2) * p.rate, 2), d.event, d.booked_at
+           from unnest($1::uuid[], $2::uuid[], $3::text[], $4::text[], $5::text[], $6::date[], $7::uuid[],
+                       $8::timestamptz[])
+                with ordinality as d(id, deal, amount, currency, email, day, event, booked_at, ord)
+           join hr.employees e on lower(e.email) = lower(d.email) and e.status = 'active'
+           join lateral (
+               select id, rate from hr.commission_plans
+                where employee_id = e.id and effective_from <= d.day
+                order by effective_from desc limit 1
+           ) p on true
+          order by d.ord
+         on conflict (tenant_id, source_event_id) do nothing",
+        &[&ids, &deal_ids, &amounts, &currencies, &emails, &days, &events, &booked_at],
+    )
+    .await
+}
