@@ -213,6 +213,22 @@ async fn no_runtime_role_can_bypass_row_level_security() {
     }
     assert!(problems.is_empty(), "{}", problems.join("\n"));
 
+    // Nor can any create objects anywhere: trigger functions without a SET search_path rely on it (a role
+    // that could create a schema or an operator could put its own ahead of pg_catalog).
+    let creators = admin
+        .query(
+            "select r.rolname::text, n.nspname::text from pg_roles r cross join pg_namespace n
+              where r.rolname = any($1) and has_schema_privilege(r.oid, n.oid, 'create')
+             union all
+             select r.rolname::text, '(database)' from pg_roles r
+              where r.rolname = any($1) and has_database_privilege(r.oid, current_database(), 'create')",
+            &[&runtime],
+        )
+        .await
+        .expect("create rights");
+    let creators: Vec<(String, String)> = creators.iter().map(|r| (r.get(0), r.get(1))).collect();
+    assert!(creators.is_empty(), "runtime roles that can create: {creators:?}");
+
     // And the gateway refuses to start as a privileged role.
     let owner_pool =
         tessera_core::db::Database::new(cluster().endpoint.pg_config("tessera_owner", &app.db.name), 1)
