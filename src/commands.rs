@@ -450,6 +450,7 @@ async fn up_serving(
         listen: settings.listen,
         body_limit_bytes: settings.body_limit_bytes,
         metrics: Some(event_metrics(endpoint.pg_config(REPLICATION, DATABASE), modules)),
+        cache: Some(tessera_gateway::cache::CacheConfig::default()),
     };
     let app = Application::build(&config, db, modules)
         .await
@@ -498,8 +499,13 @@ async fn serve(settings: Settings, modules: &[Arc<dyn Module>]) -> anyhow::Resul
     let config: tokio_postgres::Config = url.expose().parse()?;
     let db = Database::new(config, settings.pool_size)?;
     db.ensure_unprivileged().await?;
-    let gateway =
-        GatewayConfig { listen: settings.listen, body_limit_bytes: settings.body_limit_bytes, metrics: None };
+    let gateway = GatewayConfig {
+        listen: settings.listen,
+        body_limit_bytes: settings.body_limit_bytes,
+        metrics: None,
+        // Serves only while a CDC worker (`tessera cdc`) keeps the log current; off otherwise.
+        cache: Some(tessera_gateway::cache::CacheConfig::default()),
+    };
     let app = Application::build(&gateway, db, modules)
         .await
         .with_context(|| format!("could not listen on {}", settings.listen))?;

@@ -43,6 +43,14 @@ pub const WORKER_LOCK: i64 = 0x7465_7373_6572_6132;
 /// The channel the worker notifies, inside each transaction it commits to the log, to wake the dispatcher.
 pub const CHANNEL: &str = "tessera_events";
 
+/// The prefix of the transactional logical messages (`pg_logical_emit_message(true, …)`) a gateway sends
+/// to check that the pipeline is caught up; see [`HEARTBEAT_CHANNEL`].
+pub const HEARTBEAT_PREFIX: &str = "tessera.heartbeat";
+/// The channel the worker notifies, in the log transaction that covers a heartbeat's source transaction,
+/// with the heartbeat's content: when it arrives, every change committed before the heartbeat is in the
+/// log.
+pub const HEARTBEAT_CHANNEL: &str = "tessera_heartbeat";
+
 /// Where and how the worker connects.
 #[derive(Debug, Clone)]
 pub struct CdcSettings {
@@ -188,6 +196,7 @@ pub async fn run(settings: &CdcSettings) -> Result<(), CdcError> {
         in_flight: None,
         tx_start: 0,
         statements: None,
+        heartbeat: None,
     };
     // Source transactions that arrive close together share one log transaction (a group): one commit, one
     // fsync and one acknowledgement for all of them, so many small transactions cost little more than one
@@ -268,6 +277,14 @@ pub async fn run(settings: &CdcSettings) -> Result<(), CdcError> {
                 if state.tx.is_none() && group.is_none() {
                     stream.update_applied_lsn(wal_end);
                 }
+            }
+            // The replication client decodes logical messages itself.
+            ReplicationEvent::Message { transactional: true, prefix, content, .. }
+                if prefix == HEARTBEAT_PREFIX =>
+            {
+                // Short, and passed on only as a notification payload.
+                let content = String::from_utf8_lossy(&content);
+                state.heartbeat = Some(content.chars().take(200).collect());
             }
             ReplicationEvent::Message { .. } => {}
             ReplicationEvent::StoppedAt { .. } => ended = true,
@@ -373,6 +390,8 @@ struct Stream {
     /// Where the current source transaction's events start in `pending`.
     tx_start: usize,
     statements: Option<Statements>,
+    /// The newest heartbeat received and not yet passed on (see [`HEARTBEAT_CHANNEL`]).
+    heartbeat: Option<String>,
 }
 
 impl Drop for Stream {
@@ -501,17 +520,7 @@ impl Stream {
             return Ok(());
         }
         self.wait_for_writes().await?;
-        if !self.writing {
-            // Durable before the slot is acknowledged, whatever the server's default; the notification
-            // goes out with the commit.
-            self.writer
-                .batch_execute(&format!(
-                    "begin; set local role {}; set local synchronous_commit = on; notify {CHANNEL}",
-                    quote_ident(EVENTS)
-                ))
-                .await?;
-            self.writing = true;
-        }
+        self.open_log_tx().await?;
         let events: Vec<ChangeEvent> = self.pending.drain(..n).collect();
         self.tx_start = self.tx_start.saturating_sub(n);
         let statements = match &self.statements {
@@ -528,6 +537,22 @@ impl Stream {
         };
         let writer = self.writer.clone();
         self.in_flight = Some(tokio::spawn(async move { write_chunk(&writer, &statements, &events).await }));
+        Ok(())
+    }
+
+    /// Opens the group's log transaction unless it is open.
+    async fn open_log_tx(&mut self) -> Result<(), CdcError> {
+        if !self.writing {
+            // Durable before the slot is acknowledged, whatever the server's default; the notification
+            // goes out with the commit.
+            self.writer
+                .batch_execute(&format!(
+                    "begin; set local role {}; set local synchronous_commit = on; notify {CHANNEL}",
+                    quote_ident(EVENTS)
+                ))
+                .await?;
+            self.writing = true;
+        }
         Ok(())
     }
 
@@ -548,6 +573,10 @@ impl Stream {
     /// transactions: everything pending is complete.
     async fn commit_group(&mut self) -> Result<(), CdcError> {
         self.flush().await?;
+        if let Some(heartbeat) = self.heartbeat.take() {
+            self.open_log_tx().await?;
+            self.writer.execute("select pg_notify($1, $2)", &[&HEARTBEAT_CHANNEL, &heartbeat]).await?;
+        }
         self.commit_written().await
     }
 

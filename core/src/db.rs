@@ -30,6 +30,7 @@ use crate::roles::{module_role, quote_ident};
 #[derive(Clone)]
 pub struct Database {
     pool: Pool,
+    config: tokio_postgres::Config,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -49,8 +50,11 @@ pub enum DbSetupError {
 
 impl Database {
     pub fn new(config: tokio_postgres::Config, max_size: usize) -> Result<Self, DbSetupError> {
-        let manager =
-            Manager::from_config(config, NoTls, ManagerConfig { recycling_method: RecyclingMethod::Fast });
+        let manager = Manager::from_config(
+            config.clone(),
+            NoTls,
+            ManagerConfig { recycling_method: RecyclingMethod::Fast },
+        );
         let pool = Pool::builder(manager)
             .max_size(max_size)
             .runtime(Runtime::Tokio1)
@@ -58,7 +62,27 @@ impl Database {
             .create_timeout(Some(Duration::from_secs(5)))
             .recycle_timeout(Some(Duration::from_secs(5)))
             .build()?;
-        Ok(Self { pool })
+        Ok(Self { pool, config })
+    }
+
+    /// How the pool connects: for a connection of its own (one that listens for notifications).
+    pub fn config(&self) -> &tokio_postgres::Config {
+        &self.config
+    }
+
+    /// What `key` may do in `module`, outside any request's transaction: for a cache of key checks. `None`
+    /// when the key is unknown or revoked.
+    pub async fn key_grant(&self, key: &PresentedKey, module: &str) -> Result<Option<KeyGrant>, ApiError> {
+        let client = self.pool.get().await.map_err(|e| ApiError::unavailable(&e))?;
+        let authenticate = client.prepare_cached(AUTHENTICATE).await?;
+        let (prefix, hash) = (key.prefix(), key.hash());
+        let row = client.query_opt(&authenticate, &[&prefix, &hash, &module]).await?;
+        Ok(row.map(|row| KeyGrant {
+            tenant_id: row.get(0),
+            scopes: row.get(1),
+            active: row.get::<_, String>(2) == "active",
+            module_enabled: row.get(3),
+        }))
     }
 
     /// Refuses a login role that would defeat row-level security: a superuser, a BYPASSRLS role, or one
@@ -113,6 +137,23 @@ impl Database {
 }
 
 /// Database access for one module's request handlers.
+/// A key check's answer (see [`Database::key_grant`]).
+#[derive(Debug, Clone)]
+pub struct KeyGrant {
+    pub tenant_id: uuid::Uuid,
+    pub scopes: Vec<String>,
+    /// The tenant is active (not suspended).
+    pub active: bool,
+    pub module_enabled: bool,
+}
+
+impl KeyGrant {
+    /// Whether a request with this key gets past the checks for `access` to `module`.
+    pub fn allows(&self, module: &str, access: Access) -> bool {
+        self.active && self.module_enabled && Scope::allows(&self.scopes, module, access)
+    }
+}
+
 #[derive(Clone)]
 pub struct ModuleDb {
     pool: Pool,

@@ -22,6 +22,7 @@ use tower_http::catch_panic::CatchPanicLayer;
 use tower_http::request_id::{MakeRequestId, PropagateRequestIdLayer, RequestId, SetRequestIdLayer};
 use tower_http::trace::TraceLayer;
 
+pub mod cache;
 mod events;
 
 const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
@@ -33,6 +34,8 @@ pub struct GatewayConfig {
     pub body_limit_bytes: usize,
     /// Serves `GET /metrics` (Prometheus text) from this source when set.
     pub metrics: Option<MetricsSource>,
+    /// Caches GET answers of module routes when set (see [`cache`]).
+    pub cache: Option<cache::CacheConfig>,
 }
 
 /// The future a [`MetricsSource`] returns: the Prometheus text, or why there is none.
@@ -61,12 +64,29 @@ async fn metrics(State(source): State<MetricsSource>) -> Response {
 
 /// The gateway's routes and middleware, ready to serve or to call in-process.
 pub fn router(db: Database, modules: &[Arc<dyn Module>], body_limit_bytes: usize) -> Router {
+    router_with_cache(db, modules, body_limit_bytes, None)
+}
+
+/// The same, with the module routes behind a response cache (whose listener the caller runs:
+/// [`cache::listen`]).
+pub fn router_with_cache(
+    db: Database,
+    modules: &[Arc<dyn Module>],
+    body_limit_bytes: usize,
+    cache: Option<Arc<cache::ResponseCache>>,
+) -> Router {
     let feed = db.for_api(tessera_core::module::EVENT_FEED_API, tessera_core::roles::EVENT_FEED);
-    let mut api = Router::new().nest("/events", events::router(feed));
+    let mut module_routes = Router::new();
     for module in modules {
         let routes = module.routes(db.for_module(module.name()));
-        api = api.nest(&format!("/{}", module.name()), routes);
+        module_routes = module_routes.nest(&format!("/{}", module.name()), routes);
     }
+    if let Some(cache) = cache {
+        let names: Arc<[&'static str]> = modules.iter().map(|m| m.name()).collect();
+        let layer = cache::CacheLayer { cache, modules: names };
+        module_routes = module_routes.layer(axum::middleware::from_fn_with_state(layer, cache::layer));
+    }
+    let api = Router::new().nest("/events", events::router(feed)).merge(module_routes);
     Router::new()
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
@@ -138,6 +158,7 @@ async fn method_not_allowed() -> ApiError {
 pub struct Application {
     listener: TcpListener,
     router: Router,
+    cache_listener: Option<tokio::task::JoinHandle<()>>,
 }
 
 impl Application {
@@ -148,11 +169,13 @@ impl Application {
         modules: &[Arc<dyn Module>],
     ) -> std::io::Result<Self> {
         let listener = TcpListener::bind(config.listen).await?;
-        let mut router = router(db, modules, config.body_limit_bytes);
+        let cache = config.cache.clone().map(|c| cache::ResponseCache::new(c, db.clone()));
+        let cache_listener = cache.clone().map(|c| tokio::spawn(cache::listen(c)));
+        let mut router = router_with_cache(db, modules, config.body_limit_bytes, cache);
         if let Some(source) = &config.metrics {
             router = Router::new().route("/metrics", get(metrics)).with_state(source.clone()).merge(router);
         }
-        Ok(Self { listener, router })
+        Ok(Self { listener, router, cache_listener })
     }
 
     pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
@@ -164,6 +187,10 @@ impl Application {
         self,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> std::io::Result<()> {
-        axum::serve(self.listener, self.router).with_graceful_shutdown(shutdown).await
+        let served = axum::serve(self.listener, self.router).with_graceful_shutdown(shutdown).await;
+        if let Some(listener) = self.cache_listener {
+            listener.abort();
+        }
+        served
     }
 }

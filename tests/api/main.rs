@@ -1,6 +1,7 @@
 //! End-to-end tests of the platform against a real PostgreSQL (see `support`).
 
 mod bad_input;
+mod cache;
 mod catalog;
 mod cdc_decoding;
 mod cdc_worker;

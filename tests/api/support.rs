@@ -131,6 +131,8 @@ pub struct TestApp {
     pub db: TestDb,
     pub router: Router,
     pub owner: Client,
+    /// The gateway's pool (as tessera_app).
+    pub pool: Database,
 }
 
 /// A response, its body parsed as JSON when it is JSON.
@@ -170,9 +172,9 @@ impl TestApp {
         let db = TestDb::create().await;
         let pool = Database::new(cluster().endpoint.pg_config(APP, &db.name), size).expect("pool");
         pool.ensure_unprivileged().await.expect("the app role must be unprivileged");
-        let router = tessera_gateway::router(pool, &modules(), BODY_LIMIT);
+        let router = tessera_gateway::router(pool.clone(), &modules(), BODY_LIMIT);
         let owner = db.connect_as(OWNER).await;
-        Self { db, router, owner }
+        Self { db, router, owner, pool }
     }
 
     /// Creates a tenant with every module enabled and returns it with a read-write key.
