@@ -278,6 +278,7 @@ fn settings(file: &FileConfig, target: &Target, serving: Option<&Serving>) -> an
         pg_bindir: target.pg_bindir.clone().or_else(|| file.pg_bindir.clone()),
         pool_size: serving.and_then(|s| s.pool_size).or(file.pool_size).unwrap_or(DEFAULT_POOL_SIZE),
         body_limit_bytes: file.body_limit_bytes.unwrap_or(DEFAULT_BODY_LIMIT),
+        response_cache: !serving.is_some_and(|s| s.no_cache) && file.response_cache.unwrap_or(true),
         event_retention_days: match file.event_retention_days.unwrap_or(DEFAULT_EVENT_RETENTION_DAYS) {
             0 => None,
             days => Some(days),
@@ -450,7 +451,7 @@ async fn up_serving(
         listen: settings.listen,
         body_limit_bytes: settings.body_limit_bytes,
         metrics: Some(event_metrics(endpoint.pg_config(REPLICATION, DATABASE), modules)),
-        cache: Some(tessera_gateway::cache::CacheConfig::default()),
+        cache: settings.response_cache.then(tessera_gateway::cache::CacheConfig::default),
     };
     let app = Application::build(&config, db, modules)
         .await
@@ -504,7 +505,7 @@ async fn serve(settings: Settings, modules: &[Arc<dyn Module>]) -> anyhow::Resul
         body_limit_bytes: settings.body_limit_bytes,
         metrics: None,
         // Serves only while a CDC worker (`tessera cdc`) keeps the log current; off otherwise.
-        cache: Some(tessera_gateway::cache::CacheConfig::default()),
+        cache: settings.response_cache.then(tessera_gateway::cache::CacheConfig::default),
     };
     let app = Application::build(&gateway, db, modules)
         .await

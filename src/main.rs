@@ -48,6 +48,10 @@ pub struct Serving {
     /// Connections in the gateway's database pool [default: 16]
     #[arg(long, env = "TESSERA_POOL_SIZE", value_name = "N")]
     pub pool_size: Option<usize>,
+
+    /// Serve every GET from the database, without the response cache
+    #[arg(long, env = "TESSERA_NO_CACHE")]
+    pub no_cache: bool,
 }
 
 #[derive(Debug, Subcommand)]

@@ -44,6 +44,8 @@ pub struct FileConfig {
     pub pool_size: Option<usize>,
     /// The largest request body accepted, in bytes.
     pub body_limit_bytes: Option<usize>,
+    /// Whether the gateway caches GET answers [default: true].
+    pub response_cache: Option<bool>,
     /// Days an event stays in `events.log` once every subscriber is past it [default: 30; 0 keeps events
     /// forever].
     pub event_retention_days: Option<u32>,
@@ -95,6 +97,7 @@ pub struct Settings {
     pub pg_bindir: Option<PathBuf>,
     pub pool_size: usize,
     pub body_limit_bytes: usize,
+    pub response_cache: bool,
     /// `None` keeps events forever.
     pub event_retention_days: Option<u32>,
 }
