@@ -262,6 +262,18 @@ pub async fn layer(State(layer): State<CacheLayer>, request: Request, next: Next
     let Some(&module) = module_of(&path, &layer.modules) else {
         return next.run(request).await;
     };
+    let method = request.method().clone();
+    if method == Method::HEAD || method == Method::OPTIONS {
+        return next.run(request).await;
+    }
+    // Out of step with the log: nothing is served or kept (writes are still noted below: a heartbeat sent
+    // before a write may come back after it and make the cache healthy again).
+    if method == Method::GET && !cache.healthy() {
+        cache.stats.bypasses.fetch_add(1, Ordering::Relaxed);
+        let mut response = next.run(request).await;
+        response.headers_mut().insert(X_CACHE, HeaderValue::from_static("bypass"));
+        return response;
+    }
     let key = request
         .headers()
         .get(header::AUTHORIZATION)
@@ -273,7 +285,7 @@ pub async fn layer(State(layer): State<CacheLayer>, request: Request, next: Next
     let Some(grant) = cache.grant(&key, module).await else { return next.run(request).await };
     let tenant = grant.tenant_id;
 
-    if request.method() != Method::GET {
+    if method != Method::GET {
         let response = next.run(request).await;
         // Whatever the handler did is committed (or rolled back) by now; bumping either way is safe.
         cache.invalidate(tenant, module);
@@ -282,12 +294,6 @@ pub async fn layer(State(layer): State<CacheLayer>, request: Request, next: Next
     // A key that may not read gets the handler's refusal, never a cached answer.
     if !grant.allows(module, Access::Read) {
         return next.run(request).await;
-    }
-    if !cache.healthy() {
-        cache.stats.bypasses.fetch_add(1, Ordering::Relaxed);
-        let mut response = next.run(request).await;
-        response.headers_mut().insert(X_CACHE, HeaderValue::from_static("bypass"));
-        return response;
     }
     let access = if grant.allows(module, Access::Write) { "write" } else { "read" };
     let response_key =
@@ -333,7 +339,8 @@ pub async fn listen(cache: Arc<ResponseCache>) {
                 tracing::warn!(error = %e, "cache listener failed; the cache is off until it reconnects")
             }
         }
-        cache.health.lock().unwrap_or_else(|e| e.into_inner()).listening = false;
+        // A new connection must see a heartbeat of its own before the cache serves again.
+        *cache.health.lock().unwrap_or_else(|e| e.into_inner()) = Health::default();
         tokio::time::sleep(delay).await;
         delay = (delay * 2).min(Duration::from_secs(5));
     }
