@@ -520,7 +520,7 @@ impl Stream {
             return Ok(());
         }
         self.wait_for_writes().await?;
-        self.open_log_tx().await?;
+        self.open_log_tx(true).await?;
         let events: Vec<ChangeEvent> = self.pending.drain(..n).collect();
         self.tx_start = self.tx_start.saturating_sub(n);
         let statements = match &self.statements {
@@ -541,15 +541,20 @@ impl Stream {
     }
 
     /// Opens the group's log transaction unless it is open.
-    async fn open_log_tx(&mut self) -> Result<(), CdcError> {
+    /// `with_events`: the transaction will hold events, and wakes the dispatcher when it commits (a
+    /// transaction that only passes a heartbeat on does not).
+    async fn open_log_tx(&mut self, with_events: bool) -> Result<(), CdcError> {
         if !self.writing {
             // Durable before the slot is acknowledged, whatever the server's default; the notification
             // goes out with the commit.
+            // A heartbeat alone need not survive a crash: it is sent again.
+            let rest = if with_events {
+                format!("set local synchronous_commit = on; notify {CHANNEL}")
+            } else {
+                "set local synchronous_commit = off".to_owned()
+            };
             self.writer
-                .batch_execute(&format!(
-                    "begin; set local role {}; set local synchronous_commit = on; notify {CHANNEL}",
-                    quote_ident(EVENTS)
-                ))
+                .batch_execute(&format!("begin; set local role {}; {rest}", quote_ident(EVENTS)))
                 .await?;
             self.writing = true;
         }
@@ -574,7 +579,9 @@ impl Stream {
     async fn commit_group(&mut self) -> Result<(), CdcError> {
         self.flush().await?;
         if let Some(heartbeat) = self.heartbeat.take() {
-            self.open_log_tx().await?;
+            // After flush(): a transaction open by now holds events (and notifies); if none is, this one
+            // only passes the heartbeat on.
+            self.open_log_tx(false).await?;
             self.writer.execute("select pg_notify($1, $2)", &[&HEARTBEAT_CHANNEL, &heartbeat]).await?;
         }
         self.commit_written().await
