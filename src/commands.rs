@@ -279,6 +279,13 @@ fn settings(file: &FileConfig, target: &Target, serving: Option<&Serving>) -> an
         pool_size: serving.and_then(|s| s.pool_size).or(file.pool_size).unwrap_or(DEFAULT_POOL_SIZE),
         body_limit_bytes: file.body_limit_bytes.unwrap_or(DEFAULT_BODY_LIMIT),
         response_cache: !serving.is_some_and(|s| s.no_cache) && file.response_cache.unwrap_or(true),
+        rate_limit_ip: serving.and_then(|s| s.rate_limit_ip).or(file.rate_limit_ip).unwrap_or(1000),
+        rate_limit_key: serving.and_then(|s| s.rate_limit_key).or(file.rate_limit_key).unwrap_or(200),
+        rate_limit_tenant: serving
+            .and_then(|s| s.rate_limit_tenant)
+            .or(file.rate_limit_tenant)
+            .unwrap_or(1000),
+        trusted_proxies: file.trusted_proxies.clone().unwrap_or_default(),
         event_retention_days: match file.event_retention_days.unwrap_or(DEFAULT_EVENT_RETENTION_DAYS) {
             0 => None,
             days => Some(days),
@@ -452,6 +459,7 @@ async fn up_serving(
         body_limit_bytes: settings.body_limit_bytes,
         metrics: Some(event_metrics(endpoint.pg_config(REPLICATION, DATABASE), modules)),
         cache: settings.response_cache.then(tessera_gateway::cache::CacheConfig::default),
+        rate_limits: Some(rate_limits(settings)),
     };
     let app = Application::build(&config, db, modules)
         .await
@@ -506,6 +514,7 @@ async fn serve(settings: Settings, modules: &[Arc<dyn Module>]) -> anyhow::Resul
         metrics: None,
         // Serves only while a CDC worker (`tessera cdc`) keeps the log current; off otherwise.
         cache: settings.response_cache.then(tessera_gateway::cache::CacheConfig::default),
+        rate_limits: Some(rate_limits(&settings)),
     };
     let app = Application::build(&gateway, db, modules)
         .await
@@ -704,4 +713,17 @@ async fn key_cmd(file: &FileConfig, action: KeyAction, modules: &[Arc<dyn Module
         }
     }
     Ok(())
+}
+
+/// The gateway's rate limits from the settings (0 switches one off).
+fn rate_limits(settings: &Settings) -> tessera_gateway::ratelimit::RateLimitConfig {
+    use tessera_gateway::ratelimit::{Rate, RateLimitConfig};
+    let rate = |n: u32| (n > 0).then(|| Rate::per_second(n));
+    RateLimitConfig {
+        per_ip: rate(settings.rate_limit_ip),
+        per_key: rate(settings.rate_limit_key),
+        per_tenant: rate(settings.rate_limit_tenant),
+        trusted_proxies: settings.trusted_proxies.clone(),
+        ..RateLimitConfig::default()
+    }
 }

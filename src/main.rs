@@ -52,6 +52,18 @@ pub struct Serving {
     /// Serve every GET from the database, without the response cache
     #[arg(long, env = "TESSERA_NO_CACHE")]
     pub no_cache: bool,
+
+    /// Requests per second per client address, before authentication; 0 = no limit [default: 1000]
+    #[arg(long, env = "TESSERA_RATE_LIMIT_IP", value_name = "N")]
+    pub rate_limit_ip: Option<u32>,
+
+    /// Requests per second per API key; 0 = no limit [default: 200]
+    #[arg(long, env = "TESSERA_RATE_LIMIT_KEY", value_name = "N")]
+    pub rate_limit_key: Option<u32>,
+
+    /// Requests per second per tenant; 0 = no limit [default: 1000]
+    #[arg(long, env = "TESSERA_RATE_LIMIT_TENANT", value_name = "N")]
+    pub rate_limit_tenant: Option<u32>,
 }
 
 #[derive(Debug, Subcommand)]

@@ -46,6 +46,12 @@ pub struct FileConfig {
     pub body_limit_bytes: Option<usize>,
     /// Whether the gateway caches GET answers [default: true].
     pub response_cache: Option<bool>,
+    /// Requests per second per client address, per API key and per tenant (0: no limit).
+    pub rate_limit_ip: Option<u32>,
+    pub rate_limit_key: Option<u32>,
+    pub rate_limit_tenant: Option<u32>,
+    /// Proxies whose X-Forwarded-For names the client.
+    pub trusted_proxies: Option<Vec<std::net::IpAddr>>,
     /// Days an event stays in `events.log` once every subscriber is past it [default: 30; 0 keeps events
     /// forever].
     pub event_retention_days: Option<u32>,
@@ -98,6 +104,11 @@ pub struct Settings {
     pub pool_size: usize,
     pub body_limit_bytes: usize,
     pub response_cache: bool,
+    /// Requests per second per client address, per key and per tenant; 0 is no limit.
+    pub rate_limit_ip: u32,
+    pub rate_limit_key: u32,
+    pub rate_limit_tenant: u32,
+    pub trusted_proxies: Vec<std::net::IpAddr>,
     /// `None` keeps events forever.
     pub event_retention_days: Option<u32>,
 }

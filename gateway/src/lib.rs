@@ -24,6 +24,7 @@ use tower_http::trace::TraceLayer;
 
 pub mod cache;
 mod events;
+pub mod ratelimit;
 
 const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
@@ -36,6 +37,8 @@ pub struct GatewayConfig {
     pub metrics: Option<MetricsSource>,
     /// Caches GET answers of module routes when set (see [`cache`]).
     pub cache: Option<cache::CacheConfig>,
+    /// Limits request rates under `/v1` when set (see [`ratelimit`]).
+    pub rate_limits: Option<ratelimit::RateLimitConfig>,
 }
 
 /// The future a [`MetricsSource`] returns: the Prometheus text, or why there is none.
@@ -75,6 +78,17 @@ pub fn router_with_cache(
     body_limit_bytes: usize,
     cache: Option<Arc<cache::ResponseCache>>,
 ) -> Router {
+    router_with_layers(db, modules, body_limit_bytes, cache, None)
+}
+
+/// The same, with rate limits in front of everything under `/v1` as well.
+pub fn router_with_layers(
+    db: Database,
+    modules: &[Arc<dyn Module>],
+    body_limit_bytes: usize,
+    cache: Option<Arc<cache::ResponseCache>>,
+    rate_limits: Option<Arc<ratelimit::RateLimits>>,
+) -> Router {
     let feed = db.for_api(tessera_core::module::EVENT_FEED_API, tessera_core::roles::EVENT_FEED);
     let mut module_routes = Router::new();
     for module in modules {
@@ -86,7 +100,10 @@ pub fn router_with_cache(
         let layer = cache::CacheLayer { cache, modules: names };
         module_routes = module_routes.layer(axum::middleware::from_fn_with_state(layer, cache::layer));
     }
-    let api = Router::new().nest("/events", events::router(feed)).merge(module_routes);
+    let mut api = Router::new().nest("/events", events::router(feed)).merge(module_routes);
+    if let Some(limits) = rate_limits {
+        api = api.layer(axum::middleware::from_fn_with_state(limits, ratelimit::layer));
+    }
     Router::new()
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
@@ -171,7 +188,8 @@ impl Application {
         let listener = TcpListener::bind(config.listen).await?;
         let cache = config.cache.clone().map(|c| cache::ResponseCache::new(c, db.clone()));
         let cache_listener = cache.clone().map(|c| tokio::spawn(cache::listen(c)));
-        let mut router = router_with_cache(db, modules, config.body_limit_bytes, cache);
+        let limits = config.rate_limits.clone().map(|l| ratelimit::RateLimits::new(l, db.clone()));
+        let mut router = router_with_layers(db, modules, config.body_limit_bytes, cache, limits);
         if let Some(source) = &config.metrics {
             router = Router::new().route("/metrics", get(metrics)).with_state(source.clone()).merge(router);
         }
@@ -187,7 +205,9 @@ impl Application {
         self,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> std::io::Result<()> {
-        let served = axum::serve(self.listener, self.router).with_graceful_shutdown(shutdown).await;
+        // With the peer's address, for the per-address rate limit.
+        let service = self.router.into_make_service_with_connect_info::<SocketAddr>();
+        let served = axum::serve(self.listener, service).with_graceful_shutdown(shutdown).await;
         if let Some(listener) = self.cache_listener {
             listener.abort();
         }

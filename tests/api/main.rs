@@ -12,6 +12,7 @@ mod hr;
 mod invoicing;
 mod isolation;
 mod migrations;
+mod ratelimit;
 mod restart;
 mod support;
 mod up;

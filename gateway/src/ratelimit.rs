@@ -1,0 +1,318 @@
+//! Rate limits: per client IP before authentication, then per API key and per tenant, each a GCRA (the
+//! generic cell rate algorithm, a token bucket kept as one timestamp per client).
+//!
+//! - **Headers**: every limited response carries `RateLimit-Limit`, `RateLimit-Remaining` and
+//!   `RateLimit-Reset` (seconds until the bucket is full again) of the tightest limit that applied; a
+//!   refusal is `429` problem+json (`rate_limited`, naming the limit) with `Retry-After`.
+//! - **Bounded memory**: each limiter keeps its buckets in a moka cache of bounded size whose entries expire
+//!   once their bucket would be full again, so spraying keys or addresses cannot grow it.
+//! - **Client address**: the peer's address, unless the peer is a configured proxy: then the right-most
+//!   address in `X-Forwarded-For` that is not one of the proxies. A client cannot pick its address by
+//!   sending the header itself.
+//! - **Who a key belongs to** is looked up once per key secret (a wrong secret counts only against the
+//!   address, so knowing another tenant's key prefix does not let anyone spend its quota).
+
+use std::net::{IpAddr, SocketAddr};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use axum::extract::{ConnectInfo, Request, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use tessera_core::ApiError;
+use tessera_core::apikey::{self, PresentedKey};
+use tessera_core::db::Database;
+use uuid::Uuid;
+
+/// A sustained rate and the burst allowed above it.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Rate {
+    pub per_second: f64,
+    pub burst: u32,
+}
+
+impl Rate {
+    /// `n` requests per second with a burst of `n` (one second's worth).
+    pub fn per_second(n: u32) -> Self {
+        Self { per_second: f64::from(n), burst: n.max(1) }
+    }
+
+    fn interval(&self) -> Duration {
+        Duration::from_secs_f64(1.0 / self.per_second.max(1e-9))
+    }
+}
+
+/// The limits; `None` switches one off.
+#[derive(Debug, Clone)]
+pub struct RateLimitConfig {
+    pub per_ip: Option<Rate>,
+    pub per_key: Option<Rate>,
+    pub per_tenant: Option<Rate>,
+    /// Peers whose `X-Forwarded-For` is believed.
+    pub trusted_proxies: Vec<IpAddr>,
+    /// Clients tracked per limiter, at most.
+    pub max_clients: u64,
+}
+
+impl Default for RateLimitConfig {
+    fn default() -> Self {
+        Self {
+            per_ip: Some(Rate::per_second(1000)),
+            per_key: Some(Rate::per_second(200)),
+            per_tenant: Some(Rate::per_second(1000)),
+            trusted_proxies: Vec::new(),
+            max_clients: 100_000,
+        }
+    }
+}
+
+/// One limiter: a bucket per client, as its theoretical arrival time (TAT).
+struct Gcra<K> {
+    rate: Rate,
+    buckets: moka::sync::Cache<K, Arc<Mutex<Instant>>>,
+}
+
+/// What a limiter said about one request.
+#[derive(Debug, Clone, Copy)]
+struct Verdict {
+    allowed: bool,
+    limit: u32,
+    remaining: u32,
+    /// Until the bucket is full again.
+    reset: Duration,
+    /// Until a refused request would be allowed.
+    retry_after: Duration,
+}
+
+impl<K: std::hash::Hash + Eq + Send + Sync + 'static> Gcra<K> {
+    fn new(rate: Rate, max_clients: u64) -> Self {
+        let full = rate.interval().saturating_mul(rate.burst);
+        let buckets = moka::sync::Cache::builder()
+            .max_capacity(max_clients)
+            // A bucket untouched this long is full again: forgetting it changes nothing.
+            .time_to_idle(full + Duration::from_secs(1))
+            .build();
+        Self { rate, buckets }
+    }
+
+    fn check(&self, client: K, now: Instant) -> Verdict {
+        let interval = self.rate.interval();
+        let burst = self.rate.burst;
+        let tolerance = interval.saturating_mul(burst.saturating_sub(1));
+        let bucket = self.buckets.get_with(client, || Arc::new(Mutex::new(now)));
+        let mut tat = bucket.lock().unwrap_or_else(|e| e.into_inner());
+        let current = (*tat).max(now);
+        let ahead = current - now;
+        if ahead > tolerance {
+            return Verdict {
+                allowed: false,
+                limit: burst,
+                remaining: 0,
+                reset: ahead,
+                retry_after: ahead - tolerance,
+            };
+        }
+        *tat = current + interval;
+        let used = (*tat - now).as_secs_f64() / interval.as_secs_f64();
+        let remaining = (f64::from(burst) - used).floor().max(0.0) as u32;
+        Verdict { allowed: true, limit: burst, remaining, reset: *tat - now, retry_after: Duration::ZERO }
+    }
+
+    /// Gives back what an allowed request took, when a later limit refused it.
+    fn refund(&self, client: &K) {
+        if let Some(bucket) = self.buckets.get(client) {
+            let mut tat = bucket.lock().unwrap_or_else(|e| e.into_inner());
+            *tat = tat.checked_sub(self.rate.interval()).unwrap_or(*tat);
+        }
+    }
+}
+
+/// The gateway's limiters.
+pub struct RateLimits {
+    config: RateLimitConfig,
+    db: Database,
+    per_ip: Option<Gcra<IpAddr>>,
+    per_key: Option<Gcra<[u8; 32]>>,
+    per_tenant: Option<Gcra<Uuid>>,
+    /// Key secret → tenant; `None` for a key that does not exist. A key never changes tenant.
+    owners: moka::sync::Cache<[u8; 32], Option<Uuid>>,
+}
+
+impl RateLimits {
+    pub fn new(config: RateLimitConfig, db: Database) -> Arc<Self> {
+        let n = config.max_clients;
+        Arc::new(Self {
+            per_ip: config.per_ip.map(|r| Gcra::new(r, n)),
+            per_key: config.per_key.map(|r| Gcra::new(r, n)),
+            per_tenant: config.per_tenant.map(|r| Gcra::new(r, n)),
+            owners: moka::sync::Cache::builder()
+                .max_capacity(n)
+                .time_to_live(Duration::from_secs(600))
+                .build(),
+            config,
+            db,
+        })
+    }
+
+    /// The client's address: the peer's, or, from a trusted proxy, the right-most untrusted address the
+    /// proxies recorded.
+    fn client_ip(&self, peer: Option<IpAddr>, headers: &HeaderMap) -> Option<IpAddr> {
+        let peer = peer?;
+        if !self.config.trusted_proxies.contains(&peer) {
+            return Some(peer);
+        }
+        let forwarded: Vec<IpAddr> = headers
+            .get_all("x-forwarded-for")
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .filter_map(|a| a.trim().parse().ok())
+            .collect();
+        Some(forwarded.into_iter().rev().find(|a| !self.config.trusted_proxies.contains(a)).unwrap_or(peer))
+    }
+
+    async fn owner(&self, key: &PresentedKey) -> Option<Uuid> {
+        let mut hash = [0u8; 32];
+        hash.copy_from_slice(key.hash());
+        if let Some(owner) = self.owners.get(&hash) {
+            return owner;
+        }
+        // Any module: only the tenant is wanted.
+        let owner = self.db.key_grant(key, "events").await.ok()?.map(|g| g.tenant_id);
+        self.owners.insert(hash, owner);
+        owner
+    }
+}
+
+fn refused(which: &str, verdict: Verdict) -> Response {
+    let mut response = ApiError::new(
+        StatusCode::TOO_MANY_REQUESTS,
+        "rate_limited",
+        format!("too many requests for this {which}; retry after the time in Retry-After"),
+    )
+    .into_response();
+    let retry = verdict.retry_after.as_secs_f64().ceil().max(1.0) as u64;
+    if let Ok(value) = HeaderValue::from_str(&retry.to_string()) {
+        response.headers_mut().insert(header::RETRY_AFTER, value);
+    }
+    set_headers(response.headers_mut(), verdict);
+    response
+}
+
+fn set_headers(headers: &mut HeaderMap, verdict: Verdict) {
+    let reset = verdict.reset.as_secs_f64().ceil() as u64;
+    for (name, value) in [
+        ("ratelimit-limit", verdict.limit as u64),
+        ("ratelimit-remaining", verdict.remaining as u64),
+        ("ratelimit-reset", reset),
+    ] {
+        if let Ok(value) = HeaderValue::from_str(&value.to_string()) {
+            headers.insert(name, value);
+        }
+    }
+}
+
+/// The middleware in front of `/v1`.
+pub async fn layer(State(limits): State<Arc<RateLimits>>, request: Request, next: Next) -> Response {
+    let now = Instant::now();
+    let peer = request.extensions().get::<ConnectInfo<SocketAddr>>().map(|c| c.0.ip());
+    let mut tightest: Option<Verdict> = None;
+    // The refusal, if the verdict is one.
+    let mut consider = |which: &'static str, verdict: Verdict| -> Option<Response> {
+        if !verdict.allowed {
+            return Some(refused(which, verdict));
+        }
+        if tightest.is_none_or(|t| verdict.remaining < t.remaining) {
+            tightest = Some(verdict);
+        }
+        None
+    };
+    // Before anything is looked up for the request.
+    if let (Some(limiter), Some(ip)) = (&limits.per_ip, limits.client_ip(peer, request.headers()))
+        && let Some(response) = consider("address", limiter.check(ip, now))
+    {
+        return response;
+    }
+    let key = request
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .and_then(|token| apikey::parse(token.trim()).ok());
+    if let Some(key) = key
+        && (limits.per_key.is_some() || limits.per_tenant.is_some())
+        && let Some(tenant) = limits.owner(&key).await
+    {
+        // The key first; a request the tenant's limit then refuses gives the key its token back, so that
+        // neither limit is spent by requests the other refused.
+        let mut hash = [0u8; 32];
+        hash.copy_from_slice(key.hash());
+        if let Some(limiter) = &limits.per_key
+            && let Some(response) = consider("API key", limiter.check(hash, now))
+        {
+            return response;
+        }
+        if let Some(limiter) = &limits.per_tenant
+            && let Some(response) = consider("tenant", limiter.check(tenant, now))
+        {
+            if let Some(per_key) = &limits.per_key {
+                per_key.refund(&hash);
+            }
+            return response;
+        }
+    }
+    let mut response = next.run(request).await;
+    if let Some(verdict) = tightest {
+        set_headers(response.headers_mut(), verdict);
+    }
+    response
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_bucket_lets_its_burst_through_then_one_per_interval() {
+        let limiter = Gcra::new(Rate { per_second: 10.0, burst: 5 }, 10);
+        let t0 = Instant::now();
+        let verdicts: Vec<Verdict> = (0..7).map(|_| limiter.check(1u8, t0)).collect();
+        assert_eq!(verdicts.iter().filter(|v| v.allowed).count(), 5);
+        assert_eq!(verdicts.iter().map(|v| v.remaining).take(5).collect::<Vec<_>>(), [4, 3, 2, 1, 0]);
+        let refused = verdicts[5];
+        assert!(!refused.allowed);
+        assert!(refused.retry_after > Duration::ZERO && refused.retry_after <= Duration::from_millis(100));
+        // One interval later, one more.
+        let later = t0 + Duration::from_millis(100);
+        assert!(limiter.check(1, later).allowed);
+        assert!(!limiter.check(1, later).allowed);
+        // Another client has its own bucket.
+        assert!(limiter.check(2, later).allowed);
+        // A full second later the bucket is full again.
+        let much_later = t0 + Duration::from_secs(2);
+        assert_eq!(limiter.check(1, much_later).remaining, 4);
+    }
+
+    #[test]
+    fn sprayed_clients_do_not_grow_the_limiter_beyond_its_bound() {
+        let limiter = Gcra::new(Rate::per_second(10), 1_000);
+        let now = Instant::now();
+        for client in 0..50_000u32 {
+            assert!(limiter.check(client, now).allowed);
+        }
+        limiter.buckets.run_pending_tasks();
+        assert!(limiter.buckets.entry_count() <= 1_000, "{}", limiter.buckets.entry_count());
+    }
+
+    #[test]
+    fn a_refund_gives_one_request_back() {
+        let limiter = Gcra::new(Rate { per_second: 0.01, burst: 2 }, 10);
+        let now = Instant::now();
+        assert!(limiter.check(7u8, now).allowed);
+        assert!(limiter.check(7u8, now).allowed);
+        assert!(!limiter.check(7u8, now).allowed);
+        limiter.refund(&7);
+        assert!(limiter.check(7u8, now).allowed);
+    }
+}
