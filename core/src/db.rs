@@ -16,6 +16,7 @@
 //! tenant bound sees no rows and may write none (the policies fail closed). Nothing outlives the transaction
 //! on the pooled connection: every setting is `LOCAL`.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use deadpool_postgres::{Manager, ManagerConfig, Object, Pool, RecyclingMethod, Runtime};
@@ -130,8 +131,8 @@ impl Database {
         ModuleDb {
             pool: self.pool.clone(),
             module,
-            begin_read: format!("begin read only; set local role {role}"),
-            begin_write: format!("begin; set local role {role}"),
+            begin_read: format!("begin read only; set local role {role}").into(),
+            begin_write: format!("begin; set local role {role}").into(),
         }
     }
 }
@@ -158,8 +159,9 @@ impl KeyGrant {
 pub struct ModuleDb {
     pool: Pool,
     module: &'static str,
-    begin_read: String,
-    begin_write: String,
+    // Shared, not copied: the router clones its handlers' state for every request.
+    begin_read: Arc<str>,
+    begin_write: Arc<str>,
 }
 
 const AUTHENTICATE: &str = "select tenant_id, scopes, tenant_status, module_enabled \

@@ -193,25 +193,16 @@ fn refused(which: &str, verdict: Verdict) -> Response {
     )
     .into_response();
     let retry = verdict.retry_after.as_secs_f64().ceil().max(1.0) as u64;
-    if let Ok(value) = HeaderValue::from_str(&retry.to_string()) {
-        response.headers_mut().insert(header::RETRY_AFTER, value);
-    }
+    response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(retry));
     set_headers(response.headers_mut(), verdict);
     response
 }
 
 fn set_headers(headers: &mut HeaderMap, verdict: Verdict) {
     let reset = verdict.reset.as_secs_f64().ceil() as u64;
-    for (name, value) in [
-        ("ratelimit-limit", verdict.limit as u64),
-        ("ratelimit-remaining", verdict.remaining as u64),
-        ("ratelimit-reset", reset),
-    ] {
-        if let Ok(value) = HeaderValue::from_str(&value.to_string()) {
-            headers.insert(name, value);
-        }
-    }
-}
+    headers.insert("ratelimit-limit", HeaderValue::from(verdict.limit));
+    headers.insert("ratelimit-remaining", HeaderValue::from(verdict.remaining));
+    headers.insert("ratelimit-reset", HeaderValue::from(reset));}
 
 /// The middleware in front of `/v1`.
 pub async fn layer(State(limits): State<Arc<RateLimits>>, request: Request, next: Next) -> Response {
