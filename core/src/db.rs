@@ -137,7 +137,11 @@ impl Database {
     }
 }
 
-/// Database access for one module's request handlers.
+tokio::task_local! {
+    /// Set by the gateway around a request that carries an `Idempotency-Key` (see [`ModuleDb::write`]).
+    pub static IDEMPOTENCY_KEY: Arc<str>;
+}
+
 /// A key check's answer (see [`Database::key_grant`]).
 #[derive(Debug, Clone)]
 pub struct KeyGrant {
@@ -155,6 +159,7 @@ impl KeyGrant {
     }
 }
 
+/// Database access for one module's request handlers.
 #[derive(Clone)]
 pub struct ModuleDb {
     pool: Pool,
@@ -203,6 +208,15 @@ impl ModuleDb {
             self.authenticate_alongside(&tx, &self.begin_write, key, std::future::ready(())).await?;
         self.check(auth, Access::Write)?;
         let value = body(&tx).await?;
+        // A request under an Idempotency-Key: its key is marked as having taken effect in this same
+        // transaction, so it can never run twice, whatever happens before its response is recorded.
+        if let Ok(idempotency_key) = IDEMPOTENCY_KEY.try_with(Arc::clone) {
+            tx.execute(
+                "update core.idempotency_keys set committed = true where key = $1",
+                &[&&*idempotency_key],
+            )
+            .await?;
+        }
         tx.commit().await?;
         Ok(value)
     }

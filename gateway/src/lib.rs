@@ -24,6 +24,7 @@ use tower_http::trace::TraceLayer;
 
 pub mod cache;
 mod events;
+pub mod idempotency;
 pub mod ratelimit;
 
 const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
@@ -100,6 +101,13 @@ pub fn router_with_layers(
         let layer = cache::CacheLayer { cache, modules: names };
         module_routes = module_routes.layer(axum::middleware::from_fn_with_state(layer, cache::layer));
     }
+    // Outside the cache: a replayed answer is not a write.
+    let idempotency = idempotency::IdempotencyLayer {
+        modules: Arc::new(modules.iter().map(|m| (m.name(), db.for_module(m.name()))).collect()),
+        body_limit_bytes,
+    };
+    module_routes =
+        module_routes.layer(axum::middleware::from_fn_with_state(idempotency, idempotency::layer));
     let mut api = Router::new().nest("/events", events::router(feed)).merge(module_routes);
     if let Some(limits) = rate_limits {
         api = api.layer(axum::middleware::from_fn_with_state(limits, ratelimit::layer));

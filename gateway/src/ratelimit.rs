@@ -202,7 +202,8 @@ fn set_headers(headers: &mut HeaderMap, verdict: Verdict) {
     let reset = verdict.reset.as_secs_f64().ceil() as u64;
     headers.insert("ratelimit-limit", HeaderValue::from(verdict.limit));
     headers.insert("ratelimit-remaining", HeaderValue::from(verdict.remaining));
-    headers.insert("ratelimit-reset", HeaderValue::from(reset));}
+    headers.insert("ratelimit-reset", HeaderValue::from(reset));
+}
 
 /// The middleware in front of `/v1`.
 pub async fn layer(State(limits): State<Arc<RateLimits>>, request: Request, next: Next) -> Response {

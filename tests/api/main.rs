@@ -9,6 +9,7 @@ mod crud;
 mod events;
 mod flows;
 mod hr;
+mod idempotency;
 mod invoicing;
 mod isolation;
 mod migrations;
