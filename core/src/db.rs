@@ -59,11 +59,18 @@ impl Database {
         let pool = Pool::builder(manager)
             .max_size(max_size)
             .runtime(Runtime::Tokio1)
-            .wait_timeout(Some(Duration::from_secs(5)))
+            // An exhausted pool answers 503 quickly instead of queueing requests until they time out.
+            .wait_timeout(Some(Duration::from_millis(250)))
             .create_timeout(Some(Duration::from_secs(5)))
             .recycle_timeout(Some(Duration::from_secs(5)))
             .build()?;
         Ok(Self { pool, config })
+    }
+
+    /// The pool's size and use: (connections, idle, requests waiting).
+    pub fn pool_status(&self) -> (usize, usize, usize) {
+        let status = self.pool.status();
+        (status.size, status.available, status.waiting)
     }
 
     /// How the pool connects: for a connection of its own (one that listens for notifications).

@@ -100,6 +100,30 @@ pub struct CacheStats {
     pub misses: AtomicU64,
     pub bypasses: AtomicU64,
     pub not_modified: AtomicU64,
+    /// Entries dropped to stay within the size bound.
+    pub evictions: Arc<AtomicU64>,
+}
+
+/// The counters at one moment.
+#[derive(Debug, Clone, Copy)]
+pub struct CacheSnapshot {
+    pub hits: u64,
+    pub misses: u64,
+    pub bypasses: u64,
+    pub not_modified: u64,
+    pub evictions: u64,
+}
+
+impl CacheStats {
+    pub fn snapshot(&self) -> CacheSnapshot {
+        CacheSnapshot {
+            hits: self.hits.load(Ordering::Relaxed),
+            misses: self.misses.load(Ordering::Relaxed),
+            bypasses: self.bypasses.load(Ordering::Relaxed),
+            not_modified: self.not_modified.load(Ordering::Relaxed),
+            evictions: self.evictions.load(Ordering::Relaxed),
+        }
+    }
 }
 
 /// The cache shared by the gateway's requests and its listener.
@@ -127,7 +151,14 @@ struct Health {
 
 impl ResponseCache {
     pub fn new(config: CacheConfig, db: Database) -> Arc<Self> {
+        let evictions = Arc::new(AtomicU64::new(0));
+        let evicted = evictions.clone();
         let responses = moka::sync::Cache::builder()
+            .eviction_listener(move |_, _, cause| {
+                if cause == moka::notification::RemovalCause::Size {
+                    evicted.fetch_add(1, Ordering::Relaxed);
+                }
+            })
             .max_capacity(config.max_bytes)
             .weigher(|key: &Arc<ResponseKey>, entry: &Arc<Entry>| {
                 let bytes = entry.body.len() + key.path.len() + key.query.len() + 128;
@@ -144,7 +175,7 @@ impl ResponseCache {
             key_epoch: AtomicU64::new(0),
             generations: Mutex::new(HashMap::new()),
             health: Mutex::new(Health::default()),
-            stats: CacheStats::default(),
+            stats: CacheStats { evictions, ..CacheStats::default() },
         })
     }
 

@@ -25,6 +25,7 @@ use tower_http::trace::TraceLayer;
 pub mod cache;
 mod events;
 pub mod idempotency;
+pub mod metrics;
 pub mod ratelimit;
 
 const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
@@ -55,15 +56,25 @@ impl std::fmt::Debug for MetricsSource {
     }
 }
 
-async fn metrics(State(source): State<MetricsSource>) -> Response {
-    match (source.0)().await {
-        Ok(text) => ([(axum::http::header::CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response(),
-        Err(e) => {
-            tracing::warn!(error = %e, "metrics unavailable");
-            ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "metrics_unavailable", "metrics are unavailable")
-                .into_response()
+async fn metrics(
+    State((gateway, source)): State<(Arc<metrics::GatewayMetrics>, Option<MetricsSource>)>,
+) -> Response {
+    let mut text = gateway.render();
+    if let Some(source) = source {
+        match (source.0)().await {
+            Ok(more) => text.push_str(&more),
+            Err(e) => {
+                tracing::warn!(error = %e, "metrics unavailable");
+                return ApiError::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "metrics_unavailable",
+                    "metrics are unavailable",
+                )
+                .into_response();
+            }
         }
     }
+    ([(axum::http::header::CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response()
 }
 
 /// The gateway's routes and middleware, ready to serve or to call in-process.
@@ -197,10 +208,13 @@ impl Application {
         let cache = config.cache.clone().map(|c| cache::ResponseCache::new(c, db.clone()));
         let cache_listener = cache.clone().map(|c| tokio::spawn(cache::listen(c)));
         let limits = config.rate_limits.clone().map(|l| ratelimit::RateLimits::new(l, db.clone()));
-        let mut router = router_with_layers(db, modules, config.body_limit_bytes, cache, limits);
-        if let Some(source) = &config.metrics {
-            router = Router::new().route("/metrics", get(metrics)).with_state(source.clone()).merge(router);
-        }
+        let gateway_metrics = metrics::GatewayMetrics::new(db.clone(), cache.clone(), limits.clone());
+        let router = router_with_layers(db, modules, config.body_limit_bytes, cache, limits)
+            .layer(axum::middleware::from_fn_with_state(gateway_metrics.clone(), metrics::layer));
+        let router = Router::new()
+            .route("/metrics", get(metrics))
+            .with_state((gateway_metrics, config.metrics.clone()))
+            .merge(router);
         Ok(Self { listener, router, cache_listener })
     }
 

@@ -137,6 +137,8 @@ pub struct RateLimits {
     per_tenant: Option<Gcra<Uuid>>,
     /// Key secret → tenant; `None` for a key that does not exist. A key never changes tenant.
     owners: moka::sync::Cache<[u8; 32], Option<Uuid>>,
+    /// Refusals by limit: address, key, tenant.
+    refused: [std::sync::atomic::AtomicU64; 3],
 }
 
 impl RateLimits {
@@ -152,7 +154,14 @@ impl RateLimits {
                 .build(),
             config,
             db,
+            refused: Default::default(),
         })
+    }
+
+    /// Refusals so far, by limit.
+    pub fn refusals(&self) -> [(&'static str, u64); 3] {
+        let n = |i: usize| self.refused[i].load(std::sync::atomic::Ordering::Relaxed);
+        [("address", n(0)), ("key", n(1)), ("tenant", n(2))]
     }
 
     /// The client's address: the peer's, or, from a trusted proxy, the right-most untrusted address the
@@ -213,6 +222,12 @@ pub async fn layer(State(limits): State<Arc<RateLimits>>, request: Request, next
     // The refusal, if the verdict is one.
     let mut consider = |which: &'static str, verdict: Verdict| -> Option<Response> {
         if !verdict.allowed {
+            let i = match which {
+                "address" => 0,
+                "API key" => 1,
+                _ => 2,
+            };
+            limits.refused[i].fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             return Some(refused(which, verdict));
         }
         if tightest.is_none_or(|t| verdict.remaining < t.remaining) {

@@ -173,6 +173,8 @@ async fn tessera_up_serves_the_demo_tenant_then_stops_cleanly_and_reuses_its_clu
         .expect("letters");
     assert!(letters.status.success());
     assert!(String::from_utf8_lossy(&letters.stderr).contains("no dead letters"));
+    let health = http.get(format!("{base}/healthz")).send().await.expect("healthz");
+    assert_eq!(health.status(), 200);
     // Read in the background every 5 s: poll until it shows the worker streaming.
     let deadline = std::time::Instant::now() + Duration::from_secs(20);
     let metrics = loop {
@@ -188,6 +190,16 @@ async fn tessera_up_serves_the_demo_tenant_then_stops_cleanly_and_reuses_its_clu
         metrics.contains("tessera_subscriber_dead_letters{subscriber=\"hr.commissions\"} 0"),
         "{metrics}"
     );
+    // The gateway's own: requests by route (ids hidden), latency, the cache, the limiter, the pool.
+    for line in [
+        "tessera_http_requests_total{route=\"/healthz\",method=\"GET\",status=\"200\"}",
+        "tessera_http_request_duration_seconds_bucket{route=\"/healthz\",le=\"+Inf\"}",
+        "tessera_cache_lookups_total{outcome=\"hit\"}",
+        "tessera_rate_limited_total{limit=\"key\"} 0",
+        "tessera_db_pool_connections{state=\"idle\"}",
+    ] {
+        assert!(metrics.contains(line), "{line} missing from:\n{metrics}");
+    }
     // The demo key reads the tenant's event feed.
     let feed: serde_json::Value = http
         .get(format!("{base}/v1/events?types=deal.closed.won"))
