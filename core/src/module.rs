@@ -1,7 +1,13 @@
 //! The contract a business module fulfils. Adding a module touches no other module: the binary lists the
 //! compiled-in modules, and the migrator, the role script and the gateway take them from that list.
 
+use crate::ApiError;
+use crate::apikey::PresentedKey;
 use crate::db::ModuleDb;
+
+/// A module's part of a dashboard: JSON, or why it has none.
+pub type DashboardPart<'a> =
+    std::pin::Pin<Box<dyn Future<Output = Result<serde_json::Value, ApiError>> + Send + 'a>>;
 
 pub trait Module: Send + Sync + 'static {
     /// The module's name, which is also its Postgres schema, its URL segment (`/v1/<name>/…`) and the first
@@ -27,6 +33,18 @@ pub trait Module: Send + Sync + 'static {
     /// The events this module reacts to. Handlers run as the module's role with the event's tenant bound.
     fn subscriptions(&self) -> Vec<Subscription> {
         Vec::new()
+    }
+
+    /// This module's part of a CRM company's dashboard (`GET /v1/dashboard/companies/{id}`), read through
+    /// `db` with the caller's key, so the key's scope and tenant checks apply as for any route; `None` when
+    /// the module has nothing to say about companies. `not_found` means the company does not exist.
+    fn company_dashboard<'a>(
+        &'a self,
+        _db: &'a ModuleDb,
+        _key: &'a PresentedKey,
+        _company: uuid::Uuid,
+    ) -> Option<DashboardPart<'a>> {
+        None
     }
 }
 

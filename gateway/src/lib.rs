@@ -9,6 +9,7 @@ use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
 
 use axum::Router;
 use axum::extract::{DefaultBodyLimit, State};
@@ -23,6 +24,7 @@ use tower_http::request_id::{MakeRequestId, PropagateRequestIdLayer, RequestId, 
 use tower_http::trace::TraceLayer;
 
 pub mod cache;
+mod dashboard;
 mod events;
 pub mod idempotency;
 pub mod metrics;
@@ -77,6 +79,9 @@ async fn metrics(
     ([(axum::http::header::CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response()
 }
 
+/// How long a module's part of a dashboard may take before the answer goes without it.
+pub const DASHBOARD_BUDGET: Duration = Duration::from_millis(800);
+
 /// The gateway's routes and middleware, ready to serve or to call in-process.
 pub fn router(db: Database, modules: &[Arc<dyn Module>], body_limit_bytes: usize) -> Router {
     router_with_cache(db, modules, body_limit_bytes, None)
@@ -119,7 +124,10 @@ pub fn router_with_layers(
     };
     module_routes =
         module_routes.layer(axum::middleware::from_fn_with_state(idempotency, idempotency::layer));
-    let mut api = Router::new().nest("/events", events::router(feed)).merge(module_routes);
+    let mut api = Router::new()
+        .nest("/events", events::router(feed))
+        .nest("/dashboard", dashboard::router(&db, modules, DASHBOARD_BUDGET))
+        .merge(module_routes);
     if let Some(limits) = rate_limits {
         api = api.layer(axum::middleware::from_fn_with_state(limits, ratelimit::layer));
     }

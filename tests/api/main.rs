@@ -6,6 +6,7 @@ mod catalog;
 mod cdc_decoding;
 mod cdc_worker;
 mod crud;
+mod dashboard;
 mod events;
 mod flows;
 mod hr;

@@ -5,6 +5,7 @@
 //! serves `/v1/crm/{companies,contacts,deals}`. Its SQL lives in [`store`], its wire types in [`model`],
 //! its HTTP handlers in [`routes`].
 
+mod dashboard;
 mod model;
 mod routes;
 mod store;
@@ -30,6 +31,15 @@ impl Module for Crm {
 
     fn routes(&self, db: ModuleDb) -> axum::Router {
         routes::router(db)
+    }
+
+    fn company_dashboard<'a>(
+        &'a self,
+        db: &'a ModuleDb,
+        key: &'a tessera_core::apikey::PresentedKey,
+        company: uuid::Uuid,
+    ) -> Option<tessera_core::module::DashboardPart<'a>> {
+        Some(Box::pin(dashboard::company(db, key, company)))
     }
 
     fn demo_data(&self) -> Option<&'static str> {

@@ -12,6 +12,7 @@
 //! customers in step with CRM companies and to draft an invoice for every won deal ([`crm_events`]).
 
 mod crm_events;
+mod dashboard;
 mod model;
 mod routes;
 mod store;
@@ -37,6 +38,15 @@ impl Module for Invoicing {
 
     fn routes(&self, db: ModuleDb) -> axum::Router {
         routes::router(db)
+    }
+
+    fn company_dashboard<'a>(
+        &'a self,
+        db: &'a ModuleDb,
+        key: &'a tessera_core::apikey::PresentedKey,
+        company: uuid::Uuid,
+    ) -> Option<tessera_core::module::DashboardPart<'a>> {
+        Some(Box::pin(dashboard::company(db, key, company)))
     }
 
     fn demo_data(&self) -> Option<&'static str> {
