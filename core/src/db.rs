@@ -67,6 +67,20 @@ impl Database {
         Ok(Self { pool, config })
     }
 
+    /// Adds request counts to `core.usage` (see `sql/core/V8__usage.sql`).
+    pub async fn record_usage(
+        &self,
+        tenants: &[uuid::Uuid],
+        apis: &[&str],
+        days: &[time::Date],
+        counts: &[i64],
+    ) -> Result<(), ApiError> {
+        let client = self.pool.get().await.map_err(|e| ApiError::unavailable(&e))?;
+        let statement = client.prepare_cached("select core.record_usage($1, $2, $3, $4)").await?;
+        client.query_one(&statement, &[&tenants, &apis, &days, &counts]).await?;
+        Ok(())
+    }
+
     /// The pool's size and use: (connections, idle, requests waiting).
     pub fn pool_status(&self) -> (usize, usize, usize) {
         let status = self.pool.status();

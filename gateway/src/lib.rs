@@ -28,7 +28,9 @@ mod dashboard;
 mod events;
 pub mod idempotency;
 pub mod metrics;
+pub mod owners;
 pub mod ratelimit;
+pub mod usage;
 
 const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
@@ -95,17 +97,25 @@ pub fn router_with_cache(
     body_limit_bytes: usize,
     cache: Option<Arc<cache::ResponseCache>>,
 ) -> Router {
-    router_with_layers(db, modules, body_limit_bytes, cache, None)
+    router_with_layers(db, modules, body_limit_bytes, Layers { cache, ..Layers::default() })
 }
 
-/// The same, with rate limits in front of everything under `/v1` as well.
+/// The optional parts of the request path.
+#[derive(Clone, Default)]
+pub struct Layers {
+    pub cache: Option<Arc<cache::ResponseCache>>,
+    pub rate_limits: Option<Arc<ratelimit::RateLimits>>,
+    pub usage: Option<Arc<usage::Usage>>,
+}
+
+/// The same, with any of the optional layers.
 pub fn router_with_layers(
     db: Database,
     modules: &[Arc<dyn Module>],
     body_limit_bytes: usize,
-    cache: Option<Arc<cache::ResponseCache>>,
-    rate_limits: Option<Arc<ratelimit::RateLimits>>,
+    layers: Layers,
 ) -> Router {
+    let Layers { cache, rate_limits, usage } = layers;
     let feed = db.for_api(tessera_core::module::EVENT_FEED_API, tessera_core::roles::EVENT_FEED);
     let mut module_routes = Router::new();
     for module in modules {
@@ -124,10 +134,16 @@ pub fn router_with_layers(
     };
     module_routes =
         module_routes.layer(axum::middleware::from_fn_with_state(idempotency, idempotency::layer));
+    let usage_db = db.for_api("usage", tessera_core::roles::EVENT_FEED);
     let mut api = Router::new()
         .nest("/events", events::router(feed))
+        .nest("/usage", usage::router(usage_db))
         .nest("/dashboard", dashboard::router(&db, modules, DASHBOARD_BUDGET))
         .merge(module_routes);
+    if let Some(usage) = usage {
+        api = api.layer(axum::middleware::from_fn_with_state(usage, usage::layer));
+    }
+    // Outside the usage count: a refused request is not usage.
     if let Some(limits) = rate_limits {
         api = api.layer(axum::middleware::from_fn_with_state(limits, ratelimit::layer));
     }
@@ -203,6 +219,8 @@ pub struct Application {
     listener: TcpListener,
     router: Router,
     cache_listener: Option<tokio::task::JoinHandle<()>>,
+    usage: Arc<usage::Usage>,
+    usage_flusher: tokio::task::JoinHandle<()>,
 }
 
 impl Application {
@@ -215,15 +233,20 @@ impl Application {
         let listener = TcpListener::bind(config.listen).await?;
         let cache = config.cache.clone().map(|c| cache::ResponseCache::new(c, db.clone()));
         let cache_listener = cache.clone().map(|c| tokio::spawn(cache::listen(c)));
-        let limits = config.rate_limits.clone().map(|l| ratelimit::RateLimits::new(l, db.clone()));
+        let owners = Arc::new(owners::KeyOwners::new(db.clone(), 100_000));
+        let limits = config.rate_limits.clone().map(|l| ratelimit::RateLimits::new(l, owners.clone()));
+        let names: Vec<&'static str> = modules.iter().map(|m| m.name()).collect();
+        let usage = usage::Usage::new(db.clone(), owners, &names);
+        let usage_flusher = tokio::spawn(usage.clone().run(Duration::from_secs(5)));
         let gateway_metrics = metrics::GatewayMetrics::new(db.clone(), cache.clone(), limits.clone());
-        let router = router_with_layers(db, modules, config.body_limit_bytes, cache, limits)
+        let layers = Layers { cache, rate_limits: limits, usage: Some(usage.clone()) };
+        let router = router_with_layers(db, modules, config.body_limit_bytes, layers)
             .layer(axum::middleware::from_fn_with_state(gateway_metrics.clone(), metrics::layer));
         let router = Router::new()
             .route("/metrics", get(metrics))
             .with_state((gateway_metrics, config.metrics.clone()))
             .merge(router);
-        Ok(Self { listener, router, cache_listener })
+        Ok(Self { listener, router, cache_listener, usage, usage_flusher })
     }
 
     pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
@@ -240,6 +263,11 @@ impl Application {
         let served = axum::serve(self.listener, service).with_graceful_shutdown(shutdown).await;
         if let Some(listener) = self.cache_listener {
             listener.abort();
+        }
+        self.usage_flusher.abort();
+        // What the last requests counted.
+        if let Err(e) = self.usage.flush().await {
+            tracing::warn!(error = ?e, "could not record the last usage counts");
         }
         served
     }

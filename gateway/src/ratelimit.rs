@@ -22,8 +22,9 @@ use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use tessera_core::ApiError;
 use tessera_core::apikey::{self, PresentedKey};
-use tessera_core::db::Database;
 use uuid::Uuid;
+
+use crate::owners::KeyOwners;
 
 /// A sustained rate and the burst allowed above it.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -131,29 +132,23 @@ impl<K: std::hash::Hash + Eq + Send + Sync + 'static> Gcra<K> {
 /// The gateway's limiters.
 pub struct RateLimits {
     config: RateLimitConfig,
-    db: Database,
     per_ip: Option<Gcra<IpAddr>>,
     per_key: Option<Gcra<[u8; 32]>>,
     per_tenant: Option<Gcra<Uuid>>,
-    /// Key secret → tenant; `None` for a key that does not exist. A key never changes tenant.
-    owners: moka::sync::Cache<[u8; 32], Option<Uuid>>,
+    owners: Arc<KeyOwners>,
     /// Refusals by limit: address, key, tenant.
     refused: [std::sync::atomic::AtomicU64; 3],
 }
 
 impl RateLimits {
-    pub fn new(config: RateLimitConfig, db: Database) -> Arc<Self> {
+    pub fn new(config: RateLimitConfig, owners: Arc<KeyOwners>) -> Arc<Self> {
         let n = config.max_clients;
         Arc::new(Self {
             per_ip: config.per_ip.map(|r| Gcra::new(r, n)),
             per_key: config.per_key.map(|r| Gcra::new(r, n)),
             per_tenant: config.per_tenant.map(|r| Gcra::new(r, n)),
-            owners: moka::sync::Cache::builder()
-                .max_capacity(n)
-                .time_to_live(Duration::from_secs(600))
-                .build(),
+            owners,
             config,
-            db,
             refused: Default::default(),
         })
     }
@@ -182,15 +177,7 @@ impl RateLimits {
     }
 
     async fn owner(&self, key: &PresentedKey) -> Option<Uuid> {
-        let mut hash = [0u8; 32];
-        hash.copy_from_slice(key.hash());
-        if let Some(owner) = self.owners.get(&hash) {
-            return owner;
-        }
-        // Any module: only the tenant is wanted.
-        let owner = self.db.key_grant(key, "events").await.ok()?.map(|g| g.tenant_id);
-        self.owners.insert(hash, owner);
-        owner
+        self.owners.owner(key).await
     }
 }
 

@@ -18,3 +18,4 @@ mod ratelimit;
 mod restart;
 mod support;
 mod up;
+mod usage;

@@ -13,9 +13,10 @@ use tessera_gateway::ratelimit::{Rate, RateLimitConfig, RateLimits};
 use crate::support::{BODY_LIMIT, TestApp, TestResponse, modules};
 
 fn limited(app: &mut TestApp, config: RateLimitConfig) {
-    let limits = RateLimits::new(config, app.pool.clone());
-    app.router =
-        tessera_gateway::router_with_layers(app.pool.clone(), &modules(), BODY_LIMIT, None, Some(limits));
+    let owners = Arc::new(tessera_gateway::owners::KeyOwners::new(app.pool.clone(), 1000));
+    let limits = RateLimits::new(config, owners);
+    let layers = tessera_gateway::Layers { rate_limits: Some(limits), ..Default::default() };
+    app.router = tessera_gateway::router_with_layers(app.pool.clone(), &modules(), BODY_LIMIT, layers);
 }
 
 fn off() -> RateLimitConfig {

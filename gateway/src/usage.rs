@@ -1,0 +1,151 @@
+//! Usage for billing: requests answered successfully (status below 400), per tenant, module and UTC day,
+//! counted in memory and added to `core.usage` every few seconds (`core.record_usage`); a tenant reads its
+//! own with `GET /v1/usage?from=YYYY-MM-DD&to=YYYY-MM-DD` (scope `usage:read`).
+//!
+//! Counts not yet added are lost if the process dies (at most one flush interval's worth); a flush that
+//! fails keeps them for the next one.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::Router;
+use axum::extract::{Request, State};
+use axum::http::header;
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use serde_json::json;
+use tessera_core::ApiError;
+use tessera_core::apikey::{self, PresentedKey};
+use tessera_core::db::{Database, ModuleDb};
+use tessera_core::input::QueryParams;
+use time::{Date, OffsetDateTime};
+use uuid::Uuid;
+
+use crate::owners::KeyOwners;
+
+/// The counts of one gateway process.
+pub struct Usage {
+    db: Database,
+    owners: Arc<KeyOwners>,
+    /// The names counted: the modules, and the platform's own APIs.
+    apis: Vec<&'static str>,
+    counts: Mutex<HashMap<(Uuid, &'static str, Date), i64>>,
+}
+
+impl Usage {
+    pub fn new(db: Database, owners: Arc<KeyOwners>, modules: &[&'static str]) -> Arc<Self> {
+        let mut apis = modules.to_vec();
+        apis.extend(["events", "dashboard", "usage"]);
+        Arc::new(Self { db, owners, apis, counts: Mutex::new(HashMap::new()) })
+    }
+
+    fn count(&self, tenant: Uuid, api: &'static str) {
+        let day = OffsetDateTime::now_utc().date();
+        *self.counts.lock().unwrap_or_else(|e| e.into_inner()).entry((tenant, api, day)).or_insert(0) += 1;
+    }
+
+    /// Adds what was counted to `core.usage`.
+    pub async fn flush(&self) -> Result<(), ApiError> {
+        let taken = std::mem::take(&mut *self.counts.lock().unwrap_or_else(|e| e.into_inner()));
+        if taken.is_empty() {
+            return Ok(());
+        }
+        let (mut tenants, mut apis, mut days, mut counts) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+        for ((tenant, api, day), n) in &taken {
+            tenants.push(*tenant);
+            apis.push(*api);
+            days.push(*day);
+            counts.push(*n);
+        }
+        let result = self.db.record_usage(&tenants, &apis, &days, &counts).await;
+        if result.is_err() {
+            // Kept for the next flush.
+            let mut counts = self.counts.lock().unwrap_or_else(|e| e.into_inner());
+            for (key, n) in taken {
+                *counts.entry(key).or_insert(0) += n;
+            }
+        }
+        result
+    }
+
+    /// Flushes every `every` until aborted.
+    pub async fn run(self: Arc<Self>, every: Duration) {
+        let mut ticker = tokio::time::interval(every);
+        loop {
+            ticker.tick().await;
+            if let Err(e) = self.flush().await {
+                tracing::warn!(error = ?e, "could not record usage; keeping the counts");
+            }
+        }
+    }
+}
+
+/// The middleware that counts, in front of `/v1`.
+pub async fn layer(State(usage): State<Arc<Usage>>, request: Request, next: Next) -> Response {
+    let path = request.uri().path();
+    let api = path
+        .strip_prefix("/v1/")
+        .or_else(|| path.strip_prefix('/'))
+        .and_then(|rest| rest.split('/').next())
+        .and_then(|name| usage.apis.iter().find(|a| **a == name).copied());
+    let key = request
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .and_then(|token| apikey::parse(token.trim()).ok());
+    let response = next.run(request).await;
+    if let (Some(api), Some(key)) = (api, key)
+        && response.status().as_u16() < 400
+        && let Some(tenant) = usage.owners.owner(&key).await
+    {
+        usage.count(tenant, api);
+    }
+    response
+}
+
+/// `GET /v1/usage`.
+pub fn router(db: ModuleDb) -> Router {
+    Router::new().route("/", get(read)).with_state(db)
+}
+
+async fn read(State(db): State<ModuleDb>, key: PresentedKey, request: Request) -> Result<Response, ApiError> {
+    let mut q = QueryParams::parse(request.uri().query())?;
+    let today = OffsetDateTime::now_utc().date();
+    let date = |q: &mut QueryParams, name: &str| -> Result<Option<Date>, ApiError> {
+        q.take(name)
+            .map(|v| {
+                Date::parse(&v, time::macros::format_description!("[year]-[month]-[day]")).map_err(|_| {
+                    ApiError::invalid_parameter(name, format!("{name} must be a date (YYYY-MM-DD)"))
+                })
+            })
+            .transpose()
+    };
+    let to = date(&mut q, "to")?.unwrap_or(today);
+    let from = date(&mut q, "from")?.unwrap_or(to - time::Duration::days(30));
+    q.finish()?;
+    if from > to || (to - from) > time::Duration::days(366) {
+        return Err(ApiError::invalid_parameter(
+            "from",
+            "from must be on or before to, at most 366 days apart",
+        ));
+    }
+    let rows = db
+        .read(&key, async |tx| {
+            Ok(tx
+                .query(
+                    "select module, day, requests from core.usage where day between $1 and $2 order by day, module",
+                    &[&from, &to],
+                )
+                .await?)
+        })
+        .await?;
+    let data: Vec<serde_json::Value> = rows
+        .iter()
+        .map(|r| json!({"module": r.get::<_, String>(0), "day": r.get::<_, Date>(1).to_string(), "requests": r.get::<_, i64>(2)}))
+        .collect();
+    Ok(axum::Json(json!({"object": "list", "data": data, "from": from.to_string(), "to": to.to_string()}))
+        .into_response())
+}
