@@ -23,7 +23,7 @@ use tessera_core::{Module, migrate};
 use tessera_gateway::{Application, GatewayConfig, MetricsSource};
 use tokio_postgres::Client;
 
-use crate::{Cli, Command, EventsAction, KeyAction, Serving, Target, TenantAction};
+use crate::{Cli, Command, EventsAction, KeyAction, MemberAction, Serving, Target, TenantAction, UserAction};
 
 /// The modules compiled into this binary.
 fn modules() -> Vec<Arc<dyn Module>> {
@@ -52,6 +52,8 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Tenant { action } => tenant_cmd(&file, action, &modules).await,
         Command::Key { action } => key_cmd(&file, action, &modules).await,
+        Command::User { action } => user_cmd(&file, action, &modules).await,
+        Command::Member { action } => member_cmd(&file, action, &modules).await,
         Command::Cdc { target } => cdc_cmd(settings(&file, &target, None)?, &modules).await,
         Command::Events { action } => events_cmd(&file, action, &modules).await,
         Command::Doctor { target } => doctor_cmd(settings(&file, &target, None)?, &modules).await,
@@ -671,7 +673,8 @@ async fn key_cmd(file: &FileConfig, action: KeyAction, modules: &[Arc<dyn Module
             let named: Vec<&str> = scopes
                 .iter()
                 .map(|s| s.module.as_str())
-                .filter(|m| *m != tessera_core::module::EVENT_FEED_API)
+                // The platform's own APIs, which every tenant has.
+                .filter(|m| *m != tessera_core::module::EVENT_FEED_API && *m != "usage")
                 .collect();
             admin::known_modules(&module_refs(modules), &named)?;
             let mut session = OwnerSession::open(&settings, modules).await?;
@@ -726,4 +729,55 @@ fn rate_limits(settings: &Settings) -> tessera_gateway::ratelimit::RateLimitConf
         trusted_proxies: settings.trusted_proxies.clone(),
         ..RateLimitConfig::default()
     }
+}
+
+async fn user_cmd(file: &FileConfig, action: UserAction, modules: &[Arc<dyn Module>]) -> anyhow::Result<()> {
+    match action {
+        UserAction::Create { target, email } => {
+            let password = match std::env::var("TESSERA_PASSWORD") {
+                Ok(p) => p,
+                Err(_) => {
+                    let mut line = String::new();
+                    std::io::stdin().read_line(&mut line)?;
+                    line.trim_end_matches(['\r', '\n']).to_owned()
+                }
+            };
+            let settings = settings(file, &target, None)?;
+            let mut session = OwnerSession::open(&settings, modules).await?;
+            let result = admin::create_user(&mut session.client, &email, &password).await;
+            session.close()?;
+            let id = result?;
+            eprintln!("created user {email}");
+            println!("{id}");
+        }
+    }
+    Ok(())
+}
+
+async fn member_cmd(
+    file: &FileConfig,
+    action: MemberAction,
+    modules: &[Arc<dyn Module>],
+) -> anyhow::Result<()> {
+    let (target, tenant, email, role) = match &action {
+        MemberAction::Add { target, tenant, email, role } => (target, tenant, email, Some(role.as_str())),
+        MemberAction::Remove { target, tenant, email } => (target, tenant, email, None),
+    };
+    let settings = settings(file, target, None)?;
+    let mut session = OwnerSession::open(&settings, modules).await?;
+    let result = async {
+        let t = admin::find_tenant(&session.client, tenant).await?;
+        match role {
+            Some(role) => admin::add_member(&mut session.client, t.id, email, role).await,
+            None => admin::remove_member(&mut session.client, t.id, email).await,
+        }
+    }
+    .await;
+    session.close()?;
+    result?;
+    match role {
+        Some(role) => eprintln!("{email} is a member of {tenant} as {role}"),
+        None => eprintln!("{email} is no longer a member of {tenant}"),
+    }
+    Ok(())
 }

@@ -107,6 +107,16 @@ pub enum Command {
         #[command(subcommand)]
         action: KeyAction,
     },
+    /// Create users, who log in (POST /v1/auth/login) to the tenants they are members of.
+    User {
+        #[command(subcommand)]
+        action: UserAction,
+    },
+    /// Add users to a tenant with a role, or remove them (their tokens stop working at once).
+    Member {
+        #[command(subcommand)]
+        action: MemberAction,
+    },
     /// Run the CDC worker and the event dispatcher alone (without the gateway). With --database-url,
     /// connect as tessera_replication. A second one stands by and takes over when the first stops.
     Cdc {
@@ -192,6 +202,45 @@ pub enum TenantAction {
         tenant: String,
         #[arg(long, value_delimiter = ',', required = true)]
         modules: Vec<String>,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum UserAction {
+    /// Create a user. The password (12 characters or more) is read from TESSERA_PASSWORD, or else from the
+    /// first line of standard input; it is stored only as an Argon2id hash.
+    Create {
+        #[command(flatten)]
+        target: Target,
+        #[arg(long)]
+        email: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum MemberAction {
+    /// Make a user a member of a tenant (or change its role).
+    Add {
+        #[command(flatten)]
+        target: Target,
+        /// The tenant's slug.
+        #[arg(long)]
+        tenant: String,
+        #[arg(long)]
+        email: String,
+        /// owner, admin or member: members use every module the tenant has; owners and admins also read
+        /// its usage.
+        #[arg(long, default_value = "member")]
+        role: String,
+    },
+    /// End a user's membership of a tenant.
+    Remove {
+        #[command(flatten)]
+        target: Target,
+        #[arg(long)]
+        tenant: String,
+        #[arg(long)]
+        email: String,
     },
 }
 

@@ -25,6 +25,12 @@ pub enum AdminError {
     NoSuchKey(String),
     #[error(transparent)]
     Random(#[from] apikey::RandomUnavailable),
+    #[error("no user with e-mail {0:?}")]
+    NoSuchUser(String),
+    #[error("a user with e-mail {0:?} already exists")]
+    UserExists(String),
+    #[error("{0}")]
+    Invalid(String),
 }
 
 #[derive(Debug, Clone)]
@@ -245,4 +251,74 @@ pub async fn seed_demo(client: &mut Client, modules: &[&dyn Module]) -> Result<O
     let (_, token) = create_api_key_in(&tx, "demo", &scopes).await?;
     tx.commit().await?;
     Ok(Some(token))
+}
+
+/// Creates a user with an Argon2id hash of `password` (at least 12 characters). Returns the user's id.
+pub async fn create_user(client: &mut Client, email: &str, password: &str) -> Result<Uuid, AdminError> {
+    let email = email.trim();
+    if !email.contains('@') || email.len() > 254 {
+        return Err(AdminError::Invalid(format!("{email:?} is not an e-mail address")));
+    }
+    if password.chars().count() < 12 {
+        return Err(AdminError::Invalid("a password needs at least 12 characters".into()));
+    }
+    let hash = crate::token::hash_password(password)?;
+    let id = Uuid::now_v7();
+    match client
+        .execute(
+            "insert into core.users (id, email, password_hash) values ($1, $2, $3)",
+            &[&id, &email, &hash],
+        )
+        .await
+    {
+        Ok(_) => Ok(id),
+        Err(e) if e.code() == Some(&tokio_postgres::error::SqlState::UNIQUE_VIOLATION) => {
+            Err(AdminError::UserExists(email.to_owned()))
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Makes a user a member of the tenant with `role` (owner, admin or member), or changes its role.
+pub async fn add_member(
+    client: &mut Client,
+    tenant: TenantId,
+    email: &str,
+    role: &str,
+) -> Result<(), AdminError> {
+    if !matches!(role, "owner" | "admin" | "member") {
+        return Err(AdminError::Invalid(format!("role {role:?} is not owner, admin or member")));
+    }
+    let tx = client.transaction().await?;
+    bind(&tx, tenant).await?;
+    let n = tx
+        .execute(
+            "insert into core.memberships (user_id, role)
+             select id, $2 from core.users where lower(email) = lower($1)
+             on conflict (tenant_id, user_id) do update set role = excluded.role",
+            &[&email.trim(), &role],
+        )
+        .await?;
+    if n == 0 {
+        return Err(AdminError::NoSuchUser(email.to_owned()));
+    }
+    tx.commit().await?;
+    Ok(())
+}
+
+/// Ends a user's membership of the tenant; its tokens for the tenant stop working at once.
+pub async fn remove_member(client: &mut Client, tenant: TenantId, email: &str) -> Result<(), AdminError> {
+    let tx = client.transaction().await?;
+    bind(&tx, tenant).await?;
+    let n = tx
+        .execute(
+            "delete from core.memberships where user_id in (select id from core.users where lower(email) = lower($1))",
+            &[&email.trim()],
+        )
+        .await?;
+    if n == 0 {
+        return Err(AdminError::NoSuchUser(email.to_owned()));
+    }
+    tx.commit().await?;
+    Ok(())
 }

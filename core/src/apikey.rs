@@ -12,11 +12,13 @@ const PREFIX_LEN: usize = 12;
 const SECRET_LEN: usize = 48;
 const MARK: &str = "tsk_";
 
-/// A presented credential, well-formed but not yet verified.
+/// A presented credential, well-formed but not yet verified: an API key, or a login token (see
+/// [`crate::token`]). Either way `hash` is the SHA-256 of the whole credential, which caches key on.
 #[derive(Clone)]
 pub struct PresentedKey {
     prefix: String,
     hash: [u8; 32],
+    token: Option<std::sync::Arc<str>>,
 }
 
 impl PresentedKey {
@@ -26,6 +28,11 @@ impl PresentedKey {
 
     pub fn hash(&self) -> &[u8] {
         &self.hash
+    }
+
+    /// The login token, when the credential is one (not an API key).
+    pub fn token(&self) -> Option<&str> {
+        self.token.as_deref()
     }
 }
 
@@ -39,8 +46,11 @@ impl fmt::Debug for PresentedKey {
 #[error("an API key looks like tsk_<12 hex digits>_<48 hex digits>")]
 pub struct MalformedKey;
 
-/// Checks the shape of a presented key and hashes it.
+/// Checks the shape of a presented credential (an API key or a login token) and hashes it.
 pub fn parse(token: &str) -> Result<PresentedKey, MalformedKey> {
+    if crate::token::looks_like_token(token) && token.len() <= 4096 {
+        return Ok(PresentedKey { prefix: String::new(), hash: hash(token), token: Some(token.into()) });
+    }
     let rest = token.strip_prefix(MARK).ok_or(MalformedKey)?;
     let (prefix, secret) = rest.split_once('_').ok_or(MalformedKey)?;
     let hex =
@@ -48,7 +58,7 @@ pub fn parse(token: &str) -> Result<PresentedKey, MalformedKey> {
     if !hex(prefix, PREFIX_LEN) || !hex(secret, SECRET_LEN) {
         return Err(MalformedKey);
     }
-    Ok(PresentedKey { prefix: prefix.to_owned(), hash: hash(token) })
+    Ok(PresentedKey { prefix: prefix.to_owned(), hash: hash(token), token: None })
 }
 
 fn hash(token: &str) -> [u8; 32] {
@@ -71,6 +81,11 @@ impl fmt::Debug for NewKey {
 #[derive(Debug, thiserror::Error)]
 #[error("the operating system's random source failed")]
 pub struct RandomUnavailable(#[source] getrandom::Error);
+
+/// Fills `bytes` from the operating system's random source.
+pub fn fill_random(bytes: &mut [u8]) -> Result<(), RandomUnavailable> {
+    getrandom::fill(bytes).map_err(RandomUnavailable)
+}
 
 /// `len` random bytes from the operating system, as lowercase hex.
 pub fn random_hex(len: usize) -> Result<String, RandomUnavailable> {

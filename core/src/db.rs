@@ -32,6 +32,8 @@ use crate::roles::{module_role, quote_ident};
 pub struct Database {
     pool: Pool,
     config: tokio_postgres::Config,
+    /// The key login tokens are signed with (`core.token_keys`), read once.
+    signing: Arc<tokio::sync::OnceCell<Vec<u8>>>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -64,7 +66,7 @@ impl Database {
             .create_timeout(Some(Duration::from_secs(5)))
             .recycle_timeout(Some(Duration::from_secs(5)))
             .build()?;
-        Ok(Self { pool, config })
+        Ok(Self { pool, config, signing: Arc::default() })
     }
 
     /// Adds request counts to `core.usage` (see `sql/core/V8__usage.sql`).
@@ -95,15 +97,52 @@ impl Database {
     /// What `key` may do in `module`, outside any request's transaction: for a cache of key checks. `None`
     /// when the key is unknown or revoked.
     pub async fn key_grant(&self, key: &PresentedKey, module: &str) -> Result<Option<KeyGrant>, ApiError> {
+        let claims = match key.token() {
+            Some(token) => match verify_token(&self.pool, &self.signing, token).await? {
+                Some(claims) => Some(claims),
+                None => return Ok(None),
+            },
+            None => None,
+        };
         let client = self.pool.get().await.map_err(|e| ApiError::unavailable(&e))?;
-        let authenticate = client.prepare_cached(AUTHENTICATE).await?;
-        let (prefix, hash) = (key.prefix(), key.hash());
-        let row = client.query_opt(&authenticate, &[&prefix, &hash, &module]).await?;
-        Ok(row.map(|row| KeyGrant {
-            tenant_id: row.get(0),
-            scopes: row.get(1),
-            active: row.get::<_, String>(2) == "active",
-            module_enabled: row.get(3),
+        let row = match &claims {
+            Some(claims) => {
+                let authenticate = client.prepare_cached(AUTHENTICATE_MEMBER).await?;
+                client.query_opt(&authenticate, &[&claims.sub, &claims.tid, &module]).await?
+            }
+            None => {
+                let authenticate = client.prepare_cached(AUTHENTICATE).await?;
+                let (prefix, hash) = (key.prefix(), key.hash());
+                client.query_opt(&authenticate, &[&prefix, &hash, &module]).await?
+            }
+        };
+        Ok(row.map(|row| grant_of(&row, claims.is_some(), module)))
+    }
+
+    /// The key login tokens are signed with.
+    pub async fn token_signing_key(&self) -> Result<Vec<u8>, ApiError> {
+        signing_key(&self.pool, &self.signing).await
+    }
+
+    /// For a login: the user with this e-mail, its password hash, and its role in the tenant with this slug.
+    pub async fn login_lookup(
+        &self,
+        email: &str,
+        tenant_slug: &str,
+    ) -> Result<Option<LoginRecord>, ApiError> {
+        let client = self.pool.get().await.map_err(|e| ApiError::unavailable(&e))?;
+        let statement = client
+            .prepare_cached(
+                "select user_id, password_hash, tenant_id, role, tenant_status from core.login_lookup($1, $2)",
+            )
+            .await?;
+        let row = client.query_opt(&statement, &[&email, &tenant_slug]).await?;
+        Ok(row.map(|r| LoginRecord {
+            user_id: r.get(0),
+            password_hash: r.get(1),
+            tenant_id: r.get(2),
+            role: r.get(3),
+            tenant_active: r.get::<_, Option<String>>(4).as_deref() == Some("active"),
         }))
     }
 
@@ -151,6 +190,7 @@ impl Database {
         let role = quote_ident(role);
         ModuleDb {
             pool: self.pool.clone(),
+            signing: self.signing.clone(),
             module,
             begin_read: format!("begin read only; set local role {role}").into(),
             begin_write: format!("begin; set local role {role}").into(),
@@ -184,6 +224,7 @@ impl KeyGrant {
 #[derive(Clone)]
 pub struct ModuleDb {
     pool: Pool,
+    signing: Arc<tokio::sync::OnceCell<Vec<u8>>>,
     module: &'static str,
     // Shared, not copied: the router clones its handlers' state for every request.
     begin_read: Arc<str>,
@@ -192,6 +233,62 @@ pub struct ModuleDb {
 
 const AUTHENTICATE: &str = "select tenant_id, scopes, tenant_status, module_enabled \
                             from core.authenticate_api_key($1, $2, $3)";
+const AUTHENTICATE_MEMBER: &str = "select tenant_id, role, tenant_status, module_enabled \
+                                   from core.authenticate_member($1, $2, $3)";
+
+/// The user of a login (see [`Database::login_lookup`]).
+#[derive(Debug, Clone)]
+pub struct LoginRecord {
+    pub user_id: uuid::Uuid,
+    pub password_hash: String,
+    /// `None` when the tenant does not exist.
+    pub tenant_id: Option<uuid::Uuid>,
+    /// `None` when the user is not a member of the tenant.
+    pub role: Option<String>,
+    pub tenant_active: bool,
+}
+
+/// What a role lets a user do in `module`: every module the tenant has, read and write, and the event feed;
+/// the usage of the tenant for owners and admins only.
+fn role_scopes(role: &str, module: &str) -> Vec<String> {
+    let mut scopes = vec![format!("{}:write", crate::module::EVENT_FEED_API)];
+    if module != "usage" || matches!(role, "owner" | "admin") {
+        scopes.push(format!("{module}:write"));
+    }
+    scopes
+}
+
+/// A key check's or a membership check's row as one grant.
+fn grant_of(row: &Row, member: bool, module: &str) -> KeyGrant {
+    KeyGrant {
+        tenant_id: row.get(0),
+        scopes: if member { role_scopes(row.get::<_, &str>(1), module) } else { row.get(1) },
+        active: row.get::<_, &str>(2) == "active",
+        module_enabled: row.get(3),
+    }
+}
+
+async fn signing_key(pool: &Pool, cell: &tokio::sync::OnceCell<Vec<u8>>) -> Result<Vec<u8>, ApiError> {
+    let key = cell
+        .get_or_try_init(|| async {
+            let client = pool.get().await.map_err(|e| ApiError::unavailable(&e))?;
+            let row = client.query_one("select core.token_signing_key()", &[]).await?;
+            Ok::<_, ApiError>(row.get::<_, Vec<u8>>(0))
+        })
+        .await?;
+    Ok(key.clone())
+}
+
+/// The token's claims if its signature, algorithm and expiry hold; `None` if not.
+async fn verify_token(
+    pool: &Pool,
+    cell: &tokio::sync::OnceCell<Vec<u8>>,
+    token: &str,
+) -> Result<Option<crate::token::Claims>, ApiError> {
+    let secret = signing_key(pool, cell).await?;
+    let now = time::OffsetDateTime::now_utc().unix_timestamp();
+    Ok(crate::token::verify(&secret, token, now).ok())
+}
 
 impl ModuleDb {
     pub fn module(&self) -> &'static str {
@@ -252,7 +349,7 @@ impl ModuleDb {
         let tx = self.connect().await?;
         let (auth, ()) =
             self.authenticate_alongside(&tx, &self.begin_read, key, std::future::ready(())).await?;
-        let scopes: Vec<String> = auth.as_ref().map(|row| row.get(1)).unwrap_or_default();
+        let scopes: Vec<String> = auth.as_ref().map(|grant| grant.scopes.clone()).unwrap_or_default();
         self.check(auth, Access::Read)?;
         let value = body(&tx, &scopes).await?;
         tx.commit().await?;
@@ -267,21 +364,49 @@ impl ModuleDb {
         begin: &str,
         key: &PresentedKey,
         alongside: impl Future<Output = T>,
-    ) -> Result<(Option<Row>, T), ApiError> {
+    ) -> Result<(Option<KeyGrant>, T), ApiError> {
         let client = tx.client();
+        let claims = match key.token() {
+            Some(token) => match verify_token(&self.pool, &self.signing, token).await? {
+                Some(claims) => Some(claims),
+                None => {
+                    return Err(ApiError::unauthenticated(
+                        "invalid_token",
+                        "the token is not valid or has expired; log in again",
+                    ));
+                }
+            },
+            None => None,
+        };
         // Cached after the first request on a connection; the login role may prepare it.
-        let authenticate = client.prepare_cached(AUTHENTICATE).await?;
+        let authenticate =
+            client.prepare_cached(if claims.is_some() { AUTHENTICATE_MEMBER } else { AUTHENTICATE }).await?;
         let (prefix, hash) = (key.prefix(), key.hash());
-        let params: [&(dyn ToSql + Sync); 3] = [&prefix, &hash, &self.module];
+        let key_params: [&(dyn ToSql + Sync); 3] = [&prefix, &hash, &self.module];
+        let member_params: [&(dyn ToSql + Sync); 3];
+        let params: &[&(dyn ToSql + Sync)] = match &claims {
+            Some(claims) => {
+                member_params = [&claims.sub, &claims.tid, &self.module];
+                &member_params
+            }
+            None => &key_params,
+        };
         // `biased`: polled, and so sent, strictly in this order.
         let (began, auth, other) = tokio::join!(
             biased;
             client.batch_execute(begin),
-            client.query_opt(&authenticate, &params),
+            client.query_opt(&authenticate, params),
             alongside
         );
         began?;
-        Ok((auth?, other))
+        let grant = auth?.map(|row| grant_of(&row, claims.is_some(), self.module));
+        if claims.is_some() && grant.is_none() {
+            return Err(ApiError::unauthenticated(
+                "invalid_token",
+                "the user is no longer a member of this tenant",
+            ));
+        }
+        Ok((grant, other))
     }
 
     async fn connect(&self) -> Result<TenantTx, ApiError> {
@@ -291,25 +416,23 @@ impl ModuleDb {
 
     /// Turns the key check's answer into the reason the request is refused, if it is. (The tenant itself is
     /// bound inside Postgres by the check; nothing here needs it.)
-    fn check(&self, auth: Option<Row>, access: Access) -> Result<(), ApiError> {
-        let Some(row) = auth else {
+    fn check(&self, auth: Option<KeyGrant>, access: Access) -> Result<(), ApiError> {
+        let Some(grant) = auth else {
             return Err(ApiError::unauthenticated(
                 "invalid_api_key",
                 "the API key is not valid or has been revoked",
             ));
         };
-        let status: String = row.get(2);
-        if status != "active" {
+        if !grant.active {
             return Err(ApiError::forbidden("tenant_suspended", "this tenant is suspended"));
         }
-        if !row.get::<_, bool>(3) {
+        if !grant.module_enabled {
             return Err(ApiError::forbidden(
                 "module_not_enabled",
                 format!("the {} module is not enabled for this tenant", self.module),
             ));
         }
-        let scopes: Vec<String> = row.get(1);
-        if !Scope::allows(&scopes, self.module, access) {
+        if !Scope::allows(&grant.scopes, self.module, access) {
             let needed = Scope { module: self.module.to_owned(), access };
             return Err(ApiError::forbidden(
                 "insufficient_scope",

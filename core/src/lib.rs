@@ -24,6 +24,7 @@ pub mod module;
 pub mod problem;
 pub mod roles;
 pub mod tenant;
+pub mod token;
 
 pub use module::{ChangeView, Effect, EffectTx, Event, EventRule, HandlerError, Module, Subscription};
 pub use problem::ApiError;

@@ -23,6 +23,7 @@ use tower_http::catch_panic::CatchPanicLayer;
 use tower_http::request_id::{MakeRequestId, PropagateRequestIdLayer, RequestId, SetRequestIdLayer};
 use tower_http::trace::TraceLayer;
 
+mod auth;
 pub mod cache;
 mod dashboard;
 mod events;
@@ -138,6 +139,7 @@ pub fn router_with_layers(
     let mut api = Router::new()
         .nest("/events", events::router(feed))
         .nest("/usage", usage::router(usage_db))
+        .nest("/auth", auth::router(db.clone()))
         .nest("/dashboard", dashboard::router(&db, modules, DASHBOARD_BUDGET))
         .merge(module_routes);
     if let Some(usage) = usage {

@@ -12,8 +12,14 @@ fn tenant_schemas() -> Vec<String> {
 }
 
 /// Registry tables that are deliberately not tenant-scoped: runtime roles have no rights on them.
-const REGISTRIES: &[&str] =
-    &["core.tenants", "events.cdc_slots", "events.subscribers", "events.dead_letters"];
+const REGISTRIES: &[&str] = &[
+    "core.tenants",
+    "core.users",
+    "core.token_keys",
+    "events.cdc_slots",
+    "events.subscribers",
+    "events.dead_letters",
+];
 
 /// Tables of the platform (not of a module) that every module's role uses in its own transactions, under
 /// the same tenant policy as a module's tables (checked above): the gateway's idempotency keys.
@@ -118,10 +124,11 @@ async fn every_tenant_table_leads_with_tenant_id_and_forces_row_level_security()
         if REGISTRIES.contains(&table.as_str()) && REGISTRIES.contains(&referenced.as_str()) {
             continue; // between registries: no tenant involved
         }
-        if first != "tenant_id" {
+        // A reference into a registry (not tenant-scoped: core.tenants, core.users) is by its id alone.
+        let into_registry = REGISTRIES.contains(&referenced.as_str()) && referenced_first == "id";
+        if first != "tenant_id" && !into_registry {
             problems.push(format!("{table}: foreign key {name} does not lead with tenant_id"));
         }
-        let into_registry = REGISTRIES.contains(&referenced.as_str()) && referenced_first == "id";
         if referenced_first != "tenant_id" && !into_registry {
             problems
                 .push(format!("{table}: foreign key {name} points at {referenced} without its tenant_id"));

@@ -19,3 +19,4 @@ mod restart;
 mod support;
 mod up;
 mod usage;
+mod users;
