@@ -83,6 +83,12 @@ impl Database {
         Ok(())
     }
 
+    /// Deletes every tenant's idempotency keys older than a day; returns how many.
+    pub async fn prune_idempotency_keys(&self) -> Result<i64, ApiError> {
+        let client = self.pool.get().await.map_err(|e| ApiError::unavailable(&e))?;
+        Ok(client.query_one("select core.prune_idempotency_keys()", &[]).await?.get(0))
+    }
+
     /// The pool's size and use: (connections, idle, requests waiting).
     pub fn pool_status(&self) -> (usize, usize, usize) {
         let status = self.pool.status();
@@ -198,9 +204,16 @@ impl Database {
     }
 }
 
+/// The `Idempotency-Key` a request holds, and the claim that proves it holds it.
+#[derive(Debug, Clone)]
+pub struct IdempotentRequest {
+    pub key: Arc<str>,
+    pub claim: uuid::Uuid,
+}
+
 tokio::task_local! {
     /// Set by the gateway around a request that carries an `Idempotency-Key` (see [`ModuleDb::write`]).
-    pub static IDEMPOTENCY_KEY: Arc<str>;
+    pub static IDEMPOTENCY_KEY: IdempotentRequest;
 }
 
 /// A key check's answer (see [`Database::key_grant`]).
@@ -328,12 +341,21 @@ impl ModuleDb {
         let value = body(&tx).await?;
         // A request under an Idempotency-Key: its key is marked as having taken effect in this same
         // transaction, so it can never run twice, whatever happens before its response is recorded.
-        if let Ok(idempotency_key) = IDEMPOTENCY_KEY.try_with(Arc::clone) {
-            tx.execute(
-                "update core.idempotency_keys set committed = true where key = $1",
-                &[&&*idempotency_key],
-            )
-            .await?;
+        // A request whose claim was taken over (it ran longer than its hold) takes no effect at all.
+        if let Ok(held) = IDEMPOTENCY_KEY.try_with(Clone::clone) {
+            let marked = tx
+                .execute(
+                    "update core.idempotency_keys set committed = true where key = $1 and claim = $2",
+                    &[&&*held.key, &held.claim],
+                )
+                .await?;
+            if marked == 0 {
+                return Err(ApiError::new(
+                    axum::http::StatusCode::CONFLICT,
+                    "idempotency_key_in_flight",
+                    "another request took this Idempotency-Key over; nothing was done",
+                ));
+            }
         }
         tx.commit().await?;
         Ok(value)

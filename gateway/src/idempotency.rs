@@ -24,7 +24,7 @@ use axum::response::{IntoResponse, Response};
 use sha2::{Digest, Sha256};
 use tessera_core::ApiError;
 use tessera_core::apikey::{self, PresentedKey};
-use tessera_core::db::{IDEMPOTENCY_KEY, ModuleDb};
+use tessera_core::db::{IDEMPOTENCY_KEY, IdempotentRequest, ModuleDb};
 
 /// State of the idempotency layer: each module's database access.
 #[derive(Clone)]
@@ -57,6 +57,7 @@ async fn claim(
     key: &PresentedKey,
     idempotency_key: &str,
     fingerprint: &[u8],
+    claim_id: uuid::Uuid,
 ) -> Result<Claim, ApiError> {
     db.write(key, async |tx| {
         tx.execute(
@@ -66,9 +67,9 @@ async fn claim(
         .await?;
         let inserted = tx
             .execute(
-                "insert into core.idempotency_keys (key, fingerprint, locked_until)
-                 values ($1, $2, now() + interval '60 seconds') on conflict do nothing",
-                &[&idempotency_key, &fingerprint],
+                "insert into core.idempotency_keys (key, fingerprint, locked_until, claim)
+                 values ($1, $2, now() + interval '60 seconds', $3) on conflict do nothing",
+                &[&idempotency_key, &fingerprint, &claim_id],
             )
             .await?;
         if inserted == 1 {
@@ -103,10 +104,13 @@ async fn claim(
         if row.get::<_, bool>(2) {
             return Ok(Claim::TookEffect);
         }
-        // Its holder died before anything took effect: this request takes the key over.
+        // Its holder died (or is stuck) before anything took effect: this request takes the key over, and
+        // the old holder, should it wake up, can no longer mark the key (its claim is gone): it takes no
+        // effect.
         tx.execute(
-            "update core.idempotency_keys set locked_until = now() + interval '60 seconds' where key = $1",
-            &[&idempotency_key],
+            "update core.idempotency_keys set locked_until = now() + interval '60 seconds', claim = $2
+              where key = $1",
+            &[&idempotency_key, &claim_id],
         )
         .await?;
         Ok(Claim::Run)
@@ -114,11 +118,14 @@ async fn claim(
     .await
 }
 
-/// Keeps a successful (or effective) response for replay; releases the key otherwise.
+/// Keeps a successful (or effective) response for replay; releases the key otherwise. Only while this
+/// request still holds the key (`claim_id`).
+#[allow(clippy::too_many_arguments)]
 async fn record(
     db: &ModuleDb,
     key: &PresentedKey,
     idempotency_key: &str,
+    claim_id: uuid::Uuid,
     status: StatusCode,
     content_type: Option<&str>,
     location: Option<&str>,
@@ -127,33 +134,24 @@ async fn record(
     let status = i32::from(status.as_u16());
     let keep = (200..300).contains(&status) && body.is_some();
     db.write(key, async |tx| {
-        if keep {
-            tx.execute(
-                "update core.idempotency_keys
-                    set locked_until = null, response_status = $2, response_content_type = $3,
-                        response_location = $4, response_body = $5
-                  where key = $1",
-                &[&idempotency_key, &status, &content_type, &location, &body],
-            )
-            .await?;
-        } else {
+        if !keep {
             // Nothing took effect: the key is free again. If something did, the answer is kept as it is
             // (one too large to keep leaves the key saying the request took effect).
             tx.execute(
-                "delete from core.idempotency_keys where key = $1 and not committed",
-                &[&idempotency_key],
-            )
-            .await?;
-            let status = body.map(|_| status);
-            tx.execute(
-                "update core.idempotency_keys
-                    set locked_until = null, response_status = $2, response_content_type = $3,
-                        response_location = $4, response_body = $5
-                  where key = $1",
-                &[&idempotency_key, &status, &content_type, &location, &body],
+                "delete from core.idempotency_keys where key = $1 and claim = $2 and not committed",
+                &[&idempotency_key, &claim_id],
             )
             .await?;
         }
+        let status = body.map(|_| status);
+        tx.execute(
+            "update core.idempotency_keys
+                set locked_until = null, response_status = $3, response_content_type = $4,
+                    response_location = $5, response_body = $6
+              where key = $1 and claim = $2",
+            &[&idempotency_key, &claim_id, &status, &content_type, &location, &body],
+        )
+        .await?;
         Ok(())
     })
     .await
@@ -204,7 +202,8 @@ pub async fn layer(State(state): State<IdempotencyLayer>, request: Request, next
     }
     let fingerprint = hasher.finalize().to_vec();
 
-    match claim(db, &key, &idempotency_key, &fingerprint).await {
+    let claim_id = uuid::Uuid::new_v4();
+    match claim(db, &key, &idempotency_key, &fingerprint, claim_id).await {
         Err(e) => e.into_response(),
         Ok(Claim::Reused) => problem(
             StatusCode::UNPROCESSABLE_ENTITY,
@@ -238,37 +237,47 @@ pub async fn layer(State(state): State<IdempotencyLayer>, request: Request, next
             response
         }
         Ok(Claim::Run) => {
+            // On a task of its own: a client that goes away after the request's writes committed must not
+            // keep its answer from being recorded (every retry would then be refused).
+            let db = db.clone();
+            let held = IdempotentRequest { key: Arc::from(idempotency_key.as_str()), claim: claim_id };
             let request = Request::from_parts(parts, Body::from(bytes));
-            let response =
-                IDEMPOTENCY_KEY.scope(Arc::from(idempotency_key.as_str()), next.run(request)).await;
-            let (parts, body) = response.into_parts();
-            let body: Option<Bytes> = axum::body::to_bytes(body, MAX_RECORDED).await.ok();
-            let text =
-                |name| parts.headers.get(name).and_then(|v: &HeaderValue| v.to_str().ok()).map(str::to_owned);
-            let (content_type, location) = (text(header::CONTENT_TYPE), text(header::LOCATION));
-            if let Err(e) = record(
-                db,
-                &key,
-                &idempotency_key,
-                parts.status,
-                content_type.as_deref(),
-                location.as_deref(),
-                body.as_deref(),
-            )
-            .await
-            {
-                // The key stays locked for a minute, then is taken over (or, if the request took effect,
-                // answers idempotency_request_unfinished).
-                tracing::warn!(error = ?e, "could not record an idempotent response");
-            }
-            match body {
-                Some(body) => Response::from_parts(parts, Body::from(body)),
-                None => problem(
-                    StatusCode::INTERNAL_SERVER_ERROR,
-                    "internal_error",
-                    "the response could not be read",
-                ),
-            }
+            let task = tokio::spawn(async move {
+                let response = IDEMPOTENCY_KEY.scope(held, next.run(request)).await;
+                let (parts, body) = response.into_parts();
+                let body: Option<Bytes> = axum::body::to_bytes(body, MAX_RECORDED).await.ok();
+                let text = |name| {
+                    parts.headers.get(name).and_then(|v: &HeaderValue| v.to_str().ok()).map(str::to_owned)
+                };
+                let (content_type, location) = (text(header::CONTENT_TYPE), text(header::LOCATION));
+                if let Err(e) = record(
+                    &db,
+                    &key,
+                    &idempotency_key,
+                    claim_id,
+                    parts.status,
+                    content_type.as_deref(),
+                    location.as_deref(),
+                    body.as_deref(),
+                )
+                .await
+                {
+                    // The key stays held for a minute, then is taken over (or, if the request took effect,
+                    // answers idempotency_request_unfinished).
+                    tracing::warn!(error = ?e, "could not record an idempotent response");
+                }
+                match body {
+                    Some(body) => Response::from_parts(parts, Body::from(body)),
+                    None => problem(
+                        StatusCode::INTERNAL_SERVER_ERROR,
+                        "internal_error",
+                        "the response could not be read",
+                    ),
+                }
+            });
+            task.await.unwrap_or_else(|_| {
+                problem(StatusCode::INTERNAL_SERVER_ERROR, "internal_error", "the request failed")
+            })
         }
     }
 }

@@ -223,6 +223,20 @@ pub struct Application {
     cache_listener: Option<tokio::task::JoinHandle<()>>,
     usage: Arc<usage::Usage>,
     usage_flusher: tokio::task::JoinHandle<()>,
+    pruner: tokio::task::JoinHandle<()>,
+}
+
+/// Deletes idempotency keys older than a day, every ten minutes.
+async fn prune_idempotency_keys(db: Database) {
+    let mut ticker = tokio::time::interval(Duration::from_secs(600));
+    loop {
+        ticker.tick().await;
+        match db.prune_idempotency_keys().await {
+            Ok(n) if n > 0 => tracing::info!(deleted = n, "pruned idempotency keys"),
+            Ok(_) => {}
+            Err(e) => tracing::warn!(error = ?e, "could not prune idempotency keys"),
+        }
+    }
 }
 
 impl Application {
@@ -240,6 +254,7 @@ impl Application {
         let names: Vec<&'static str> = modules.iter().map(|m| m.name()).collect();
         let usage = usage::Usage::new(db.clone(), owners, &names);
         let usage_flusher = tokio::spawn(usage.clone().run(Duration::from_secs(5)));
+        let pruner = tokio::spawn(prune_idempotency_keys(db.clone()));
         let gateway_metrics = metrics::GatewayMetrics::new(db.clone(), cache.clone(), limits.clone());
         let layers = Layers { cache, rate_limits: limits, usage: Some(usage.clone()) };
         let router = router_with_layers(db, modules, config.body_limit_bytes, layers)
@@ -248,7 +263,7 @@ impl Application {
             .route("/metrics", get(metrics))
             .with_state((gateway_metrics, config.metrics.clone()))
             .merge(router);
-        Ok(Self { listener, router, cache_listener, usage, usage_flusher })
+        Ok(Self { listener, router, cache_listener, usage, usage_flusher, pruner })
     }
 
     pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
@@ -267,6 +282,7 @@ impl Application {
             listener.abort();
         }
         self.usage_flusher.abort();
+        self.pruner.abort();
         // What the last requests counted.
         if let Err(e) = self.usage.flush().await {
             tracing::warn!(error = ?e, "could not record the last usage counts");

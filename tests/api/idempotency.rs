@@ -142,3 +142,35 @@ async fn concurrent_identical_requests_create_one_record() {
     assert!(created.iter().all(|id| *id == created[0]), "every success is the one record: {created:?}");
     assert_eq!(app.count_all("crm.companies").await, 1);
 }
+
+#[tokio::test]
+async fn a_request_whose_claim_was_taken_over_takes_no_effect() {
+    let mut app = TestApp::spawn().await;
+    let (tenant, key) = app.tenant("acme").await;
+    let admin = connect(&cluster().superuser, &app.db.name).await;
+    // The key is held by another claim (the request that took it over).
+    admin
+        .execute(
+            "insert into core.idempotency_keys (tenant_id, key, fingerprint, locked_until, claim)
+             values ($1, 'stolen', $2, now() + interval '1 minute', gen_random_uuid())",
+            &[&tenant.as_uuid(), &vec![0u8; 32]],
+        )
+        .await
+        .expect("held");
+    // The old holder wakes up and writes: refused, and nothing of it stays.
+    let held = tessera_core::db::IdempotentRequest { key: "stolen".into(), claim: uuid::Uuid::new_v4() };
+    let presented = tessera_core::apikey::parse(&key).expect("key");
+    let db = app.pool.for_module("crm");
+    let result = tessera_core::db::IDEMPOTENCY_KEY
+        .scope(held, async {
+            db.write(&presented, async |tx| {
+                tx.execute("insert into crm.companies (name) values ('Twice')", &[]).await?;
+                Ok(())
+            })
+            .await
+        })
+        .await;
+    let error = result.expect_err("refused");
+    assert_eq!(error.code(), "idempotency_key_in_flight");
+    assert_eq!(app.count_all("crm.companies").await, 0, "its write was rolled back");
+}
