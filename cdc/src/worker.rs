@@ -196,7 +196,7 @@ pub async fn run(settings: &CdcSettings) -> Result<(), CdcError> {
         in_flight: None,
         tx_start: 0,
         statements: None,
-        heartbeat: None,
+        heartbeats: Vec::new(),
     };
     // Source transactions that arrive close together share one log transaction (a group): one commit, one
     // fsync and one acknowledgement for all of them, so many small transactions cost little more than one
@@ -284,7 +284,11 @@ pub async fn run(settings: &CdcSettings) -> Result<(), CdcError> {
             {
                 // Short, and passed on only as a notification payload.
                 let content = String::from_utf8_lossy(&content);
-                state.heartbeat = Some(content.chars().take(200).collect());
+                // Bounded: under a backlog the oldest are dropped (their gateways send more).
+                if state.heartbeats.len() >= 64 {
+                    state.heartbeats.remove(0);
+                }
+                state.heartbeats.push(content.chars().take(200).collect());
             }
             ReplicationEvent::Message { .. } => {}
             ReplicationEvent::StoppedAt { .. } => ended = true,
@@ -390,8 +394,8 @@ struct Stream {
     /// Where the current source transaction's events start in `pending`.
     tx_start: usize,
     statements: Option<Statements>,
-    /// The newest heartbeat received and not yet passed on (see [`HEARTBEAT_CHANNEL`]).
-    heartbeat: Option<String>,
+    /// Heartbeats received and not yet passed on (see [`HEARTBEAT_CHANNEL`]); several gateways send them.
+    heartbeats: Vec<String>,
 }
 
 impl Drop for Stream {
@@ -578,11 +582,17 @@ impl Stream {
     /// transactions: everything pending is complete.
     async fn commit_group(&mut self) -> Result<(), CdcError> {
         self.flush().await?;
-        if let Some(heartbeat) = self.heartbeat.take() {
+        if !self.heartbeats.is_empty() {
+            let heartbeats = std::mem::take(&mut self.heartbeats);
             // After flush(): a transaction open by now holds events (and notifies); if none is, this one
-            // only passes the heartbeat on.
+            // only passes the heartbeats on.
             self.open_log_tx(false).await?;
-            self.writer.execute("select pg_notify($1, $2)", &[&HEARTBEAT_CHANNEL, &heartbeat]).await?;
+            self.writer
+                .execute(
+                    "select pg_notify($1, h) from unnest($2::text[]) h",
+                    &[&HEARTBEAT_CHANNEL, &heartbeats],
+                )
+                .await?;
         }
         self.commit_written().await
     }

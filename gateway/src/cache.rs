@@ -87,7 +87,7 @@ struct ResponseKey {
 }
 
 struct Entry {
-    generation: (u64, u64),
+    generation: (u64, u64, u64),
     body: Bytes,
     content_type: Option<HeaderValue>,
     etag: HeaderValue,
@@ -154,6 +154,8 @@ impl ResponseCache {
         let evictions = Arc::new(AtomicU64::new(0));
         let evicted = evictions.clone();
         let responses = moka::sync::Cache::builder()
+            // A backstop for changes no event reports (a TRUNCATE by an operator): nothing lives longer.
+            .time_to_live(Duration::from_secs(300))
             .eviction_listener(move |_, _, cause| {
                 if cause == moka::notification::RemovalCause::Size {
                     evicted.fetch_add(1, Ordering::Relaxed);
@@ -185,10 +187,17 @@ impl ResponseCache {
         health.listening && health.confirmed.is_some_and(|at| at.elapsed() < self.config.staleness_bound)
     }
 
-    fn generation(&self, tenant: Uuid, module: &str) -> (u64, u64) {
+    fn generation(&self, tenant: Uuid, module: &str) -> (u64, u64, u64) {
         let generations = self.generations.lock().unwrap_or_else(|e| e.into_inner());
         let n = generations.get(&(tenant, module.to_owned())).copied().unwrap_or(0);
-        (self.epoch.load(Ordering::SeqCst), n)
+        // Plus the module's own generation, which every tenant's entries of the module share.
+        let all = generations.get(&(Uuid::nil(), module.to_owned())).copied().unwrap_or(0);
+        (self.epoch.load(Ordering::SeqCst), all, n)
+    }
+
+    /// Makes every tenant's entries of the module stale (a write whose tenant could not be told).
+    fn invalidate_module(&self, module: &str) {
+        self.invalidate(Uuid::nil(), module);
     }
 
     /// Makes every entry of the tenant's module data stale.
@@ -275,6 +284,22 @@ fn answer(entry: &Entry, request_headers: &HeaderMap, outcome: &'static str, sta
     response
 }
 
+/// Makes entries stale when dropped.
+struct Invalidate {
+    cache: Arc<ResponseCache>,
+    tenant: Option<Uuid>,
+    module: &'static str,
+}
+
+impl Drop for Invalidate {
+    fn drop(&mut self) {
+        match self.tenant {
+            Some(tenant) => self.cache.invalidate(tenant, self.module),
+            None => self.cache.invalidate_module(self.module),
+        }
+    }
+}
+
 /// State of the cache layer.
 #[derive(Clone)]
 pub struct CacheLayer {
@@ -313,15 +338,15 @@ pub async fn layer(State(layer): State<CacheLayer>, request: Request, next: Next
         .and_then(|token| apikey::parse(token.trim()).ok());
     // Without a usable key the handler answers (401); nothing is cached.
     let Some(key) = key else { return next.run(request).await };
-    let Some(grant) = cache.grant(&key, module).await else { return next.run(request).await };
-    let tenant = grant.tenant_id;
-
+    let grant = cache.grant(&key, module).await;
     if method != Method::GET {
-        let response = next.run(request).await;
-        // Whatever the handler did is committed (or rolled back) by now; bumping either way is safe.
-        cache.invalidate(tenant, module);
-        return response;
+        // Bumped when the handler is done, or dropped (a client gone after the commit): either way, and
+        // whatever it did. When the key's tenant could not be told, every tenant's entries of the module.
+        let _bump = Invalidate { cache: cache.clone(), tenant: grant.map(|g| g.tenant_id), module };
+        return next.run(request).await;
     }
+    let Some(grant) = grant else { return next.run(request).await };
+    let tenant = grant.tenant_id;
     // A key that may not read gets the handler's refusal, never a cached answer.
     if !grant.allows(module, Access::Read) {
         return next.run(request).await;
@@ -361,10 +386,9 @@ pub async fn layer(State(layer): State<CacheLayer>, request: Request, next: Next
 /// Keeps the cache's view of the log current: listens for change events, key changes and its own
 /// heartbeats, reconnecting (and forgetting everything) after a lost connection. Runs until aborted.
 pub async fn listen(cache: Arc<ResponseCache>) {
-    let instance = tessera_core::apikey::random_hex(8).unwrap_or_else(|_| format!("{}", std::process::id()));
     let mut delay = Duration::from_millis(100);
     loop {
-        match listen_once(&cache, &instance).await {
+        match listen_once(&cache).await {
             Ok(()) => delay = Duration::from_millis(100),
             Err(e) => {
                 tracing::warn!(error = %e, "cache listener failed; the cache is off until it reconnects")
@@ -377,7 +401,7 @@ pub async fn listen(cache: Arc<ResponseCache>) {
     }
 }
 
-async fn listen_once(cache: &ResponseCache, instance: &str) -> Result<(), tokio_postgres::Error> {
+async fn listen_once(cache: &ResponseCache) -> Result<(), tokio_postgres::Error> {
     let (client, mut connection) = cache.db.config().connect(NoTls).await?;
     let (tx, mut notifications) = tokio::sync::mpsc::unbounded_channel();
     let driver = tokio::spawn(async move {
@@ -410,18 +434,18 @@ async fn listen_once(cache: &ResponseCache, instance: &str) -> Result<(), tokio_
         let mut seen: i64 = client.query_one("select events.log_head()", &[]).await?.get(0);
         cache.invalidate_all();
         cache.health.lock().unwrap_or_else(|e| e.into_inner()).listening = true;
-        let mut sent: HashMap<u64, Instant> = HashMap::new();
-        let mut next_beat = 0u64;
+        // Each heartbeat carries a fresh random nonce, known only to this connection until it comes back:
+        // a beat of an earlier connection, or one somebody else notifies, confirms nothing.
+        let mut sent: HashMap<String, Instant> = HashMap::new();
         let mut ticker = tokio::time::interval(cache.config.heartbeat_every);
         loop {
             tokio::select! {
                 _ = ticker.tick() => {
-                    next_beat += 1;
-                    sent.insert(next_beat, Instant::now());
+                    let Ok(nonce) = tessera_core::apikey::random_hex(16) else { continue };
+                    sent.insert(nonce.clone(), Instant::now());
                     // Beats that never came back (the worker down) are forgotten after a while.
                     sent.retain(|_, at| at.elapsed() < Duration::from_secs(60));
-                    let payload = format!("{instance}:{next_beat}");
-                    client.query_one(&emit, &[&HEARTBEAT_PREFIX, &payload]).await?;
+                    client.query_one(&emit, &[&HEARTBEAT_PREFIX, &nonce]).await?;
                 }
                 notification = notifications.recv() => {
                     let Some(notification) = notification else { return Ok(()) };
@@ -432,11 +456,7 @@ async fn listen_once(cache: &ResponseCache, instance: &str) -> Result<(), tokio_
                         HEARTBEAT_CHANNEL => {
                             // Everything before the heartbeat is in the log: read it first.
                             seen = read_changes(cache, &client, &changes, seen).await?;
-                            let beat = payload
-                                .strip_prefix(instance)
-                                .and_then(|rest| rest.strip_prefix(':'))
-                                .and_then(|n| n.parse::<u64>().ok());
-                            if let Some(at) = beat.and_then(|n| sent.get(&n).copied()) {
+                            if let Some(at) = sent.get(&payload).copied() {
                                 sent.retain(|_, sent_at| *sent_at > at);
                                 let mut health = cache.health.lock().unwrap_or_else(|e| e.into_inner());
                                 health.confirmed = Some(health.confirmed.map_or(at, |c| c.max(at)));

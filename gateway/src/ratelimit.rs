@@ -129,6 +129,19 @@ impl<K: std::hash::Hash + Eq + Send + Sync + 'static> Gcra<K> {
     }
 }
 
+/// The bucket an address counts in: IPv6 clients by their /64 (one host usually has a whole /64 to rotate
+/// through), IPv4 clients by address.
+fn bucket_of(address: IpAddr) -> IpAddr {
+    match address {
+        IpAddr::V6(v6) => {
+            let mut octets = v6.octets();
+            octets[8..].fill(0);
+            IpAddr::V6(std::net::Ipv6Addr::from(octets))
+        }
+        v4 => v4,
+    }
+}
+
 /// The gateway's limiters.
 pub struct RateLimits {
     config: RateLimitConfig,
@@ -162,18 +175,27 @@ impl RateLimits {
     /// The client's address: the peer's, or, from a trusted proxy, the right-most untrusted address the
     /// proxies recorded.
     fn client_ip(&self, peer: Option<IpAddr>, headers: &HeaderMap) -> Option<IpAddr> {
-        let peer = peer?;
+        let peer = peer?.to_canonical();
         if !self.config.trusted_proxies.contains(&peer) {
-            return Some(peer);
+            return Some(bucket_of(peer));
         }
-        let forwarded: Vec<IpAddr> = headers
+        // From the right: the entries our proxies appended, then the first one they got from outside. An
+        // entry that is not a plain address ends the walk (what lies left of it came from the client).
+        let entries: Vec<&str> = headers
             .get_all("x-forwarded-for")
             .iter()
             .filter_map(|v| v.to_str().ok())
             .flat_map(|v| v.split(','))
-            .filter_map(|a| a.trim().parse().ok())
+            .map(str::trim)
             .collect();
-        Some(forwarded.into_iter().rev().find(|a| !self.config.trusted_proxies.contains(a)).unwrap_or(peer))
+        for entry in entries.iter().rev() {
+            match entry.parse::<IpAddr>() {
+                Ok(address) if self.config.trusted_proxies.contains(&address.to_canonical()) => continue,
+                Ok(address) => return Some(bucket_of(address.to_canonical())),
+                Err(_) => break,
+            }
+        }
+        Some(bucket_of(peer))
     }
 
     async fn owner(&self, key: &PresentedKey) -> Option<Uuid> {
@@ -297,6 +319,17 @@ mod tests {
         }
         limiter.buckets.run_pending_tasks();
         assert!(limiter.buckets.entry_count() <= 1_000, "{}", limiter.buckets.entry_count());
+    }
+
+    #[test]
+    fn ipv6_clients_share_their_64_and_mapped_ipv4_is_ipv4() {
+        let a: IpAddr = "2001:db8:1:2:aaaa::1".parse().expect("ip");
+        let b: IpAddr = "2001:db8:1:2:bbbb::9".parse().expect("ip");
+        let c: IpAddr = "2001:db8:1:3::1".parse().expect("ip");
+        assert_eq!(bucket_of(a), bucket_of(b));
+        assert_ne!(bucket_of(a), bucket_of(c));
+        let mapped: IpAddr = "::ffff:10.0.0.9".parse().expect("ip");
+        assert_eq!(mapped.to_canonical(), "10.0.0.9".parse::<IpAddr>().expect("ip"));
     }
 
     #[test]

@@ -119,7 +119,18 @@ async fn invoice_won_deal(tx: &EffectTx<'_>, event: &Event) -> Result<(), Handle
 }
 
 async fn invoice_won_deals(tx: &EffectTx<'_>, invoices: &[DealInvoice]) -> Result<(), HandlerError> {
-    let inserted = store::insert_deal_invoices(tx, invoices).await?;
+    let inserted = match store::insert_deal_invoices(tx, invoices).await {
+        Ok(n) => n,
+        // No customer found for a company (one inserted concurrently, committed after the statement's
+        // snapshot, leaves customer_id null): a retry sees it.
+        Err(e) if e.code() == Some(&tokio_postgres::error::SqlState::NOT_NULL_VIOLATION) => {
+            return Err(HandlerError {
+                message: format!("no customer yet for a won deal's company: {e}"),
+                transient: true,
+            });
+        }
+        Err(e) => return Err(e.into()),
+    };
     if inserted < invoices.len() as u64 {
         // Those not inserted must have been there before; otherwise a company's customer was not found (a
         // concurrent insert of it, committed after the statement's snapshot), and a retry sees it.
