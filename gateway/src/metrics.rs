@@ -10,6 +10,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use axum::extract::{Request, State};
+use axum::http::Method;
 use axum::middleware::Next;
 use axum::response::Response;
 use tessera_core::db::Database;
@@ -173,7 +174,17 @@ fn escape(label: &str) -> String {
 pub async fn layer(State(metrics): State<Arc<GatewayMetrics>>, request: Request, next: Next) -> Response {
     let started = Instant::now();
     let path = request.uri().path().to_owned();
-    let method = request.method().as_str().to_owned();
+    // The standard methods by name; anything else (any token is a valid method) as "other".
+    let method = match *request.method() {
+        Method::GET
+        | Method::POST
+        | Method::PUT
+        | Method::PATCH
+        | Method::DELETE
+        | Method::HEAD
+        | Method::OPTIONS => request.method().as_str().to_owned(),
+        _ => "other".to_owned(),
+    };
     let response = next.run(request).await;
     metrics.record(&path, &method, response.status().as_u16(), started.elapsed().as_secs_f64());
     response
