@@ -83,8 +83,8 @@ async fn a_failed_request_frees_its_key_and_a_held_key_is_refused() {
     let fingerprint_of_other = vec![0u8; 32];
     admin
         .execute(
-            "insert into core.idempotency_keys (tenant_id, key, fingerprint, locked_until)
-             values ($1, 'k-2', $2, now() + interval '1 minute')",
+            "insert into core.idempotency_keys (tenant_id, owner_role, key, fingerprint, locked_until)
+             values ($1, 'tessera_crm', 'k-2', $2, now() + interval '1 minute')",
             &[&tenant.as_uuid(), &fingerprint_of_other],
         )
         .await
@@ -151,8 +151,8 @@ async fn a_request_whose_claim_was_taken_over_takes_no_effect() {
     // The key is held by another claim (the request that took it over).
     admin
         .execute(
-            "insert into core.idempotency_keys (tenant_id, key, fingerprint, locked_until, claim)
-             values ($1, 'stolen', $2, now() + interval '1 minute', gen_random_uuid())",
+            "insert into core.idempotency_keys (tenant_id, owner_role, key, fingerprint, locked_until, claim)
+             values ($1, 'tessera_crm', 'stolen', $2, now() + interval '1 minute', gen_random_uuid())",
             &[&tenant.as_uuid(), &vec![0u8; 32]],
         )
         .await
@@ -173,4 +173,37 @@ async fn a_request_whose_claim_was_taken_over_takes_no_effect() {
     let error = result.expect_err("refused");
     assert_eq!(error.code(), "idempotency_key_in_flight");
     assert_eq!(app.count_all("crm.companies").await, 0, "its write was rolled back");
+}
+
+#[tokio::test]
+async fn keys_belong_to_the_module_that_used_them() {
+    let mut app = TestApp::spawn().await;
+    let (tenant, key) = app.tenant("acme").await;
+    assert_eq!(post(&app, &key, "shared", json!({"name": "A company"})).await.status, StatusCode::CREATED);
+    // The same key on another module's route is that module's own: no 422, no replay.
+    let request = Request::builder()
+        .method(Method::POST)
+        .uri("/v1/hr/employees")
+        .header("authorization", format!("Bearer {key}"))
+        .header("content-type", "application/json")
+        .header("idempotency-key", "shared")
+        .body(Body::from(json!({"name": "Ana", "email": "ana@acme.example"}).to_string()))
+        .expect("request");
+    let hr = app.send(request).await;
+    assert_eq!(hr.status, StatusCode::CREATED, "{}", hr.body);
+    assert!(!replayed(&hr));
+    // And the CRM's role reads only the CRM's key, not HR's stored answer.
+    let admin = connect(&cluster().superuser, &app.db.name).await;
+    admin.batch_execute("begin; set local role tessera_crm").await.expect("role");
+    admin
+        .execute("select set_config('tessera.tenant_id', $1, true)", &[&tenant.as_uuid().to_string()])
+        .await
+        .expect("bind");
+    let seen: i64 = admin
+        .query_one("select count(*) from core.idempotency_keys where key = 'shared'", &[])
+        .await
+        .expect("count")
+        .get(0);
+    admin.batch_execute("rollback").await.expect("rollback");
+    assert_eq!(seen, 1, "its own key only");
 }
