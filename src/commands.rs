@@ -288,6 +288,7 @@ fn settings(file: &FileConfig, target: &Target, serving: Option<&Serving>) -> an
             .or(file.rate_limit_tenant)
             .unwrap_or(1000),
         trusted_proxies: file.trusted_proxies.clone().unwrap_or_default(),
+        rate_limit_plans: file.rate_limit_plans.clone().unwrap_or_default(),
         event_retention_days: match file.event_retention_days.unwrap_or(DEFAULT_EVENT_RETENTION_DAYS) {
             0 => None,
             days => Some(days),
@@ -631,6 +632,14 @@ async fn tenant_cmd(
         TenantAction::Disable { target, tenant, modules: wanted } => {
             change_modules(settings(file, &target, None)?, &tenant, &wanted, modules, false).await?;
         }
+        TenantAction::Plan { target, tenant, plan } => {
+            let settings = settings(file, &target, None)?;
+            let mut session = OwnerSession::open(&settings, modules).await?;
+            let result = admin::set_plan(&mut session.client, &tenant, &plan).await;
+            session.close()?;
+            result?;
+            eprintln!("tenant {tenant} is on plan {plan}");
+        }
         TenantAction::List { target } => {
             let settings = settings(file, &target, None)?;
             let session = OwnerSession::open(&settings, modules).await?;
@@ -720,13 +729,22 @@ async fn key_cmd(file: &FileConfig, action: KeyAction, modules: &[Arc<dyn Module
 
 /// The gateway's rate limits from the settings (0 switches one off).
 fn rate_limits(settings: &Settings) -> tessera_gateway::ratelimit::RateLimitConfig {
-    use tessera_gateway::ratelimit::{Rate, RateLimitConfig};
+    use tessera_gateway::ratelimit::{PlanRates, Rate, RateLimitConfig};
     let rate = |n: u32| (n > 0).then(|| Rate::per_second(n));
     RateLimitConfig {
         per_ip: rate(settings.rate_limit_ip),
         per_key: rate(settings.rate_limit_key),
         per_tenant: rate(settings.rate_limit_tenant),
         trusted_proxies: settings.trusted_proxies.clone(),
+        plans: settings
+            .rate_limit_plans
+            .iter()
+            .map(|(name, p)| {
+                let rates =
+                    PlanRates { per_key: rate(p.key.unwrap_or(0)), per_tenant: rate(p.tenant.unwrap_or(0)) };
+                (name.clone(), rates)
+            })
+            .collect(),
         ..RateLimitConfig::default()
     }
 }

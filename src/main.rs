@@ -203,6 +203,16 @@ pub enum TenantAction {
         #[arg(long, value_delimiter = ',', required = true)]
         modules: Vec<String>,
     },
+    /// Put a tenant on a plan: the rate limits its keys and requests get (rate_limit_plans in the
+    /// configuration file); gateways see the change within ten minutes.
+    Plan {
+        #[command(flatten)]
+        target: Target,
+        #[arg(long)]
+        tenant: String,
+        #[arg(long)]
+        plan: String,
+    },
 }
 
 #[derive(Debug, Subcommand)]

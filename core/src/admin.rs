@@ -322,3 +322,18 @@ pub async fn remove_member(client: &mut Client, tenant: TenantId, email: &str) -
     tx.commit().await?;
     Ok(())
 }
+
+/// Puts a tenant on a plan (which rate limits it gets; see the gateway's configuration).
+pub async fn set_plan(client: &mut Client, slug: &str, plan: &str) -> Result<(), AdminError> {
+    if plan.is_empty()
+        || plan.len() > 40
+        || !plan.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-')
+    {
+        return Err(AdminError::Invalid(format!("plan {plan:?} must be 1 to 40 of a-z, 0-9, _ and -")));
+    }
+    let n = client.execute("update core.tenants set plan = $2 where slug = $1", &[&slug, &plan]).await?;
+    if n == 0 {
+        return Err(AdminError::NoSuchTenant(slug.to_owned()));
+    }
+    Ok(())
+}

@@ -29,6 +29,14 @@ impl fmt::Debug for Secret {
 }
 
 /// What a configuration file may set. Every key is optional; unknown keys are refused.
+/// A plan's rate limits, requests per second (absent or 0: no limit).
+#[derive(Debug, Default, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PlanLimits {
+    pub key: Option<u32>,
+    pub tenant: Option<u32>,
+}
+
 #[derive(Debug, Default, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct FileConfig {
@@ -52,6 +60,8 @@ pub struct FileConfig {
     pub rate_limit_tenant: Option<u32>,
     /// Proxies whose X-Forwarded-For names the client.
     pub trusted_proxies: Option<Vec<std::net::IpAddr>>,
+    /// Rate limits per plan (`[rate_limit_plans.gold]` with `key` and `tenant` requests per second).
+    pub rate_limit_plans: Option<std::collections::BTreeMap<String, PlanLimits>>,
     /// Days an event stays in `events.log` once every subscriber is past it [default: 30; 0 keeps events
     /// forever].
     pub event_retention_days: Option<u32>,
@@ -109,6 +119,7 @@ pub struct Settings {
     pub rate_limit_key: u32,
     pub rate_limit_tenant: u32,
     pub trusted_proxies: Vec<std::net::IpAddr>,
+    pub rate_limit_plans: std::collections::BTreeMap<String, PlanLimits>,
     /// `None` keeps events forever.
     pub event_retention_days: Option<u32>,
 }
@@ -153,6 +164,14 @@ mod tests {
     fn unknown_keys_are_refused() {
         assert!(toml::from_str::<FileConfig>("listen = \"127.0.0.1:1\"\nbogus = 1").is_err());
         let ok: FileConfig = toml::from_str("listen = \"127.0.0.1:1\"\npool_size = 4").expect("valid");
+        let plans: FileConfig =
+            toml::from_str("[rate_limit_plans.gold]\nkey = 500\ntenant = 2000").expect("plans");
+        let gold = &plans.rate_limit_plans.expect("plans")["gold"];
+        assert_eq!((gold.key, gold.tenant), (Some(500), Some(2000)));
+        assert!(
+            toml::from_str::<FileConfig>("[rate_limit_plans.gold]\nkeys = 1").is_err(),
+            "unknown keys refused"
+        );
         assert_eq!(ok.pool_size, Some(4));
     }
 }

@@ -89,6 +89,13 @@ impl Database {
         Ok(client.query_one("select core.prune_idempotency_keys()", &[]).await?.get(0))
     }
 
+    /// The tenant's plan (`standard` unless set), or `None` for no such tenant.
+    pub async fn tenant_plan(&self, tenant: uuid::Uuid) -> Result<Option<String>, ApiError> {
+        let client = self.pool.get().await.map_err(|e| ApiError::unavailable(&e))?;
+        let statement = client.prepare_cached("select core.tenant_plan($1)").await?;
+        Ok(client.query_one(&statement, &[&tenant]).await?.get(0))
+    }
+
     /// The pool's size and use: (connections, idle, requests waiting).
     pub fn pool_status(&self) -> (usize, usize, usize) {
         let status = self.pool.status();

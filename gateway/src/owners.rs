@@ -11,7 +11,14 @@ use uuid::Uuid;
 
 pub struct KeyOwners {
     db: Database,
-    owners: moka::sync::Cache<[u8; 32], Option<Uuid>>,
+    owners: moka::sync::Cache<[u8; 32], Option<Owner>>,
+}
+
+/// A key's tenant and the tenant's plan (a plan change is seen within the cache's ten minutes).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Owner {
+    pub tenant: Uuid,
+    pub plan: std::sync::Arc<str>,
 }
 
 impl KeyOwners {
@@ -27,14 +34,26 @@ impl KeyOwners {
 
     /// The key's tenant, or `None` for a key that does not exist (or when the database cannot say).
     pub async fn owner(&self, key: &PresentedKey) -> Option<Uuid> {
+        self.owner_and_plan(key).await.map(|o| o.tenant)
+    }
+
+    /// The key's tenant and its plan.
+    pub async fn owner_and_plan(&self, key: &PresentedKey) -> Option<Owner> {
         let mut hash = [0u8; 32];
         hash.copy_from_slice(key.hash());
         if let Some(owner) = self.owners.get(&hash) {
             return owner;
         }
         // Any API: only the tenant is wanted.
-        let owner = self.db.key_grant(key, "events").await.ok()?.map(|g| g.tenant_id);
-        self.owners.insert(hash, owner);
+        let tenant = self.db.key_grant(key, "events").await.ok()?.map(|g| g.tenant_id);
+        let owner = match tenant {
+            Some(tenant) => {
+                let plan = self.db.tenant_plan(tenant).await.ok()?.unwrap_or_else(|| "standard".to_owned());
+                Some(Owner { tenant, plan: plan.into() })
+            }
+            None => None,
+        };
+        self.owners.insert(hash, owner.clone());
         owner
     }
 }

@@ -21,7 +21,7 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use tessera_core::ApiError;
-use tessera_core::apikey::{self, PresentedKey};
+use tessera_core::apikey;
 use uuid::Uuid;
 
 use crate::owners::KeyOwners;
@@ -44,12 +44,21 @@ impl Rate {
     }
 }
 
+/// A plan's limits per key and per tenant; `None` switches one off.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct PlanRates {
+    pub per_key: Option<Rate>,
+    pub per_tenant: Option<Rate>,
+}
+
 /// The limits; `None` switches one off.
 #[derive(Debug, Clone)]
 pub struct RateLimitConfig {
     pub per_ip: Option<Rate>,
     pub per_key: Option<Rate>,
     pub per_tenant: Option<Rate>,
+    /// Per plan (`core.tenants.plan`), limits that replace `per_key` and `per_tenant` for its tenants.
+    pub plans: std::collections::HashMap<String, PlanRates>,
     /// Peers whose `X-Forwarded-For` is believed.
     pub trusted_proxies: Vec<IpAddr>,
     /// Clients tracked per limiter, at most.
@@ -62,6 +71,7 @@ impl Default for RateLimitConfig {
             per_ip: Some(Rate::per_second(1000)),
             per_key: Some(Rate::per_second(200)),
             per_tenant: Some(Rate::per_second(1000)),
+            plans: std::collections::HashMap::new(),
             trusted_proxies: Vec::new(),
             max_clients: 100_000,
         }
@@ -142,12 +152,27 @@ fn bucket_of(address: IpAddr) -> IpAddr {
     }
 }
 
+struct PlanLimiters {
+    per_key: Option<Gcra<[u8; 32]>>,
+    per_tenant: Option<Gcra<Uuid>>,
+}
+
+impl PlanLimiters {
+    fn new(rates: PlanRates, max_clients: u64) -> Self {
+        Self {
+            per_key: rates.per_key.map(|r| Gcra::new(r, max_clients)),
+            per_tenant: rates.per_tenant.map(|r| Gcra::new(r, max_clients)),
+        }
+    }
+}
+
 /// The gateway's limiters.
 pub struct RateLimits {
     config: RateLimitConfig,
     per_ip: Option<Gcra<IpAddr>>,
-    per_key: Option<Gcra<[u8; 32]>>,
-    per_tenant: Option<Gcra<Uuid>>,
+    /// The default plan's limiters, and each configured plan's.
+    default_plan: PlanLimiters,
+    plans: std::collections::HashMap<String, PlanLimiters>,
     owners: Arc<KeyOwners>,
     /// Refusals by limit: address, key, tenant.
     refused: [std::sync::atomic::AtomicU64; 3],
@@ -158,8 +183,15 @@ impl RateLimits {
         let n = config.max_clients;
         Arc::new(Self {
             per_ip: config.per_ip.map(|r| Gcra::new(r, n)),
-            per_key: config.per_key.map(|r| Gcra::new(r, n)),
-            per_tenant: config.per_tenant.map(|r| Gcra::new(r, n)),
+            default_plan: PlanLimiters::new(
+                PlanRates { per_key: config.per_key, per_tenant: config.per_tenant },
+                n,
+            ),
+            plans: config
+                .plans
+                .iter()
+                .map(|(name, rates)| (name.clone(), PlanLimiters::new(*rates, n)))
+                .collect(),
             owners,
             config,
             refused: Default::default(),
@@ -198,8 +230,8 @@ impl RateLimits {
         Some(bucket_of(peer))
     }
 
-    async fn owner(&self, key: &PresentedKey) -> Option<Uuid> {
-        self.owners.owner(key).await
+    fn limiters(&self, plan: &str) -> &PlanLimiters {
+        self.plans.get(plan).unwrap_or(&self.default_plan)
     }
 }
 
@@ -256,23 +288,27 @@ pub async fn layer(State(limits): State<Arc<RateLimits>>, request: Request, next
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "))
         .and_then(|token| apikey::parse(token.trim()).ok());
+    let any_key_limit = std::iter::once(&limits.default_plan)
+        .chain(limits.plans.values())
+        .any(|p| p.per_key.is_some() || p.per_tenant.is_some());
     if let Some(key) = key
-        && (limits.per_key.is_some() || limits.per_tenant.is_some())
-        && let Some(tenant) = limits.owner(&key).await
+        && any_key_limit
+        && let Some(owner) = limits.owners.owner_and_plan(&key).await
     {
+        let (tenant, plan) = (owner.tenant, limits.limiters(&owner.plan));
         // The key first; a request the tenant's limit then refuses gives the key its token back, so that
         // neither limit is spent by requests the other refused.
         let mut hash = [0u8; 32];
         hash.copy_from_slice(key.hash());
-        if let Some(limiter) = &limits.per_key
+        if let Some(limiter) = &plan.per_key
             && let Some(response) = consider("API key", limiter.check(hash, now))
         {
             return response;
         }
-        if let Some(limiter) = &limits.per_tenant
+        if let Some(limiter) = &plan.per_tenant
             && let Some(response) = consider("tenant", limiter.check(tenant, now))
         {
-            if let Some(per_key) = &limits.per_key {
+            if let Some(per_key) = &plan.per_key {
                 per_key.refund(&hash);
             }
             return response;

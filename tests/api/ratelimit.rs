@@ -138,3 +138,30 @@ async fn the_address_limit_applies_before_authentication_and_trusts_only_configu
         assert_eq!(send("10.0.0.9", Some(client)).await, StatusCode::TOO_MANY_REQUESTS);
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tenants_plan_sets_its_limits() {
+    let mut app = TestApp::spawn().await;
+    let (_, gold_key) = app.tenant("acme").await;
+    let (_, standard_key) = app.tenant("globex").await;
+    tessera_core::admin::set_plan(&mut app.owner, "acme", "gold").await.expect("plan");
+    assert!(tessera_core::admin::set_plan(&mut app.owner, "acme", "Gold!").await.is_err());
+    let mut plans = std::collections::HashMap::new();
+    plans.insert(
+        "gold".to_owned(),
+        tessera_gateway::ratelimit::PlanRates { per_key: burst(5), per_tenant: None },
+    );
+    limited(&mut app, RateLimitConfig { per_key: burst(2), plans, ..off() });
+    let passed = async |key: &str| {
+        let mut n = 0;
+        for _ in 0..8 {
+            if app.send(request("/v1/crm/deals", Some(key), "10.0.0.1", None)).await.status == StatusCode::OK
+            {
+                n += 1;
+            }
+        }
+        n
+    };
+    assert_eq!(passed(&gold_key).await, 5, "gold: its plan's burst");
+    assert_eq!(passed(&standard_key).await, 2, "no configured plan: the default limits");
+}
