@@ -28,13 +28,13 @@ use std::time::Duration;
 
 use futures_util::FutureExt;
 use tessera_core::module::StatementCache;
-use tessera_core::roles::{EVENTS, module_role, quote_ident};
+use tessera_core::roles::{EVENTS, module_role, quote_ident, quote_literal};
 use tessera_core::{EffectTx, Event, HandlerError, Subscription, bootstrap};
 use tokio::sync::watch;
 use tokio_postgres::error::SqlState;
 use tokio_postgres::{AsyncMessage, Client, NoTls};
 
-use crate::worker::CHANNEL;
+use crate::worker::{BIND_TENANT, CHANNEL};
 
 /// A module's subscription, with the module whose role its handler runs as.
 #[derive(Debug, Clone, Copy)]
@@ -114,11 +114,7 @@ async fn as_events<T>(
     extra: &str,
     body: impl AsyncFnOnce() -> Result<T, tokio_postgres::Error>,
 ) -> Result<T, tokio_postgres::Error> {
-    let begin = match access {
-        Access::Write => "begin",
-        Access::Read => "begin read only",
-    };
-    client.batch_execute(&format!("{begin}; set local role {}; {extra}", quote_ident(EVENTS))).await?;
+    client.batch_execute(&begin_as_events(access, extra)).await?;
     match body().await {
         Ok(value) => {
             client.batch_execute("commit").await?;
@@ -129,6 +125,15 @@ async fn as_events<T>(
             Err(e)
         }
     }
+}
+
+/// The statements that open a transaction as `tessera_events`, then `extra`.
+fn begin_as_events(access: Access, extra: &str) -> String {
+    let begin = match access {
+        Access::Write => "begin",
+        Access::Read => "begin read only",
+    };
+    format!("{begin}; set local role {}; {extra}", quote_ident(EVENTS))
 }
 
 /// Registers every subscriber that is new, at the current end of the log: a subscriber added to a running
@@ -484,10 +489,9 @@ async fn handle_batch(
     // A handler stuck on a lock or a slow statement fails (transiently) instead of stalling the subscriber.
     // The commit is durable before anyone sees it (an effect seen and then lost in a crash would come back
     // as another row), whatever the server's default.
-    let begin_sql = format!(
-        "begin; set local role {}; set local lock_timeout = '10s'; set local statement_timeout = '60s'; \
-         set local synchronous_commit = on",
-        quote_ident(EVENTS)
+    let begin_sql = begin_as_events(
+        Access::Write,
+        "set local lock_timeout = '10s'; set local statement_timeout = '60s'; set local synchronous_commit = on",
     );
     let begin = client.batch_execute(&begin_sql);
     let params: [&(dyn tokio_postgres::types::ToSql + Sync); 4] = [&name, &through, &types, &batch];
@@ -619,14 +623,6 @@ async fn handle_batch(
         }
         Err(e) => Err(e),
     }
-}
-
-/// Binds a tenant for the rest of the transaction.
-const BIND_TENANT: &str = "select set_config('tessera.tenant_id', $1, true)";
-
-/// A string as an SQL literal (standard_conforming_strings is on since PostgreSQL 9.1).
-fn quote_literal(s: &str) -> String {
-    format!("'{}'", s.replace('\'', "''"))
 }
 
 /// Runs the handler in a savepoint as the module's role with the event's tenant bound. The outer error is

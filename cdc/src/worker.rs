@@ -650,7 +650,8 @@ struct Statements {
     insert: tokio_postgres::Statement,
 }
 
-const BIND_TENANT: &str = "select set_config('tessera.tenant_id', $1, true)";
+/// Binds a tenant for the rest of the transaction (the writer here, the dispatcher too).
+pub(crate) const BIND_TENANT: &str = "select set_config('tessera.tenant_id', $1, true)";
 
 const INSERT_EVENTS: &str =
     "insert into events.log (tenant_id, id, commit_lsn, position, type, commit_time, data)
