@@ -8,6 +8,8 @@ use std::fmt;
 
 use sha2::{Digest, Sha256};
 
+use crate::problem::ApiError;
+
 const PREFIX_LEN: usize = 12;
 const SECRET_LEN: usize = 48;
 const MARK: &str = "tsk_";
@@ -151,34 +153,57 @@ impl fmt::Display for Scope {
     }
 }
 
-/// The `Authorization: Bearer tsk_…` header, checked for shape. Verification happens in the request's
-/// transaction (see [`crate::db`]).
+/// The credential of an `Authorization: Bearer …` header, checked for shape (the scheme in any case, as
+/// HTTP has it). Verification happens in the request's transaction (see [`crate::db`]).
+pub fn from_authorization(value: Option<&axum::http::HeaderValue>) -> Result<PresentedKey, ApiError> {
+    let Some(value) = value else {
+        return Err(ApiError::unauthenticated(
+            "missing_api_key",
+            "send an API key as Authorization: Bearer <key>",
+        ));
+    };
+    let malformed = || {
+        ApiError::unauthenticated(
+            "malformed_api_key",
+            "the Authorization header does not hold a Tessera API key",
+        )
+    };
+    let value = value.to_str().map_err(|_| malformed())?;
+    let (scheme, token) = value.trim().split_once(' ').ok_or_else(malformed)?;
+    if !scheme.eq_ignore_ascii_case("bearer") {
+        return Err(malformed());
+    }
+    parse(token.trim()).map_err(|_| malformed())
+}
+
+/// The request's credential, parsed and hashed once: kept in the request's extensions for the gateway's
+/// layers and the handler that come after.
+pub fn presented(
+    authorization: Option<&axum::http::HeaderValue>,
+    extensions: &mut axum::http::Extensions,
+) -> Result<PresentedKey, ApiError> {
+    if let Some(key) = extensions.get::<PresentedKey>() {
+        return Ok(key.clone());
+    }
+    let key = from_authorization(authorization)?;
+    extensions.insert(key.clone());
+    Ok(key)
+}
+
+/// [`presented`] for a whole request.
+pub fn presented_in<B>(request: &mut axum::http::Request<B>) -> Result<PresentedKey, ApiError> {
+    let authorization = request.headers().get(axum::http::header::AUTHORIZATION).cloned();
+    presented(authorization.as_ref(), request.extensions_mut())
+}
+
 impl<S: Send + Sync> axum::extract::FromRequestParts<S> for PresentedKey {
-    type Rejection = crate::problem::ApiError;
+    type Rejection = ApiError;
 
     async fn from_request_parts(
         parts: &mut axum::http::request::Parts,
         _: &S,
     ) -> Result<Self, Self::Rejection> {
-        use crate::problem::ApiError;
-        let Some(value) = parts.headers.get(axum::http::header::AUTHORIZATION) else {
-            return Err(ApiError::unauthenticated(
-                "missing_api_key",
-                "send an API key as Authorization: Bearer <key>",
-            ));
-        };
-        let malformed = || {
-            ApiError::unauthenticated(
-                "malformed_api_key",
-                "the Authorization header does not hold a Tessera API key",
-            )
-        };
-        let value = value.to_str().map_err(|_| malformed())?;
-        let (scheme, token) = value.trim().split_once(' ').ok_or_else(malformed)?;
-        if !scheme.eq_ignore_ascii_case("bearer") {
-            return Err(malformed());
-        }
-        parse(token.trim()).map_err(|_| malformed())
+        presented(parts.headers.get(axum::http::header::AUTHORIZATION), &mut parts.extensions)
     }
 }
 

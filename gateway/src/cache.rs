@@ -32,7 +32,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use axum::body::{Body, Bytes};
-use axum::extract::{OriginalUri, Request, State};
+use axum::extract::{Request, State};
 use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
@@ -42,6 +42,8 @@ use tessera_core::apikey::{self, Access, PresentedKey};
 use tessera_core::db::{Database, KeyGrant};
 use tokio_postgres::{AsyncMessage, NoTls};
 use uuid::Uuid;
+
+use crate::paths;
 
 /// The cache's limits and its freshness bound.
 #[derive(Debug, Clone)]
@@ -235,13 +237,6 @@ impl ResponseCache {
     }
 }
 
-/// The module a `/v1/<module>/…` path belongs to, if it is one whose answers may be cached.
-fn module_of<'m>(path: &str, modules: &'m [&'static str]) -> Option<&'m &'static str> {
-    let rest = path.strip_prefix("/v1/")?;
-    let name = rest.split('/').next()?;
-    modules.iter().find(|m| **m == name)
-}
-
 /// The query string with its parameters in a stable order (by name; values of one name keep their order),
 /// so that `?a=1&b=2` and `?b=2&a=1` share an entry. Parameters are compared as sent, undecoded.
 fn normalised_query(query: Option<&str>) -> String {
@@ -308,16 +303,13 @@ pub struct CacheLayer {
 }
 
 /// The middleware in front of the module routes.
-pub async fn layer(State(layer): State<CacheLayer>, request: Request, next: Next) -> Response {
+pub async fn layer(State(layer): State<CacheLayer>, mut request: Request, next: Next) -> Response {
     let cache = &layer.cache;
-    // The path as the client sent it (a nested router sees it without its prefix).
-    let path = match request.extensions().get::<OriginalUri>() {
-        Some(original) => original.path().to_owned(),
-        None => request.uri().path().to_owned(),
-    };
-    let Some(&module) = module_of(&path, &layer.modules) else {
+    // The modules whose answers may be cached.
+    let Some(module) = paths::named_api(&request, &layer.modules) else {
         return next.run(request).await;
     };
+    let path = paths::original_uri(&request).path().to_owned();
     let method = request.method().clone();
     if method == Method::HEAD || method == Method::OPTIONS {
         return next.run(request).await;
@@ -330,14 +322,8 @@ pub async fn layer(State(layer): State<CacheLayer>, request: Request, next: Next
         response.headers_mut().insert(X_CACHE, HeaderValue::from_static("bypass"));
         return response;
     }
-    let key = request
-        .headers()
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .and_then(|token| apikey::parse(token.trim()).ok());
     // Without a usable key the handler answers (401); nothing is cached.
-    let Some(key) = key else { return next.run(request).await };
+    let Ok(key) = apikey::presented_in(&mut request) else { return next.run(request).await };
     let grant = cache.grant(&key, module).await;
     if method != Method::GET {
         // Bumped when the handler is done, or dropped (a client gone after the commit): either way, and

@@ -17,7 +17,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use axum::body::{Body, Bytes};
-use axum::extract::{OriginalUri, Request, State};
+use axum::extract::{Request, State};
 use axum::http::{HeaderValue, Method, StatusCode, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
@@ -25,6 +25,8 @@ use sha2::{Digest, Sha256};
 use tessera_core::ApiError;
 use tessera_core::apikey::{self, PresentedKey};
 use tessera_core::db::{IDEMPOTENCY_KEY, IdempotentRequest, ModuleDb};
+
+use crate::paths;
 
 /// State of the idempotency layer: each module's database access.
 #[derive(Clone)]
@@ -162,7 +164,7 @@ fn problem(status: StatusCode, code: &'static str, detail: &str) -> Response {
 }
 
 /// The middleware in front of the module routes.
-pub async fn layer(State(state): State<IdempotencyLayer>, request: Request, next: Next) -> Response {
+pub async fn layer(State(state): State<IdempotencyLayer>, mut request: Request, next: Next) -> Response {
     if request.method() != Method::POST {
         return next.run(request).await;
     }
@@ -177,20 +179,12 @@ pub async fn layer(State(state): State<IdempotencyLayer>, request: Request, next
             );
         }
     };
-    let uri = match request.extensions().get::<OriginalUri>() {
-        Some(original) => original.0.clone(),
-        None => request.uri().clone(),
+    let uri = paths::original_uri(&request).clone();
+    let Some(db) = paths::api_of(uri.path()).and_then(|module| state.modules.get(module)) else {
+        return next.run(request).await;
     };
-    let module = uri.path().strip_prefix("/v1/").and_then(|rest| rest.split('/').next()).unwrap_or("");
-    let Some(db) = state.modules.get(module) else { return next.run(request).await };
-    let key = request
-        .headers()
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .and_then(|token| apikey::parse(token.trim()).ok());
     // Without a usable key the handler answers (401).
-    let Some(key) = key else { return next.run(request).await };
+    let Ok(key) = apikey::presented_in(&mut request) else { return next.run(request).await };
 
     let (parts, body) = request.into_parts();
     let Ok(bytes) = axum::body::to_bytes(body, state.body_limit_bytes).await else {

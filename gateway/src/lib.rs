@@ -30,6 +30,7 @@ mod events;
 pub mod idempotency;
 pub mod metrics;
 pub mod owners;
+mod paths;
 pub mod ratelimit;
 pub mod usage;
 

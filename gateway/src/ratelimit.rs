@@ -173,6 +173,8 @@ pub struct RateLimits {
     /// The default plan's limiters, and each configured plan's.
     default_plan: PlanLimiters,
     plans: std::collections::HashMap<String, PlanLimiters>,
+    /// Whether any plan limits keys or tenants (else a key's owner is never looked up).
+    key_limits: bool,
     owners: Arc<KeyOwners>,
     /// Refusals by limit: address, key, tenant.
     refused: [std::sync::atomic::AtomicU64; 3],
@@ -181,7 +183,12 @@ pub struct RateLimits {
 impl RateLimits {
     pub fn new(config: RateLimitConfig, owners: Arc<KeyOwners>) -> Arc<Self> {
         let n = config.max_clients;
+        let key_limits =
+            std::iter::once(&PlanRates { per_key: config.per_key, per_tenant: config.per_tenant })
+                .chain(config.plans.values())
+                .any(|p| p.per_key.is_some() || p.per_tenant.is_some());
         Arc::new(Self {
+            key_limits,
             per_ip: config.per_ip.map(|r| Gcra::new(r, n)),
             default_plan: PlanLimiters::new(
                 PlanRates { per_key: config.per_key, per_tenant: config.per_tenant },
@@ -256,7 +263,7 @@ fn set_headers(headers: &mut HeaderMap, verdict: Verdict) {
 }
 
 /// The middleware in front of `/v1`.
-pub async fn layer(State(limits): State<Arc<RateLimits>>, request: Request, next: Next) -> Response {
+pub async fn layer(State(limits): State<Arc<RateLimits>>, mut request: Request, next: Next) -> Response {
     let now = Instant::now();
     let peer = request.extensions().get::<ConnectInfo<SocketAddr>>().map(|c| c.0.ip());
     let mut tightest: Option<Verdict> = None;
@@ -282,17 +289,8 @@ pub async fn layer(State(limits): State<Arc<RateLimits>>, request: Request, next
     {
         return response;
     }
-    let key = request
-        .headers()
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .and_then(|token| apikey::parse(token.trim()).ok());
-    let any_key_limit = std::iter::once(&limits.default_plan)
-        .chain(limits.plans.values())
-        .any(|p| p.per_key.is_some() || p.per_tenant.is_some());
-    if let Some(key) = key
-        && any_key_limit
+    if limits.key_limits
+        && let Ok(key) = apikey::presented_in(&mut request)
         && let Some(owner) = limits.owners.owner_and_plan(&key).await
     {
         let (tenant, plan) = (owner.tenant, limits.limiters(&owner.plan));

@@ -11,7 +11,6 @@ use std::time::Duration;
 
 use axum::Router;
 use axum::extract::{Request, State};
-use axum::http::header;
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
@@ -24,6 +23,7 @@ use time::{Date, OffsetDateTime};
 use uuid::Uuid;
 
 use crate::owners::KeyOwners;
+use crate::paths;
 
 /// The counts of one gateway process.
 pub struct Usage {
@@ -83,19 +83,9 @@ impl Usage {
 }
 
 /// The middleware that counts, in front of `/v1`.
-pub async fn layer(State(usage): State<Arc<Usage>>, request: Request, next: Next) -> Response {
-    let path = request.uri().path();
-    let api = path
-        .strip_prefix("/v1/")
-        .or_else(|| path.strip_prefix('/'))
-        .and_then(|rest| rest.split('/').next())
-        .and_then(|name| usage.apis.iter().find(|a| **a == name).copied());
-    let key = request
-        .headers()
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .and_then(|token| apikey::parse(token.trim()).ok());
+pub async fn layer(State(usage): State<Arc<Usage>>, mut request: Request, next: Next) -> Response {
+    let api = paths::named_api(&request, &usage.apis);
+    let key = apikey::presented_in(&mut request).ok();
     let response = next.run(request).await;
     if let (Some(api), Some(key)) = (api, key)
         && response.status().as_u16() < 400

@@ -165,3 +165,19 @@ async fn a_tenants_plan_sets_its_limits() {
     assert_eq!(passed(&gold_key).await, 5, "gold: its plan's burst");
     assert_eq!(passed(&standard_key).await, 2, "no configured plan: the default limits");
 }
+
+#[tokio::test]
+async fn the_limits_read_the_credential_as_the_handlers_do() {
+    let mut app = TestApp::spawn().await;
+    let (_, key) = app.tenant("acme").await;
+    limited(&mut app, RateLimitConfig { per_key: burst(1), ..off() });
+    // The scheme in another case and spaces around the key: the handler accepts it, so the limit counts it.
+    let send = async || {
+        let mut request = request("/v1/crm/deals", None, "10.0.0.1", None);
+        let value = format!("bearer   {key} ").parse().expect("header");
+        request.headers_mut().insert("authorization", value);
+        app.send(request).await.status
+    };
+    assert_eq!(send().await, StatusCode::OK);
+    assert_eq!(send().await, StatusCode::TOO_MANY_REQUESTS);
+}
