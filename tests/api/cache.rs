@@ -56,6 +56,12 @@ fn standard(app: &TestApp) -> impl FnOnce(Arc<ResponseCache>) -> Router + use<> 
     move |cache| tessera_gateway::router_with_cache(pool, &modules(), BODY_LIMIT, Some(cache))
 }
 
+/// [`cached`] in front of the gateway's own router.
+async fn cached_standard(app: &mut TestApp) -> Cached {
+    let router = standard(app);
+    cached(app, router).await
+}
+
 fn x_cache(r: &TestResponse) -> &str {
     r.headers.get("x-cache").and_then(|v| v.to_str().ok()).unwrap_or("")
 }
@@ -87,10 +93,7 @@ async fn cached_answers_never_cross_tenants_or_permissions() {
     let hr_only_a = app.key(a, &["hr:read"]).await;
     app.create("deals", &key_a, json!({"title": "Acme deal", "stage": "won"})).await;
     app.create("deals", &key_b, json!({"title": "Globex deal"})).await;
-    let _gateway = {
-        let router = standard(&app);
-        cached(&mut app, router).await
-    };
+    let _gateway = cached_standard(&mut app).await;
 
     let first = app.get("/v1/crm/deals", &key_a).await;
     assert_eq!((first.status, x_cache(&first)), (StatusCode::OK, "miss"));
@@ -134,10 +137,7 @@ async fn writes_through_the_api_and_by_sql_are_seen() {
     let mut app = TestApp::spawn().await;
     let (_, key) = app.tenant("acme").await;
     let deal = app.create("deals", &key, json!({"title": "Before"})).await;
-    let gateway = {
-        let router = standard(&app);
-        cached(&mut app, router).await
-    };
+    let gateway = cached_standard(&mut app).await;
     let path = format!("/v1/crm/deals/{deal}");
 
     assert_eq!(x_cache(&app.get(&path, &key).await), "miss");
@@ -168,10 +168,7 @@ async fn etags_answer_if_none_match_with_304() {
     let mut app = TestApp::spawn().await;
     let (_, key) = app.tenant("acme").await;
     let deal = app.create("deals", &key, json!({"title": "Tagged"})).await;
-    let _gateway = {
-        let router = standard(&app);
-        cached(&mut app, router).await
-    };
+    let _gateway = cached_standard(&mut app).await;
     let path = format!("/v1/crm/deals/{deal}");
     let first = app.get(&path, &key).await;
     let etag = first.headers.get("etag").expect("an ETag").to_str().expect("ascii").to_owned();
@@ -259,10 +256,7 @@ async fn a_revoked_key_is_refused_though_its_answers_were_cached() {
     let mut app = TestApp::spawn().await;
     let (tenant, key) = app.tenant("acme").await;
     app.create("deals", &key, json!({"title": "Secret"})).await;
-    let _gateway = {
-        let router = standard(&app);
-        cached(&mut app, router).await
-    };
+    let _gateway = cached_standard(&mut app).await;
     assert_eq!(x_cache(&app.get("/v1/crm/deals", &key).await), "miss");
     assert_eq!(x_cache(&app.get("/v1/crm/deals", &key).await), "hit");
 
@@ -292,10 +286,7 @@ async fn without_the_cdc_worker_the_cache_stops_serving() {
     let mut app = TestApp::spawn().await;
     let (_, key) = app.tenant("acme").await;
     let deal = app.create("deals", &key, json!({"title": "Before"})).await;
-    let gateway = {
-        let router = standard(&app);
-        cached(&mut app, router).await
-    };
+    let gateway = cached_standard(&mut app).await;
     let path = format!("/v1/crm/deals/{deal}");
     app.get(&path, &key).await;
     assert_eq!(x_cache(&app.get(&path, &key).await), "hit");

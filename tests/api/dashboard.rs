@@ -98,21 +98,18 @@ async fn missing_foreign_or_unauthenticated_is_refused() {
     app.get(&path, &unknown).await.assert_problem(401, "invalid_api_key");
 }
 
-/// A module whose part fails.
-struct Failing;
-/// A module whose part never finishes in time.
-struct Slow;
-
-fn no_migrations() -> refinery::Runner {
-    refinery::Runner::new(&[])
+/// A module with nothing but a dashboard part: `part` makes it (one that fails, one that takes too long).
+struct PartOnly {
+    name: &'static str,
+    part: fn() -> DashboardPart<'static>,
 }
 
-impl Module for Failing {
+impl Module for PartOnly {
     fn name(&self) -> &'static str {
-        "failing"
+        self.name
     }
     fn migrations(&self) -> refinery::Runner {
-        no_migrations()
+        refinery::Runner::new(&[])
     }
     fn routes(&self, _: ModuleDb) -> axum::Router {
         axum::Router::new()
@@ -123,31 +120,19 @@ impl Module for Failing {
         _: &'a PresentedKey,
         _: uuid::Uuid,
     ) -> Option<DashboardPart<'a>> {
-        Some(Box::pin(async { Err(ApiError::internal(&std::io::Error::other("injected failure"))) }))
+        Some((self.part)())
     }
 }
 
-impl Module for Slow {
-    fn name(&self) -> &'static str {
-        "slow"
-    }
-    fn migrations(&self) -> refinery::Runner {
-        no_migrations()
-    }
-    fn routes(&self, _: ModuleDb) -> axum::Router {
-        axum::Router::new()
-    }
-    fn company_dashboard<'a>(
-        &'a self,
-        _: &'a ModuleDb,
-        _: &'a PresentedKey,
-        _: uuid::Uuid,
-    ) -> Option<DashboardPart<'a>> {
-        Some(Box::pin(async {
-            tokio::time::sleep(Duration::from_secs(30)).await;
-            Ok(json!({"never": "seen"}))
-        }))
-    }
+fn failing() -> DashboardPart<'static> {
+    Box::pin(async { Err(ApiError::internal(&std::io::Error::other("injected failure"))) })
+}
+
+fn slow() -> DashboardPart<'static> {
+    Box::pin(async {
+        tokio::time::sleep(Duration::from_secs(30)).await;
+        Ok(json!({"never": "seen"}))
+    })
 }
 
 #[tokio::test]
@@ -156,8 +141,8 @@ async fn a_failing_part_and_a_slow_part_leave_the_rest_standing() {
     let (_, key) = app.tenant("acme").await;
     let company = company_with_everything(&app, &key).await;
     let mut with_faults = modules();
-    with_faults.push(Arc::new(Failing));
-    with_faults.push(Arc::new(Slow));
+    with_faults.push(Arc::new(PartOnly { name: "failing", part: failing }));
+    with_faults.push(Arc::new(PartOnly { name: "slow", part: slow }));
     app.router = tessera_gateway::router(app.pool.clone(), &with_faults, BODY_LIMIT);
 
     let started = Instant::now();
