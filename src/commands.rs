@@ -683,7 +683,7 @@ async fn key_cmd(file: &FileConfig, action: KeyAction, modules: &[Arc<dyn Module
                 .iter()
                 .map(|s| s.module.as_str())
                 // The platform's own APIs, which every tenant has.
-                .filter(|m| *m != tessera_core::module::EVENT_FEED_API && *m != "usage")
+                .filter(|m| !tessera_core::module::PLATFORM_APIS.contains(m))
                 .collect();
             admin::known_modules(&module_refs(modules), &named)?;
             let mut session = OwnerSession::open(&settings, modules).await?;

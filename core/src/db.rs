@@ -272,7 +272,7 @@ pub struct LoginRecord {
 /// the usage of the tenant for owners and admins only.
 fn role_scopes(role: &str, module: &str) -> Vec<String> {
     let mut scopes = vec![format!("{}:write", crate::module::EVENT_FEED_API)];
-    if module != "usage" || matches!(role, "owner" | "admin") {
+    if module != crate::module::USAGE_API || matches!(role, "owner" | "admin") {
         scopes.push(format!("{module}:write"));
     }
     scopes

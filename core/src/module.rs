@@ -87,6 +87,13 @@ pub struct EventRule {
 /// The scope prefix of the event feed (`GET /v1/events`, scope `events:read`): a platform API, not a module.
 pub const EVENT_FEED_API: &str = "events";
 
+/// The tenant's usage (`GET /v1/usage`), another platform API.
+pub const USAGE_API: &str = "usage";
+
+/// The platform's own APIs: every tenant has them, whatever modules it bought (a key still needs their
+/// scope). `core.authenticate_api_key` and `core.authenticate_member` list the same names.
+pub const PLATFORM_APIS: &[&str] = &[EVENT_FEED_API, USAGE_API];
+
 /// An event from `events.log` as a subscriber's handler sees it.
 #[derive(Debug, Clone)]
 pub struct Event {

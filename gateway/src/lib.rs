@@ -136,7 +136,7 @@ pub fn router_with_layers(
     };
     module_routes =
         module_routes.layer(axum::middleware::from_fn_with_state(idempotency, idempotency::layer));
-    let usage_db = db.for_api("usage", tessera_core::roles::EVENT_FEED);
+    let usage_db = db.for_api(tessera_core::module::USAGE_API, tessera_core::roles::EVENT_FEED);
     let mut api = Router::new()
         .nest("/events", events::router(feed))
         .nest("/usage", usage::router(usage_db))

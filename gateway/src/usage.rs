@@ -37,7 +37,8 @@ pub struct Usage {
 impl Usage {
     pub fn new(db: Database, owners: Arc<KeyOwners>, modules: &[&'static str]) -> Arc<Self> {
         let mut apis = modules.to_vec();
-        apis.extend(["events", "dashboard", "usage"]);
+        apis.extend(tessera_core::module::PLATFORM_APIS);
+        apis.push("dashboard");
         Arc::new(Self { db, owners, apis, counts: Mutex::new(HashMap::new()) })
     }
 
