@@ -12,18 +12,22 @@ use tessera_core::admin::{self, DEMO_SLUG};
 use tessera_core::apikey::Scope;
 use tessera_core::bootstrap::{self, DATABASE};
 use tessera_core::config::{
-    DEFAULT_BODY_LIMIT, DEFAULT_EVENT_RETENTION_DAYS, DEFAULT_LISTEN, DEFAULT_POOL_SIZE, FileConfig, Secret,
-    Settings,
+    DEFAULT_BODY_LIMIT, DEFAULT_EVENT_RETENTION_DAYS, DEFAULT_LISTEN, DEFAULT_POOL_SIZE, DEFAULT_SQL_LISTEN,
+    FileConfig, Secret, Settings, SqlSettings,
 };
 use tessera_core::db::Database;
 use tessera_core::embedded::{Cluster, ClusterOptions, Endpoint, PgBinaries};
-use tessera_core::roles::{APP, OWNER, REPLICATION};
+use tessera_core::roles::{APP, OWNER, REPLICATION, SQL};
 use tessera_core::tenant::TenantSlug;
 use tessera_core::{Module, migrate};
+use tessera_gateway::sql::{SqlConfig, SqlEndpoint, UpstreamConfig};
 use tessera_gateway::{Application, GatewayConfig, MetricsSource};
 use tokio_postgres::Client;
 
-use crate::{Cli, Command, EventsAction, KeyAction, MemberAction, Serving, Target, TenantAction, UserAction};
+use crate::{
+    Cli, Command, EventsAction, KeyAction, MemberAction, Serving, SqlServing, Target, TenantAction,
+    UserAction,
+};
 
 /// The modules compiled into this binary.
 fn modules() -> Vec<Arc<dyn Module>> {
@@ -38,7 +42,12 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
     let file = FileConfig::load(cli.config.as_deref())?;
     let modules = modules();
     match cli.command {
-        Command::Up { target, serving } => up(settings(&file, &target, Some(&serving))?, &modules).await,
+        Command::Up { target, serving, sql } => {
+            up(settings(&file, &target, Some(&serving))?, sql_settings(&file, &sql)?, &modules).await
+        }
+        Command::Sql { target, sql } => {
+            sql_cmd(settings(&file, &target, None)?, sql_settings(&file, &sql)?).await
+        }
         Command::Serve { target, serving } => {
             serve(settings(&file, &target, Some(&serving))?, &modules).await
         }
@@ -298,6 +307,64 @@ fn settings(file: &FileConfig, target: &Target, serving: Option<&Serving>) -> an
     Ok(settings)
 }
 
+/// The SQL endpoint's settings: flags over environment over the file's `[sql]` table over defaults.
+fn sql_settings(file: &FileConfig, flags: &SqlServing) -> anyhow::Result<SqlSettings> {
+    let table = file.sql.clone().unwrap_or_default();
+    let settings = SqlSettings {
+        listen: match flags.sql_listen.or(table.listen) {
+            Some(addr) => addr,
+            None => DEFAULT_SQL_LISTEN.parse()?,
+        },
+        upstream_url: flags.sql_upstream_url.clone().map(Secret::new).or(table.upstream_url),
+        tls_cert: flags.sql_tls_cert.clone().or(table.tls_cert),
+        tls_key: flags.sql_tls_key.clone().or(table.tls_key),
+        require_tls: flags.sql_require_tls || table.require_tls.unwrap_or(false),
+        statement_timeout_ms: table.statement_timeout_ms.unwrap_or(60_000),
+        max_rows: table.max_rows.unwrap_or(1_000_000),
+        max_bytes: table.max_bytes.unwrap_or(256 * 1024 * 1024),
+        pool_size: table.pool_size.unwrap_or(20),
+    };
+    settings.validate()?;
+    Ok(settings)
+}
+
+/// Binds the SQL endpoint: logins checked through `auth`, tenants' SQL run on `upstream` (as tessera_sql).
+async fn bind_sql(
+    settings: &SqlSettings,
+    auth: Database,
+    upstream: &tokio_postgres::Config,
+) -> anyhow::Result<SqlEndpoint> {
+    let tls = match (&settings.tls_cert, &settings.tls_key) {
+        (Some(cert), Some(key)) => Some(tessera_gateway::sql::tls_from_pem(cert, key)?),
+        _ => None,
+    };
+    let mut config = SqlConfig::new(settings.listen);
+    config.require_tls = settings.require_tls;
+    config.statement_timeout = std::time::Duration::from_millis(settings.statement_timeout_ms);
+    config.max_rows = settings.max_rows;
+    config.max_bytes = settings.max_bytes;
+    config.pool_size = settings.pool_size;
+    let upstream = UpstreamConfig::from_pg_config(upstream)?;
+    SqlEndpoint::bind(config, auth, upstream, tls)
+        .await
+        .with_context(|| format!("could not start the SQL endpoint on {}", settings.listen))
+}
+
+async fn sql_cmd(settings: Settings, sql: SqlSettings) -> anyhow::Result<()> {
+    let (Some(url), Some(upstream)) = (&settings.database_url, &sql.upstream_url) else {
+        bail!(
+            "`tessera sql` needs --database-url (as tessera_app, to check logins) and --sql-upstream-url (as \
+             tessera_sql, where tenants' SQL runs); `tessera up` runs everything locally"
+        );
+    };
+    let auth = Database::new(url.expose().parse()?, 4)?;
+    auth.ensure_unprivileged().await?;
+    let endpoint = bind_sql(&sql, auth, &upstream.expose().parse()?).await?;
+    println!("Tessera SQL endpoint listening on {}", endpoint.local_addr()?);
+    endpoint.run_until_stopped(shutdown_signal()).await;
+    Ok(())
+}
+
 /// The embedded cluster of a data folder, and the lock that says who manages it.
 struct Embedded {
     cluster: Cluster,
@@ -423,7 +490,7 @@ async fn shutdown_signal() {
     tracing::info!("shutting down");
 }
 
-async fn up(settings: Settings, modules: &[Arc<dyn Module>]) -> anyhow::Result<()> {
+async fn up(settings: Settings, sql: SqlSettings, modules: &[Arc<dyn Module>]) -> anyhow::Result<()> {
     if settings.database_url.is_some() {
         bail!(
             "`tessera up` runs on the embedded PostgreSQL; use `tessera serve --database-url …` for an existing server"
@@ -431,7 +498,7 @@ async fn up(settings: Settings, modules: &[Arc<dyn Module>]) -> anyhow::Result<(
     }
     let embedded = open_embedded(&settings, modules, true).await?;
     let endpoint = embedded.endpoint.clone();
-    let result = up_serving(&settings, modules, &endpoint).await;
+    let result = up_serving(&settings, &sql, modules, &endpoint).await;
     let closed = embedded.close();
     result?;
     closed
@@ -439,6 +506,7 @@ async fn up(settings: Settings, modules: &[Arc<dyn Module>]) -> anyhow::Result<(
 
 async fn up_serving(
     settings: &Settings,
+    sql: &SqlSettings,
     modules: &[Arc<dyn Module>],
     endpoint: &Endpoint,
 ) -> anyhow::Result<()> {
@@ -464,14 +532,26 @@ async fn up_serving(
         cache: settings.response_cache.then(tessera_gateway::cache::CacheConfig::default),
         rate_limits: Some(rate_limits(settings)),
     };
+    let upstream = match &sql.upstream_url {
+        Some(url) => url.expose().parse()?,
+        None => endpoint.pg_config(SQL, DATABASE),
+    };
+    let sql_endpoint = bind_sql(sql, db.clone(), &upstream).await?;
+    let sql_addr = sql_endpoint.local_addr()?;
     let app = Application::build(&config, db, modules)
         .await
         .with_context(|| format!("could not listen on {}", settings.listen))?;
     let addr = app.local_addr()?;
-    let scopes: Vec<String> = modules.iter().map(|m| format!("{}:write", m.name())).collect();
+    let mut scopes: Vec<String> = modules.iter().map(|m| format!("{}:write", m.name())).collect();
+    scopes.push("reporting:read".into());
 
     println!("Tessera is up.");
     println!("  REST gateway  http://{addr}");
+    println!(
+        "  SQL endpoint  psql \"host={} port={} user={DEMO_SLUG}\"  (password: an API key with reporting:read)",
+        sql_addr.ip(),
+        sql_addr.port()
+    );
     println!("  PostgreSQL    psql \"{}\"", endpoint.url("postgres", DATABASE));
     match &demo_key {
         Some(token) => {
@@ -496,7 +576,13 @@ async fn up_serving(
         cdc,
         dispatch_settings(settings, &endpoint.pg_config(REPLICATION, DATABASE), modules),
     ));
+    let (stop_sql, sql_stopped) = tokio::sync::oneshot::channel::<()>();
+    let sql_task = tokio::spawn(sql_endpoint.run_until_stopped(async {
+        let _ = sql_stopped.await;
+    }));
     let served = app.run_until_stopped(shutdown_signal()).await;
+    let _ = stop_sql.send(());
+    let _ = sql_task.await;
     events.abort();
     served?;
     Ok(())
@@ -678,12 +764,11 @@ async fn key_cmd(file: &FileConfig, action: KeyAction, modules: &[Arc<dyn Module
         KeyAction::Create { target, tenant, scopes, name } => {
             let settings = settings(file, &target, None)?;
             let scopes = scopes.iter().map(|s| Scope::parse(s)).collect::<Result<Vec<_>, _>>()?;
-            // `events` is the event feed, a platform API every tenant has.
             let named: Vec<&str> = scopes
                 .iter()
                 .map(|s| s.module.as_str())
-                // The platform's own APIs, which every tenant has.
-                .filter(|m| !tessera_core::module::PLATFORM_APIS.contains(m))
+                // The platform's own APIs and the SQL endpoint, which every tenant has.
+                .filter(|m| !tessera_core::module::is_platform_scope(m))
                 .collect();
             admin::known_modules(&module_refs(modules), &named)?;
             let mut session = OwnerSession::open(&settings, modules).await?;

@@ -66,15 +66,50 @@ pub struct Serving {
     pub rate_limit_tenant: Option<u32>,
 }
 
+/// The SQL endpoint for reporting tools (also settable in the `[sql]` table of the configuration file).
+#[derive(Debug, Clone, Args)]
+pub struct SqlServing {
+    /// Address the SQL endpoint listens on [default: 127.0.0.1:6543]
+    #[arg(long, env = "TESSERA_SQL_LISTEN", value_name = "ADDR")]
+    pub sql_listen: Option<SocketAddr>,
+
+    /// Where tenants' SQL runs, as tessera_sql (a hot standby, say) [default: the platform's database]
+    #[arg(long, env = "TESSERA_SQL_UPSTREAM_URL", value_name = "URL", hide_env_values = true)]
+    pub sql_upstream_url: Option<String>,
+
+    /// PEM certificate chain for TLS on the SQL endpoint
+    #[arg(long, env = "TESSERA_SQL_TLS_CERT", value_name = "FILE", requires = "sql_tls_key")]
+    pub sql_tls_cert: Option<PathBuf>,
+
+    /// PEM private key for TLS on the SQL endpoint
+    #[arg(long, env = "TESSERA_SQL_TLS_KEY", value_name = "FILE", requires = "sql_tls_cert")]
+    pub sql_tls_key: Option<PathBuf>,
+
+    /// Refuse SQL clients that do not use TLS
+    #[arg(long, env = "TESSERA_SQL_REQUIRE_TLS")]
+    pub sql_require_tls: bool,
+}
+
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run everything on an embedded PostgreSQL: create or reuse the cluster, migrate, create a demo
-    /// tenant on first start, and serve the REST gateway until Ctrl-C or SIGTERM.
+    /// tenant on first start, and serve the REST gateway, the SQL endpoint and the event system until
+    /// Ctrl-C or SIGTERM.
     Up {
         #[command(flatten)]
         target: Target,
         #[command(flatten)]
         serving: Serving,
+        #[command(flatten)]
+        sql: SqlServing,
+    },
+    /// Serve the SQL endpoint alone against an existing database (DBA mode): --database-url as tessera_app
+    /// (to check logins) and --sql-upstream-url as tessera_sql (where tenants' SQL runs).
+    Sql {
+        #[command(flatten)]
+        target: Target,
+        #[command(flatten)]
+        sql: SqlServing,
     },
     /// Serve the REST gateway against an existing, migrated database (DBA mode).
     Serve {

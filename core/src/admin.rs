@@ -229,7 +229,8 @@ pub fn known_modules<'a>(all: &[&dyn Module], wanted: &[&'a str]) -> Result<Vec<
 /// The demo tenant's slug.
 pub const DEMO_SLUG: &str = "demo";
 
-/// Creates the demo tenant with every module enabled, each module's sample data and a key with every scope,
+/// Creates the demo tenant with every module enabled, each module's sample data and a key with every scope
+/// (the SQL endpoint's reporting:read too),
 /// all in one transaction. Returns the key's token, or `None` when the demo tenant already exists.
 pub async fn seed_demo(client: &mut Client, modules: &[&dyn Module]) -> Result<Option<String>, AdminError> {
     let slug = TenantSlug::parse(DEMO_SLUG).map_err(|_| AdminError::NoSuchTenant(DEMO_SLUG.into()))?;
@@ -248,6 +249,7 @@ pub async fn seed_demo(client: &mut Client, modules: &[&dyn Module]) -> Result<O
     let mut scopes: Vec<Scope> =
         names.iter().map(|m| Scope { module: (*m).to_owned(), access: apikey::Access::Write }).collect();
     scopes.push(Scope { module: crate::module::EVENT_FEED_API.to_owned(), access: apikey::Access::Read });
+    scopes.push(Scope { module: crate::module::REPORTING_API.to_owned(), access: apikey::Access::Read });
     let (_, token) = create_api_key_in(&tx, "demo", &scopes).await?;
     tx.commit().await?;
     Ok(Some(token))

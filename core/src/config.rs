@@ -65,6 +65,68 @@ pub struct FileConfig {
     /// Days an event stays in `events.log` once every subscriber is past it [default: 30; 0 keeps events
     /// forever].
     pub event_retention_days: Option<u32>,
+    /// The SQL endpoint (see [`SqlSettings`]).
+    pub sql: Option<SqlFileConfig>,
+}
+
+/// The `[sql]` table of the configuration file: the SQL endpoint for reporting tools.
+#[derive(Debug, Default, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SqlFileConfig {
+    pub listen: Option<SocketAddr>,
+    /// Where tenants' SQL runs, as tessera_sql: a hot standby, say [default: the platform's database].
+    pub upstream_url: Option<Secret>,
+    pub tls_cert: Option<PathBuf>,
+    pub tls_key: Option<PathBuf>,
+    pub require_tls: Option<bool>,
+    pub statement_timeout_ms: Option<u64>,
+    pub max_rows: Option<u64>,
+    pub max_bytes: Option<u64>,
+    pub pool_size: Option<usize>,
+}
+
+/// The SQL endpoint's validated settings.
+#[derive(Debug, Clone)]
+pub struct SqlSettings {
+    pub listen: SocketAddr,
+    pub upstream_url: Option<Secret>,
+    pub tls_cert: Option<PathBuf>,
+    pub tls_key: Option<PathBuf>,
+    pub require_tls: bool,
+    pub statement_timeout_ms: u64,
+    pub max_rows: u64,
+    pub max_bytes: u64,
+    pub pool_size: usize,
+}
+
+pub const DEFAULT_SQL_LISTEN: &str = "127.0.0.1:6543";
+
+impl SqlSettings {
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.tls_cert.is_some() != self.tls_key.is_some() {
+            return Err(ConfigError::Invalid("sql.tls_cert and sql.tls_key go together".into()));
+        }
+        if self.require_tls && self.tls_cert.is_none() {
+            return Err(ConfigError::Invalid("sql.require_tls needs sql.tls_cert and sql.tls_key".into()));
+        }
+        if !(1..=1000).contains(&self.pool_size) {
+            return Err(ConfigError::Invalid(format!(
+                "sql.pool_size must be 1 to 1000, got {}",
+                self.pool_size
+            )));
+        }
+        if self.statement_timeout_ms == 0 || self.max_rows == 0 || self.max_bytes == 0 {
+            return Err(ConfigError::Invalid(
+                "sql.statement_timeout_ms, sql.max_rows and sql.max_bytes must be positive".into(),
+            ));
+        }
+        if let Some(url) = &self.upstream_url {
+            url.expose().parse::<tokio_postgres::Config>().map_err(|e| {
+                ConfigError::Invalid(format!("sql.upstream_url is not a valid connection string: {e}"))
+            })?;
+        }
+        Ok(())
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -173,5 +235,9 @@ mod tests {
             "unknown keys refused"
         );
         assert_eq!(ok.pool_size, Some(4));
+        let sql: FileConfig =
+            toml::from_str("[sql]\nlisten = \"127.0.0.1:6000\"\nmax_rows = 10").expect("sql");
+        assert_eq!(sql.sql.expect("sql").max_rows, Some(10));
+        assert!(toml::from_str::<FileConfig>("[sql]\nmax_row = 1").is_err(), "unknown keys refused");
     }
 }

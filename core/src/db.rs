@@ -159,6 +159,19 @@ impl Database {
         }))
     }
 
+    /// For the SQL endpoint: the signed tenant claim of a reporting login (the tenant's slug or id, and an
+    /// API key with the `reporting:read` scope), or `None` when anything about it is wrong.
+    pub async fn authenticate_sql(
+        &self,
+        tenant: &str,
+        key: &PresentedKey,
+    ) -> Result<Option<String>, ApiError> {
+        let client = self.pool.get().await.map_err(|e| ApiError::unavailable(&e))?;
+        let statement = client.prepare_cached("select core.authenticate_sql($1, $2, $3)").await?;
+        let row = client.query_one(&statement, &[&tenant, &key.prefix(), &key.hash()]).await?;
+        Ok(row.get(0))
+    }
+
     /// Refuses a login role that would defeat row-level security: a superuser, a BYPASSRLS role, or one
     /// that owns (or is a member of a role that owns) tables. Run once at start.
     pub async fn ensure_unprivileged(&self) -> Result<(), DbSetupError> {

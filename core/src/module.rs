@@ -94,6 +94,15 @@ pub const USAGE_API: &str = "usage";
 /// scope). `core.authenticate_api_key` and `core.authenticate_member` list the same names.
 pub const PLATFORM_APIS: &[&str] = &[EVENT_FEED_API, USAGE_API];
 
+/// The SQL endpoint's scope prefix (`reporting:read`). Not a REST API: `core.authenticate_sql` checks it.
+pub const REPORTING_API: &str = "reporting";
+
+/// Whether a scope prefix names something every tenant has (a platform API or the SQL endpoint) rather
+/// than a module it must have bought.
+pub fn is_platform_scope(api: &str) -> bool {
+    PLATFORM_APIS.contains(&api) || api == REPORTING_API
+}
+
 /// An event from `events.log` as a subscriber's handler sees it.
 #[derive(Debug, Clone)]
 pub struct Event {

@@ -8,6 +8,7 @@
 //! | `tessera_<module>` | no | one per module: rights on that module's schema only |
 //! | `tessera_app` | yes | the gateway's login: NOINHERIT, no rights of its own, may `SET ROLE` to a module role |
 //! | `tessera_reporting` | no | read-only access for the SQL endpoint |
+//! | `tessera_sql` | yes | the SQL endpoint's upstream login: a member of `tessera_reporting` only, read-only by default, bound to a tenant by a signed claim (core V13) |
 //! | `tessera_event_feed` | no | the gateway's role for `GET /v1/events`: reads the bound tenant's events |
 //! | `tessera_events` | no | the event system: writes the log, feeds it to subscribers, keeps their cursors |
 //! | `tessera_replication` | yes | REPLICATION; the CDC worker's and dispatcher's login (NOINHERIT): it switches to `tessera_events`, and to a module's role to run that module's event handlers |
@@ -20,6 +21,7 @@ pub const AUTH: &str = "tessera_auth";
 pub const RUNTIME: &str = "tessera_runtime";
 pub const APP: &str = "tessera_app";
 pub const REPORTING: &str = "tessera_reporting";
+pub const SQL: &str = "tessera_sql";
 pub const REPLICATION: &str = "tessera_replication";
 pub const EVENTS: &str = "tessera_events";
 pub const EVENT_FEED: &str = "tessera_event_feed";
@@ -73,6 +75,7 @@ pub fn cluster_script(modules: &[&str]) -> String {
     ));
     roles.push((APP.into(), "login nosuperuser nocreatedb nocreaterole noreplication nobypassrls noinherit"));
     roles.push((REPORTING.into(), "nologin nosuperuser nocreatedb nocreaterole noreplication nobypassrls"));
+    roles.push((SQL.into(), "login nosuperuser nocreatedb nocreaterole noreplication nobypassrls inherit"));
     roles.push((
         EVENTS.into(),
         "nologin nosuperuser nocreatedb nocreaterole noreplication nobypassrls inherit",
@@ -95,6 +98,16 @@ pub fn cluster_script(modules: &[&str]) -> String {
     out.push_str(&format!("grant {} to {};\n", quote_ident(EVENTS), quote_ident(REPLICATION)));
     out.push_str(&format!("grant {} to {};\n", quote_ident(RUNTIME), quote_ident(EVENT_FEED)));
     out.push_str(&format!("grant {} to {};\n", quote_ident(EVENT_FEED), quote_ident(APP)));
+    out.push_str(&format!("grant {} to {};\n", quote_ident(REPORTING), quote_ident(SQL)));
+    // Tenants' own SQL runs as tessera_sql: read-only, and bounded even if the SQL endpoint's own
+    // limits were bypassed.
+    out.push_str(&format!(
+        "alter role {sql} set default_transaction_read_only = on;\n\
+         alter role {sql} set statement_timeout = '5min';\n\
+         alter role {sql} set idle_in_transaction_session_timeout = '1min';\n\
+         alter role {sql} set temp_file_limit = '1GB';\n",
+        sql = quote_ident(SQL)
+    ));
     out.push_str("\n-- The owner hands the key-lookup functions to tessera_auth.\n");
     out.push_str(&format!("grant {} to {};\n", quote_ident(AUTH), quote_ident(OWNER)));
     for role in &module_roles {
@@ -106,15 +119,32 @@ pub fn cluster_script(modules: &[&str]) -> String {
     out
 }
 
-/// The per-database part of [`script`]: rights on the database it runs in.
+/// The per-database part of [`script`]: rights on the database it runs in, and the built-in functions and
+/// views that everyone may use by default but a tenant's own SQL (the SQL endpoint, as `tessera_sql`) must
+/// not: large objects (shared by every session of one role, and writable even in read-only transactions),
+/// other sessions' query text, signalling other backends, and advisory locks (the platform's own locks).
 pub fn database_script() -> String {
     format!(
         "do $$ begin\n  execute format('grant connect, create, temporary on database %I to {owner}', current_database());\n  \
-         execute format('grant connect on database %I to {app}, {replication}', current_database());\n  \
-         execute format('revoke temporary on database %I from public', current_database());\nend $$;\n",
+         execute format('grant connect on database %I to {app}, {replication}, {sql}', current_database());\n  \
+         execute format('revoke temporary on database %I from public', current_database());\nend $$;\n\
+         do $$\ndeclare f regprocedure;\nbegin\n  \
+         for f in select p.oid::regprocedure from pg_catalog.pg_proc p\n            \
+         where p.pronamespace = 'pg_catalog'::regnamespace\n              \
+         and (p.proname like 'lo\\_%' or p.proname in ('loread', 'lowrite')\n                   \
+         or p.proname in ('pg_stat_get_activity', 'pg_cancel_backend', 'pg_terminate_backend'))\n  loop\n    \
+         execute format('revoke execute on function %s from public', f);\n  end loop;\n  \
+         for f in select p.oid::regprocedure from pg_catalog.pg_proc p\n            \
+         where p.pronamespace = 'pg_catalog'::regnamespace and p.proname like 'pg\\_%advisory%'\n  loop\n    \
+         execute format('revoke execute on function %s from public', f);\n    \
+         execute format('grant execute on function %s to {owner}, {replication}', f);\n  end loop;\nend $$;\n\
+         revoke select on pg_catalog.pg_stat_activity from public;\n\
+         grant select on pg_catalog.pg_stat_activity to {owner};\n\
+         grant execute on function pg_catalog.pg_stat_get_activity(integer) to {owner};\n",
         owner = quote_ident(OWNER),
         app = quote_ident(APP),
         replication = quote_ident(REPLICATION),
+        sql = quote_ident(SQL),
     )
 }
 

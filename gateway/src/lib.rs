@@ -32,6 +32,7 @@ pub mod metrics;
 pub mod owners;
 mod paths;
 pub mod ratelimit;
+pub mod sql;
 pub mod usage;
 
 const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");

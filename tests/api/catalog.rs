@@ -16,6 +16,7 @@ const REGISTRIES: &[&str] = &[
     "core.tenants",
     "core.users",
     "core.token_keys",
+    "core.sql_claim_keys",
     "events.cdc_slots",
     "events.subscribers",
     "events.dead_letters",

@@ -16,6 +16,7 @@ mod isolation;
 mod migrations;
 mod ratelimit;
 mod restart;
+mod sql_endpoint;
 mod support;
 mod up;
 mod usage;

@@ -1,0 +1,342 @@
+//! Connections to the upstream PostgreSQL (the primary or a hot standby) as `tessera_sql`, pooled.
+//!
+//! The endpoint relays the protocol itself, message by message, so a client gets exactly what a direct
+//! connection would send: text and binary results, error fields, COPY data. tokio-postgres has no way to hand
+//! over its socket or to ask for text results, so these connections speak the protocol directly (startup
+//! and authentication with postgres-protocol's SCRAM), and deadpool keeps the pool.
+
+use std::io;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use bytes::{BufMut, BytesMut};
+use postgres_protocol::authentication::sasl::{ChannelBinding, SCRAM_SHA_256, ScramSha256};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader};
+
+use super::wire::{self, FrameError, MAX_UPSTREAM_MESSAGE};
+
+/// Where the upstream server listens.
+#[derive(Debug, Clone)]
+pub enum Address {
+    Tcp {
+        host: String,
+        port: u16,
+    },
+    /// The socket file itself (`<dir>/.s.PGSQL.<port>`).
+    Unix(PathBuf),
+}
+
+/// How to reach and log in to the upstream server.
+#[derive(Clone)]
+pub struct UpstreamConfig {
+    pub address: Address,
+    pub user: String,
+    pub password: Option<Vec<u8>>,
+    pub database: String,
+    pub connect_timeout: Duration,
+}
+
+impl std::fmt::Debug for UpstreamConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("UpstreamConfig")
+            .field("address", &self.address)
+            .field("user", &self.user)
+            .field("database", &self.database)
+            .finish_non_exhaustive()
+    }
+}
+
+impl UpstreamConfig {
+    /// From a connection config (its first host; the user should be tessera_sql).
+    pub fn from_pg_config(config: &tokio_postgres::Config) -> Result<Self, UpstreamError> {
+        use tokio_postgres::config::Host;
+        let port = config.get_ports().first().copied().unwrap_or(5432);
+        let address = match config.get_hosts().first() {
+            Some(Host::Tcp(host)) => Address::Tcp { host: host.clone(), port },
+            Some(Host::Unix(dir)) => Address::Unix(dir.join(format!(".s.PGSQL.{port}"))),
+            None => Address::Tcp { host: "localhost".into(), port },
+        };
+        let user = config.get_user().ok_or(UpstreamError::Config("the upstream URL names no user"))?;
+        Ok(Self {
+            address,
+            user: user.to_owned(),
+            password: config.get_password().map(<[u8]>::to_vec),
+            database: config.get_dbname().unwrap_or(user).to_owned(),
+            connect_timeout: config.get_connect_timeout().copied().unwrap_or(Duration::from_secs(5)),
+        })
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum UpstreamError {
+    #[error("could not reach the upstream server: {0}")]
+    Io(#[from] io::Error),
+    #[error("the upstream server sent a bad message: {0}")]
+    Protocol(String),
+    #[error("the upstream server refused the connection: {message} ({code})")]
+    Refused { code: String, message: String },
+    #[error("{0}")]
+    Config(&'static str),
+    #[error("connecting to the upstream server timed out")]
+    Timeout,
+}
+
+impl From<FrameError> for UpstreamError {
+    fn from(e: FrameError) -> Self {
+        match e {
+            FrameError::Io(e) => Self::Io(e),
+            other => Self::Protocol(other.to_string()),
+        }
+    }
+}
+
+type Reader = BufReader<Box<dyn AsyncRead + Send + Unpin>>;
+type Writer = Box<dyn AsyncWrite + Send + Unpin>;
+
+/// What a cancel request for an upstream session needs.
+#[derive(Debug, Clone)]
+pub struct CancelKey {
+    pub address: Address,
+    pub pid: i32,
+    pub secret: i32,
+}
+
+/// One logged-in upstream session, idle.
+pub struct Upstream {
+    pub reader: Reader,
+    pub writer: Writer,
+    pub key: CancelKey,
+    /// The server's ParameterStatus values after login (server_version, server_encoding, …).
+    pub params: Vec<(String, String)>,
+}
+
+async fn open(address: &Address) -> io::Result<(Reader, Writer)> {
+    Ok(match address {
+        Address::Tcp { host, port } => {
+            let stream = tokio::net::TcpStream::connect((host.as_str(), *port)).await?;
+            stream.set_nodelay(true)?;
+            let (r, w) = stream.into_split();
+            (BufReader::with_capacity(64 * 1024, Box::new(r) as Box<_>), Box::new(w) as Writer)
+        }
+        Address::Unix(path) => {
+            let stream = tokio::net::UnixStream::connect(path).await?;
+            let (r, w) = stream.into_split();
+            (BufReader::with_capacity(64 * 1024, Box::new(r) as Box<_>), Box::new(w) as Writer)
+        }
+    })
+}
+
+impl Upstream {
+    pub async fn connect(config: &UpstreamConfig) -> Result<Self, UpstreamError> {
+        tokio::time::timeout(config.connect_timeout, Self::login(config))
+            .await
+            .map_err(|_| UpstreamError::Timeout)?
+    }
+
+    async fn login(config: &UpstreamConfig) -> Result<Self, UpstreamError> {
+        let (mut reader, mut writer) = open(&config.address).await?;
+        let mut out = BytesMut::new();
+        let params = [
+            ("user", config.user.as_str()),
+            ("database", config.database.as_str()),
+            ("application_name", "tessera-sql"),
+            ("client_encoding", "UTF8"),
+        ];
+        postgres_protocol::message::frontend::startup_message(params.iter().copied(), &mut out)?;
+        writer.write_all(&out).await?;
+        writer.flush().await?;
+
+        let mut scram: Option<ScramSha256> = None;
+        let mut server_params = Vec::new();
+        let mut key = None;
+        let password =
+            || config.password.as_deref().ok_or(UpstreamError::Config("the upstream asks for a password"));
+        loop {
+            let frame = wire::read_frame(&mut reader, MAX_UPSTREAM_MESSAGE)
+                .await?
+                .ok_or_else(|| UpstreamError::Protocol("the server closed the connection".into()))?;
+            let body = frame.body();
+            out.clear();
+            match frame.tag() {
+                b'R' => {
+                    let code = body.get(..4).map(|b| i32::from_be_bytes([b[0], b[1], b[2], b[3]]));
+                    match code {
+                        Some(0) => {}
+                        Some(3) => {
+                            postgres_protocol::message::frontend::password_message(password()?, &mut out)?
+                        }
+                        Some(5) => {
+                            let salt: [u8; 4] = body
+                                .get(4..8)
+                                .and_then(|s| s.try_into().ok())
+                                .ok_or_else(|| UpstreamError::Protocol("short MD5 request".into()))?;
+                            let hash = postgres_protocol::authentication::md5_hash(
+                                config.user.as_bytes(),
+                                password()?,
+                                salt,
+                            );
+                            postgres_protocol::message::frontend::password_message(
+                                hash.as_bytes(),
+                                &mut out,
+                            )?;
+                        }
+                        Some(10) => {
+                            let offers_scram =
+                                body[4..].split(|b| *b == 0).any(|m| m == SCRAM_SHA_256.as_bytes());
+                            if !offers_scram {
+                                return Err(UpstreamError::Protocol("no supported SASL mechanism".into()));
+                            }
+                            let s = ScramSha256::new(password()?, ChannelBinding::unsupported());
+                            postgres_protocol::message::frontend::sasl_initial_response(
+                                SCRAM_SHA_256,
+                                s.message(),
+                                &mut out,
+                            )?;
+                            scram = Some(s);
+                        }
+                        Some(11) => {
+                            let s = scram
+                                .as_mut()
+                                .ok_or_else(|| UpstreamError::Protocol("SASL out of order".into()))?;
+                            s.update(&body[4..])?;
+                            postgres_protocol::message::frontend::sasl_response(s.message(), &mut out)?;
+                        }
+                        Some(12) => {
+                            let s = scram
+                                .as_mut()
+                                .ok_or_else(|| UpstreamError::Protocol("SASL out of order".into()))?;
+                            s.finish(&body[4..])?;
+                        }
+                        _ => {
+                            return Err(UpstreamError::Protocol(format!(
+                                "unsupported authentication {code:?}"
+                            )));
+                        }
+                    }
+                    if !out.is_empty() {
+                        writer.write_all(&out).await?;
+                        writer.flush().await?;
+                    }
+                }
+                b'S' => {
+                    if let Some((name, rest)) = wire::cstr(body)
+                        && let Some((value, _)) = wire::cstr(rest)
+                    {
+                        server_params.push((name.to_owned(), value.to_owned()));
+                    }
+                }
+                b'K' if body.len() == 8 => {
+                    let pid = i32::from_be_bytes([body[0], body[1], body[2], body[3]]);
+                    let secret = i32::from_be_bytes([body[4], body[5], body[6], body[7]]);
+                    key = Some(CancelKey { address: config.address.clone(), pid, secret });
+                }
+                b'E' => {
+                    let fields = wire::error_fields(body);
+                    let field = |c: u8| {
+                        fields.iter().find(|(k, _)| *k == c).map(|(_, v)| v.clone()).unwrap_or_default()
+                    };
+                    return Err(UpstreamError::Refused { code: field(b'C'), message: field(b'M') });
+                }
+                b'Z' => {
+                    let key = key.ok_or_else(|| UpstreamError::Protocol("no BackendKeyData".into()))?;
+                    return Ok(Self { reader, writer, key, params: server_params });
+                }
+                // Notices and anything else harmless before ReadyForQuery.
+                _ => {}
+            }
+        }
+    }
+
+    /// Runs one simple query of the endpoint's own and waits for its end. Returns the parameter changes it
+    /// caused, or the server's error (SQLSTATE, message).
+    pub async fn run(
+        &mut self,
+        sql: &str,
+    ) -> Result<Result<Vec<(String, String)>, (String, String)>, UpstreamError> {
+        let mut out = BytesMut::new();
+        postgres_protocol::message::frontend::query(sql, &mut out)?;
+        self.writer.write_all(&out).await?;
+        self.writer.flush().await?;
+        let mut changed = Vec::new();
+        let mut failed = None;
+        loop {
+            let frame = wire::read_frame(&mut self.reader, MAX_UPSTREAM_MESSAGE)
+                .await?
+                .ok_or_else(|| UpstreamError::Protocol("the server closed the connection".into()))?;
+            match frame.tag() {
+                b'S' => {
+                    if let Some((name, rest)) = wire::cstr(frame.body())
+                        && let Some((value, _)) = wire::cstr(rest)
+                    {
+                        changed.push((name.to_owned(), value.to_owned()));
+                    }
+                }
+                b'E' => {
+                    let fields = wire::error_fields(frame.body());
+                    let field = |c: u8| {
+                        fields.iter().find(|(k, _)| *k == c).map(|(_, v)| v.clone()).unwrap_or_default()
+                    };
+                    failed = Some((field(b'C'), field(b'M')));
+                }
+                b'Z' => {
+                    // Idle, not in a (failed) transaction block.
+                    if frame.body() != b"I" {
+                        return Err(UpstreamError::Protocol("the session is inside a transaction".into()));
+                    }
+                    return Ok(match failed {
+                        Some(e) => Err(e),
+                        None => Ok(changed),
+                    });
+                }
+                _ => {}
+            }
+        }
+    }
+}
+
+/// Asks the upstream server to cancel whatever the session with `key` is running, and waits until the
+/// server has acted on it (it closes the connection once the signal is sent).
+pub async fn cancel(key: &CancelKey) -> io::Result<()> {
+    let send = async {
+        let (mut reader, mut writer) = open(&key.address).await?;
+        let mut out = BytesMut::with_capacity(16);
+        out.put_i32(16);
+        out.put_i32(wire::CANCEL_REQUEST);
+        out.put_i32(key.pid);
+        out.put_i32(key.secret);
+        writer.write_all(&out).await?;
+        writer.flush().await?;
+        let mut sink = [0u8; 64];
+        while reader.read(&mut sink).await? > 0 {}
+        Ok::<_, io::Error>(())
+    };
+    tokio::time::timeout(Duration::from_secs(2), send)
+        .await
+        .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "the cancel request was not answered"))?
+}
+
+/// The pool's manager: new connections log in; a connection comes back to the pool only after the session
+/// that used it was reset (see the session), so recycling has nothing left to check.
+pub struct Manager {
+    pub config: UpstreamConfig,
+}
+
+impl deadpool::managed::Manager for Manager {
+    type Type = Upstream;
+    type Error = UpstreamError;
+
+    async fn create(&self) -> Result<Upstream, UpstreamError> {
+        Upstream::connect(&self.config).await
+    }
+
+    async fn recycle(
+        &self,
+        _conn: &mut Upstream,
+        _metrics: &deadpool::managed::Metrics,
+    ) -> deadpool::managed::RecycleResult<UpstreamError> {
+        Ok(())
+    }
+}
+
+pub type Pool = deadpool::managed::Pool<Manager>;
+pub type Pooled = deadpool::managed::Object<Manager>;

@@ -1,0 +1,96 @@
+-- The SQL endpoint's tenant binding: a claim the session cannot forge.
+--
+-- Tenants run their own SQL on the SQL endpoint, upstream as the login tessera_sql (a member of
+-- tessera_reporting). Anyone who can run SQL can change a custom setting (SET, set_config, DO, RESET,
+-- startup options, COMMIT in a multi-statement query), so for such sessions the plain setting
+-- tessera.tenant_id binds nothing. They are bound by tessera.sql_claim instead:
+--
+--     <tenant id>:<hex sha256(secret || tenant id)>
+--
+-- minted by core.authenticate_sql (run by the gateway's login when a tenant logs in) and checked by
+-- core.sql_claim_tenant. The secret sits in core.sql_claim_keys, which only tessera_auth can read, so a
+-- session can present its own tenant's claim and no other: whatever it sets, another tenant's rows stay
+-- out of reach.
+
+-- One row: the secret that signs claims. Made from two gen_random_uuid() values (244 random bits) so
+-- that no extension is needed.
+create table core.sql_claim_keys (
+    id      integer primary key default 1,
+    secret  bytea not null,
+    constraint sql_claim_keys_one_row check (id = 1),
+    constraint sql_claim_keys_secret_length check (length(secret) = 32)
+);
+insert into core.sql_claim_keys (secret)
+values (decode(replace(gen_random_uuid()::text || gen_random_uuid()::text, '-', ''), 'hex'));
+revoke all on core.sql_claim_keys from public;
+grant select on core.sql_claim_keys to tessera_auth;
+
+-- The tenant of the session's claim, or null when there is none or it does not verify.
+create function core.sql_claim_tenant() returns uuid
+    language sql stable security definer
+    set search_path = pg_catalog, pg_temp
+as $$
+    select substr(c.claim, 1, 36)::uuid
+      from (select current_setting('tessera.sql_claim', true) as claim) c, core.sql_claim_keys k
+     where c.claim ~ '^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}:[0-9a-f]{64}$'
+       and encode(sha256(k.secret || convert_to(substr(c.claim, 1, 36), 'UTF8')), 'hex')
+           = substr(c.claim, 38)
+$$;
+
+-- Checks a reporting login: the tenant (slug or id) the client named, and an API key's prefix and hash.
+-- Returns the tenant's claim when the key is live, belongs to that active tenant and has the
+-- reporting:read scope; null otherwise, whichever part was wrong.
+create function core.authenticate_sql(p_tenant text, p_prefix text, p_secret_hash bytea)
+    returns text
+    language sql stable security definer
+    set search_path = pg_catalog, pg_temp
+as $$
+    select t.id::text || ':' || encode(sha256(s.secret || convert_to(t.id::text, 'UTF8')), 'hex')
+      from core.api_keys k
+      join core.tenants t on t.id = k.tenant_id
+     cross join core.sql_claim_keys s
+     where k.prefix = p_prefix and k.secret_hash = p_secret_hash and k.revoked_at is null
+       and t.status = 'active'
+       and (t.slug = p_tenant or t.id::text = p_tenant)
+       and 'reporting:read' = any (k.scopes)
+$$;
+
+grant create on schema core to tessera_auth;
+alter function core.sql_claim_tenant() owner to tessera_auth;
+alter function core.authenticate_sql(text, text, bytea) owner to tessera_auth;
+revoke create on schema core from tessera_auth;
+revoke all on function core.sql_claim_tenant() from public;
+revoke all on function core.authenticate_sql(text, text, bytea) from public;
+grant execute on function core.authenticate_sql(text, text, bytea) to tessera_app;
+-- Harmless to anyone: it only checks the caller's own claim. Every caller of core.current_tenant_id needs it.
+grant execute on function core.sql_claim_tenant() to public;
+
+-- The plain setting binds only sessions of Tessera's own logins (the gateway, the event system: members of
+-- tessera_runtime) and of the owner. Every other session, the SQL endpoint's above all, is bound by its
+-- claim alone. Still inlinable (no SET clause; every name qualified).
+create or replace function core.current_tenant_id() returns uuid
+    language sql stable parallel safe
+as $$
+    select case
+        when pg_catalog.pg_has_role(session_user, 'tessera_runtime', 'MEMBER')
+          or pg_catalog.pg_has_role(session_user, 'tessera_owner', 'MEMBER')
+        then case when pg_catalog.current_setting('tessera.tenant_id', true) operator(pg_catalog.=) ''
+                  then null
+                  else pg_catalog.current_setting('tessera.tenant_id', true)::pg_catalog.uuid
+             end
+        else core.sql_claim_tenant()
+    end
+$$;
+
+-- A trigger function, never called directly; nobody needs EXECUTE on it.
+revoke all on function core.notify_auth_change() from public;
+
+-- Functions the owner creates from now on are not executable by everyone unless a migration grants it.
+alter default privileges for role tessera_owner revoke execute on functions from public;
+
+-- The stable surface for BI tools: each module adds security_invoker views here (the caller's row
+-- policies apply, never the owner's rights).
+create schema reporting;
+grant usage on schema reporting to tessera_reporting;
+comment on schema reporting is
+    'Views for reporting tools over every module''s tables, one tenant''s rows at a time (security_invoker).';

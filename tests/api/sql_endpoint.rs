@@ -1,0 +1,853 @@
+//! The SQL endpoint: tenants' own SQL over the PostgreSQL protocol, each tenant seeing only its rows.
+//!
+//! Every test runs a real endpoint on a loopback port in front of the test database, and talks to it over
+//! TCP with tokio-postgres, raw protocol bytes, psql, pgbench and psycopg.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use serde_json::json;
+use tessera_gateway::sql::{SqlConfig, SqlEndpoint, UpstreamConfig};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio_postgres::types::{FromSql, Type};
+use tokio_postgres::{Client, NoTls, SimpleQueryMessage};
+
+use crate::support::{TestApp, cluster};
+
+/// Starts an endpoint for the app's database; `configure` adjusts the defaults.
+async fn endpoint(app: &TestApp, configure: impl FnOnce(&mut SqlConfig)) -> SocketAddr {
+    endpoint_with_tls(app, configure, None).await
+}
+
+async fn endpoint_with_tls(
+    app: &TestApp,
+    configure: impl FnOnce(&mut SqlConfig),
+    tls: Option<tessera_gateway::sql::TlsAcceptor>,
+) -> SocketAddr {
+    let mut config = SqlConfig::new("127.0.0.1:0".parse().expect("addr"));
+    configure(&mut config);
+    let upstream = UpstreamConfig::from_pg_config(&cluster().endpoint.pg_config("tessera_sql", &app.db.name))
+        .expect("upstream");
+    let endpoint = SqlEndpoint::bind(config, app.pool.clone(), upstream, tls).await.expect("bind");
+    let addr = endpoint.local_addr().expect("addr");
+    tokio::spawn(endpoint.run_until_stopped(std::future::pending()));
+    addr
+}
+
+async fn try_connect(addr: SocketAddr, user: &str, password: &str) -> Result<Client, tokio_postgres::Error> {
+    let mut config = tokio_postgres::Config::new();
+    config.host("127.0.0.1").port(addr.port()).user(user).password(password).dbname("tessera");
+    let (client, connection) = config.connect(NoTls).await?;
+    tokio::spawn(connection);
+    Ok(client)
+}
+
+async fn connect(addr: SocketAddr, user: &str, password: &str) -> Client {
+    try_connect(addr, user, password).await.expect("connect to the SQL endpoint")
+}
+
+async fn count(client: &Client, sql: &str) -> i64 {
+    client.query_one(sql, &[]).await.unwrap_or_else(|e| panic!("{sql}: {e}")).get(0)
+}
+
+fn code(e: &tokio_postgres::Error) -> String {
+    e.code().map(|c| c.code().to_owned()).unwrap_or_else(|| format!("no SQLSTATE: {e}"))
+}
+
+/// Two tenants with CRM data, each with a reporting key.
+struct World {
+    app: TestApp,
+    addr: SocketAddr,
+    report_a: String,
+    report_b: String,
+    key_a: String,
+}
+
+async fn world_with(configure: impl FnOnce(&mut SqlConfig)) -> World {
+    let mut app = TestApp::spawn().await;
+    let (tenant_a, key_a) = app.tenant("acme").await;
+    let (tenant_b, key_b) = app.tenant("globex").await;
+    for (key, n) in [(&key_a, 2), (&key_b, 3)] {
+        let company = app.create("companies", key, json!({"name": format!("Company {n}")})).await;
+        for i in 0..n {
+            app.create(
+                "deals",
+                key,
+                json!({"title": format!("Deal {i}"), "company_id": company, "amount": "100.50"}),
+            )
+            .await;
+        }
+    }
+    let report_a = app.key(tenant_a, &["reporting:read"]).await;
+    let report_b = app.key(tenant_b, &["reporting:read"]).await;
+    let addr = endpoint(&app, configure).await;
+    World { app, addr, report_a, report_b, key_a }
+}
+
+async fn world() -> World {
+    world_with(|_| {}).await
+}
+
+#[tokio::test]
+async fn each_tenant_sees_only_its_own_rows_through_tables_and_reporting_views() {
+    let w = world().await;
+    let a = connect(w.addr, "acme", &w.report_a).await;
+    let b = connect(w.addr, "globex", &w.report_b).await;
+    assert_eq!(count(&a, "select count(*) from crm.deals").await, 2);
+    assert_eq!(count(&b, "select count(*) from crm.deals").await, 3);
+    assert_eq!(count(&a, "select count(*) from reporting.crm_deals").await, 2);
+    assert_eq!(count(&b, "select count(*) from reporting.crm_companies").await, 1);
+    assert_eq!(w.app.count_all("crm.deals").await, 5, "both tenants' rows exist");
+    // A join across modules (CRM deals and HR commissions through the reporting views).
+    let joined = count(
+        &a,
+        "select count(*) from reporting.crm_deals d left join reporting.hr_commissions c on c.deal_id = d.id \
+         left join reporting.invoicing_invoices i on i.deal_id = d.id",
+    )
+    .await;
+    assert_eq!(joined, 2);
+    // The tenant id may also name the tenant.
+    let tenant_a: String =
+        a.query_one("select tenant_id::text from crm.deals limit 1", &[]).await.expect("id").get(0);
+    let by_id = connect(w.addr, &tenant_a, &w.report_a).await;
+    assert_eq!(count(&by_id, "select count(*) from crm.deals").await, 2);
+}
+
+#[tokio::test]
+async fn wrong_credentials_are_refused_alike() {
+    let mut w = world().await;
+    let tenant_a: uuid::Uuid = {
+        let a = connect(w.addr, "acme", &w.report_a).await;
+        a.query_one("select tenant_id from crm.deals limit 1", &[]).await.expect("id").get(0)
+    };
+    let revoked = w.app.key(tessera_core::tenant::TenantId::from_uuid(tenant_a), &["reporting:read"]).await;
+    tessera_core::admin::revoke_api_key(
+        &mut w.app.owner,
+        tessera_core::tenant::TenantId::from_uuid(tenant_a),
+        &revoked[4..16],
+    )
+    .await
+    .expect("revoke");
+    let cases = [
+        ("wrong key", "acme", "tsk_000000000000_000000000000000000000000000000000000000000000000".to_owned()),
+        ("not a key", "acme", "hunter2".to_owned()),
+        ("another tenant's key", "acme", w.report_b.clone()),
+        ("revoked key", "acme", revoked),
+        ("key without reporting:read", "acme", w.key_a.clone()),
+    ];
+    let mut messages = Vec::new();
+    for (what, user, password) in &cases {
+        let e =
+            try_connect(w.addr, user, password).await.err().unwrap_or_else(|| panic!("{what} was let in"));
+        assert_eq!(code(&e), "28P01", "{what}: {e}");
+        messages.push(e.as_db_error().map(|d| d.message().to_owned()).unwrap_or_default());
+    }
+    assert!(messages.iter().all(|m| m == &messages[0]), "no hint of which part was wrong: {messages:?}");
+    let unknown = try_connect(w.addr, "nosuch", &w.report_a).await.expect_err("unknown tenant refused");
+    assert_eq!(code(&unknown), "28P01");
+    assert_eq!(
+        unknown.as_db_error().map(|d| d.message().to_owned()),
+        Some("password authentication failed for user \"nosuch\"".to_owned())
+    );
+}
+
+/// Every way a session could try to change the tenant it is bound to, through the endpoint: each is refused
+/// with an error, and afterwards the other tenant's rows are still out of reach.
+#[tokio::test]
+async fn the_escape_list_through_the_endpoint() {
+    let w = world().await;
+    let a = connect(w.addr, "acme", &w.report_a).await;
+    let b = connect(w.addr, "globex", &w.report_b).await;
+    let claim_b: String =
+        b.query_one("select current_setting('tessera.sql_claim')", &[]).await.expect("claim").get(0);
+    let tenant_b = &claim_b[..36];
+    let attempts = [
+        format!("set tessera.sql_claim = '{claim_b}'"),
+        format!("set tessera.tenant_id = '{tenant_b}'"),
+        format!("select set_config('tessera.sql_claim', '{claim_b}', false)"),
+        format!("select pg_catalog.set_config('tessera.tenant_id', '{tenant_b}', false)"),
+        format!("do $$ begin perform set_config('tessera.sql_claim', '{claim_b}', false); end $$"),
+        "reset tessera.sql_claim".to_owned(),
+        "reset all".to_owned(),
+        format!("select 1; commit; set tessera.sql_claim = '{claim_b}'"),
+        "begin".to_owned(),
+        "set role tessera_app".to_owned(),
+        "set session authorization tessera_owner".to_owned(),
+        "set default_transaction_read_only = off".to_owned(),
+        "explain analyze select * from crm.deals".to_owned(),
+        "copy crm.deals from stdin".to_owned(),
+        "select lo_from_bytea(0, 'x')".to_owned(),
+        "select pg_advisory_lock(1)".to_owned(),
+        "select query, usename from pg_stat_activity".to_owned(),
+        "select query_to_xml('select 1', true, true, '')".to_owned(),
+        "prepare p as select 1".to_owned(),
+        "declare c cursor with hold for select 1".to_owned(),
+        "create temp table t (a int)".to_owned(),
+        "insert into crm.deals (title) values ('x')".to_owned(),
+    ];
+    for sql in &attempts {
+        let e = a.batch_execute(sql).await.err().unwrap_or_else(|| panic!("{sql} was allowed"));
+        assert!(["42501", "0A000"].contains(&code(&e).as_str()), "{sql}: {e}");
+        // The session survives a refusal and is still bound to its own tenant.
+        assert_eq!(count(&a, "select count(*) from crm.deals").await, 2, "after {sql}");
+        assert_eq!(
+            count(&a, &format!("select count(*) from crm.deals where tenant_id = '{tenant_b}'")).await,
+            0
+        );
+    }
+    // The extended protocol is checked the same way.
+    let e = a.prepare("select set_config('tessera.sql_claim', $1, false)").await.expect_err("refused");
+    assert_eq!(code(&e), "42501");
+    assert_eq!(count(&a, "select count(*) from crm.deals").await, 2);
+    // And a refused Parse in the middle of a pipeline answers in order.
+    let (ok, refused, after) = tokio::join!(
+        a.query_one("select 1::int4", &[]),
+        a.prepare("set tessera.sql_claim = 'x'"),
+        a.query_one("select 2::int4", &[])
+    );
+    assert_eq!(ok.expect("first").get::<_, i32>(0), 1);
+    assert_eq!(code(&refused.expect_err("refused")), "42501");
+    assert_eq!(after.expect("after").get::<_, i32>(0), 2);
+    // Startup options are refused outright.
+    let mut config = tokio_postgres::Config::new();
+    config
+        .host("127.0.0.1")
+        .port(w.addr.port())
+        .user("acme")
+        .password(&w.report_a)
+        .options(format!("-c tessera.sql_claim={claim_b}"));
+    let e = config.connect(NoTls).await.err().expect("options refused");
+    assert_eq!(code(&e), "42501");
+}
+
+/// The layers under the statement check hold on their own: a session of the endpoint's role, bound to
+/// tenant A's claim, connected straight to Postgres (no endpoint, no statement check), tries every escape.
+#[tokio::test]
+async fn the_escape_list_against_the_database_itself() {
+    let w = world().await;
+    let claim_a: String = connect(w.addr, "acme", &w.report_a)
+        .await
+        .query_one("select current_setting('tessera.sql_claim')", &[])
+        .await
+        .expect("claim")
+        .get(0);
+    let tenant_b: String = connect(w.addr, "globex", &w.report_b)
+        .await
+        .query_one("select tenant_id::text from crm.deals limit 1", &[])
+        .await
+        .expect("tenant b")
+        .get(0);
+    let direct = w.app.db.connect_as("tessera_sql").await;
+    direct.execute("select set_config('tessera.sql_claim', $1, false)", &[&claim_a]).await.expect("bind a");
+    assert_eq!(count(&direct, "select count(*) from crm.deals").await, 2);
+    let forged = format!("{tenant_b}:{}", &claim_a[37..]);
+    let escapes = [
+        format!("set tessera.tenant_id = '{tenant_b}'"),
+        format!("select set_config('tessera.tenant_id', '{tenant_b}', false)"),
+        format!("set tessera.sql_claim = '{forged}'"),
+        format!("do $$ begin perform set_config('tessera.tenant_id', '{tenant_b}', false); end $$"),
+        format!("select 1; commit; set tessera.tenant_id = '{tenant_b}'"),
+        "set role tessera_reporting".to_owned(),
+        "reset all".to_owned(),
+    ];
+    for sql in &escapes {
+        let _ = direct.batch_execute(sql).await;
+        assert_eq!(
+            count(&direct, &format!("select count(*) from crm.deals where tenant_id = '{tenant_b}'")).await,
+            0,
+            "{sql} reached the other tenant"
+        );
+        let _ = direct.batch_execute("reset role").await;
+        direct
+            .execute("select set_config('tessera.sql_claim', $1, false)", &[&claim_a])
+            .await
+            .expect("rebind");
+    }
+    // A bind parameter does not help either.
+    direct.execute("select set_config('tessera.tenant_id', $1, false)", &[&tenant_b]).await.expect("set");
+    assert_eq!(
+        count(&direct, &format!("select count(*) from crm.deals where tenant_id = '{tenant_b}'")).await,
+        0
+    );
+    // Startup options.
+    let mut config = cluster().endpoint.pg_config("tessera_sql", &w.app.db.name);
+    config.options(format!("-c tessera.tenant_id={tenant_b} -c tessera.sql_claim={forged}"));
+    let with_options = tessera_core::bootstrap::connect(&config).await.expect("connect with options");
+    assert_eq!(count(&with_options, "select count(*) from crm.deals").await, 0);
+    // Read-only, no writes, no temporary tables, no large objects, no other sessions' query text, no
+    // advisory locks, no statistics of other tenants' values.
+    for (sql, expected) in [
+        ("insert into crm.companies (name) values ('x')", "25006"),
+        ("begin read write; insert into crm.companies (name) values ('x')", "42501"),
+        ("create temp table t (a int)", "25006"),
+        ("begin read write; create temp table t (a int)", "42501"),
+        ("select lo_from_bytea(0, 'secret')", "42501"),
+        ("select lo_create(0)", "42501"),
+        ("select query from pg_stat_activity", "42501"),
+        ("select pg_advisory_lock(1)", "42501"),
+        ("select pg_terminate_backend(pg_backend_pid())", "42501"),
+    ] {
+        let e = direct.batch_execute(sql).await.err().unwrap_or_else(|| panic!("{sql} succeeded"));
+        assert_eq!(code(&e), expected, "{sql}: {e}");
+        let _ = direct.batch_execute("rollback").await;
+    }
+    assert_eq!(
+        count(&direct, "select count(*) from pg_stats where schemaname in ('crm', 'invoicing', 'hr')").await,
+        0
+    );
+    // EXPLAIN ANALYZE (refused by the endpoint) would only show the rows the claim lets through here.
+    assert_eq!(count(&direct, "select count(*) from crm.deals").await, 2);
+}
+
+#[tokio::test]
+async fn the_reporting_role_can_read_only_protected_relations() {
+    let app = TestApp::spawn().await;
+    let admin = crate::support::connect(&cluster().superuser, &app.db.name).await;
+    // Every relation tessera_sql can select from is a table with forced RLS and a policy, or a
+    // security_invoker view; no partition child escapes its parent's policy.
+    let leaks: Vec<String> = admin
+        .query(
+            "select c.oid::regclass::text || ' (' || c.relkind::text || ')' from pg_class c
+              join pg_namespace n on n.oid = c.relnamespace
+             where n.nspname not in ('pg_catalog', 'information_schema') and n.nspname not like 'pg_toast%'
+               and c.relkind in ('r', 'p', 'v', 'm', 'f')
+               and has_table_privilege('tessera_sql', c.oid, 'select')
+               and not (c.relkind in ('r', 'p') and c.relrowsecurity and c.relforcerowsecurity
+                        and exists (select 1 from pg_policy p where p.polrelid = c.oid))
+               and not (c.relkind = 'v' and coalesce(c.reloptions, '{}') @> array['security_invoker=true'])",
+            &[],
+        )
+        .await
+        .expect("catalog")
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert!(leaks.is_empty(), "relations tessera_sql can read without row policies: {leaks:?}");
+    let views: i64 = admin
+        .query_one("select count(*) from pg_views where schemaname = 'reporting'", &[])
+        .await
+        .expect("views")
+        .get(0);
+    assert!(views >= 9, "the reporting schema has its views ({views})");
+    // The only functions of Tessera's own schemas it may call are the tenant functions.
+    let callable: Vec<String> = admin
+        .query(
+            "select p.oid::regprocedure::text from pg_proc p join pg_namespace n on n.oid = p.pronamespace
+              where n.nspname in ('core', 'events', 'crm', 'invoicing', 'hr', 'reporting')
+                and has_function_privilege('tessera_sql', p.oid, 'execute') order by 1",
+            &[],
+        )
+        .await
+        .expect("functions")
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(callable, vec!["core.current_tenant_id()", "core.sql_claim_tenant()"]);
+    let attributes: (bool, bool, bool, bool) = {
+        let r = admin
+            .query_one(
+                "select rolsuper, rolbypassrls, has_database_privilege('tessera_sql', current_database(), 'create'),
+                        has_database_privilege('tessera_sql', current_database(), 'temporary')
+                   from pg_roles where rolname = 'tessera_sql'",
+                &[],
+            )
+            .await
+            .expect("role");
+        (r.get(0), r.get(1), r.get(2), r.get(3))
+    };
+    assert_eq!(attributes, (false, false, false, false));
+}
+
+/// Raw bytes of any type, to compare binary results byte for byte.
+#[derive(Debug, PartialEq)]
+struct Raw(Option<Vec<u8>>);
+
+impl<'a> FromSql<'a> for Raw {
+    fn from_sql(_: &Type, raw: &'a [u8]) -> Result<Self, Box<dyn std::error::Error + Sync + Send>> {
+        Ok(Raw(Some(raw.to_vec())))
+    }
+
+    fn from_sql_null(_: &Type) -> Result<Self, Box<dyn std::error::Error + Sync + Send>> {
+        Ok(Raw(None))
+    }
+
+    fn accepts(_: &Type) -> bool {
+        true
+    }
+}
+
+fn texts(messages: &[SimpleQueryMessage]) -> Vec<Vec<Option<String>>> {
+    messages
+        .iter()
+        .filter_map(|m| match m {
+            SimpleQueryMessage::Row(row) => {
+                Some((0..row.len()).map(|i| row.get(i).map(str::to_owned)).collect())
+            }
+            _ => None,
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn text_and_binary_results_match_a_direct_connection() {
+    let w = world().await;
+    w.app.owner.batch_execute("create type public.mood as enum ('sad', 'ok', 'happy')").await.expect("enum");
+    let via = connect(w.addr, "acme", &w.report_a).await;
+    let claim: String =
+        via.query_one("select current_setting('tessera.sql_claim')", &[]).await.expect("claim").get(0);
+    let direct = w.app.db.connect_as("tessera_sql").await;
+    direct.execute("select set_config('tessera.sql_claim', $1, false)", &[&claim]).await.expect("bind");
+    let sql = "select 1234567890123456789012345678901234567890.1234567890::numeric as n40, 'NaN'::numeric, \
+               'Infinity'::float8, '-Infinity'::float8, 'infinity'::timestamptz, 0.1::float4, \
+               interval '1 year 2 mons 3 days 04:05:06.789', array[1, null, 3]::int[], \
+               array[['a', 'b'], ['c', null]]::text[], 'happy'::public.mood, array['ok', 'sad']::public.mood[], \
+               timestamptz '2026-11-28 12:34:56.123456+05:30', date '2026-02-28', time '23:59:59.999999', \
+               '{\"a\": [1, 2.50, {\"b\": null}]}'::jsonb, '\\xdeadbeef'::bytea, uuid '6a3c58c6-2d3f-4a4e-9d8e-1f2a3b4c5d6e', \
+               true, null::text, 'a''b\"c'::text, (select sum(amount) from crm.deals)";
+    // Text (the simple protocol).
+    let via_text = texts(&via.simple_query(sql).await.expect("text via"));
+    let direct_text = texts(&direct.simple_query(sql).await.expect("text direct"));
+    assert_eq!(via_text, direct_text);
+    assert_eq!(via_text[0][0].as_deref(), Some("1234567890123456789012345678901234567890.1234567890"));
+    assert_eq!(via_text[0][20].as_deref(), Some("201.00"), "the tenant's own sum");
+    // Binary (the extended protocol).
+    let via_row = via.query_one(sql, &[]).await.expect("binary via");
+    let direct_row = direct.query_one(sql, &[]).await.expect("binary direct");
+    assert_eq!(via_row.len(), direct_row.len());
+    for i in 0..via_row.len() {
+        assert_eq!(via_row.get::<_, Raw>(i), direct_row.get::<_, Raw>(i), "column {i}");
+        assert_eq!(via_row.columns()[i].type_(), direct_row.columns()[i].type_(), "column {i}'s type");
+    }
+    // Parameters and named statements: a statement prepared once and run many times.
+    let statement =
+        via.prepare("select count(*) from crm.deals where amount::float8 > $1").await.expect("prepare");
+    for _ in 0..10 {
+        let n: i64 = via.query_one(&statement, &[&50.0f64]).await.expect("run").get(0);
+        assert_eq!(n, 2);
+    }
+    // Errors in the client's own SQL come back with the server's SQLSTATE.
+    let e = via.simple_query("select 1/0").await.expect_err("division by zero");
+    assert_eq!(code(&e), "22012");
+    let e = via.simple_query("select * from crm.nosuch").await.expect_err("no table");
+    assert_eq!(code(&e), "42P01");
+    let e = via.simple_query("select 1 +").await.expect_err("syntax");
+    assert_eq!(code(&e), "42601");
+}
+
+#[tokio::test]
+async fn statement_timeout_and_row_limits_are_enforced_and_cancel_the_query() {
+    let w = world_with(|c| {
+        c.statement_timeout = Duration::from_millis(500);
+        c.max_rows = 1000;
+        c.max_bytes = 1 << 20;
+    })
+    .await;
+    let a = connect(w.addr, "acme", &w.report_a).await;
+    let started = std::time::Instant::now();
+    let e = a.simple_query("select pg_sleep(30)").await.expect_err("timed out");
+    assert_eq!(code(&e), "57014", "{e}");
+    assert!(started.elapsed() < Duration::from_secs(10));
+    // The session goes on, and the upstream query really stopped (nothing still runs as tessera_sql).
+    assert_eq!(count(&a, "select count(*) from crm.deals").await, 2);
+    let admin = crate::support::connect(&cluster().superuser, &w.app.db.name).await;
+    let running: i64 = admin
+        .query_one(
+            "select count(*) from pg_stat_activity where usename = 'tessera_sql' and query like '%pg_sleep(30)%' and state = 'active'",
+            &[],
+        )
+        .await
+        .expect("activity")
+        .get(0);
+    assert_eq!(running, 0);
+
+    let e = a.simple_query("select generate_series(1, 100000)").await.expect_err("too many rows");
+    assert_eq!(code(&e), "54000", "{e}");
+    let e = a.query("select generate_series(1, 100000)", &[]).await.expect_err("too many rows, extended");
+    assert_eq!(code(&e), "54000", "{e}");
+    let e =
+        a.simple_query("select repeat('x', 100000) from generate_series(1, 100)").await.expect_err("too big");
+    assert_eq!(code(&e), "54000", "{e}");
+    assert_eq!(a.query("select generate_series(1, 1000)", &[]).await.expect("at the limit").len(), 1000);
+    assert_eq!(count(&a, "select count(*) from crm.deals").await, 2);
+}
+
+#[tokio::test]
+async fn cancel_requests_reach_the_query_and_stale_keys_reach_nothing() {
+    // One upstream connection: whoever connects next gets the same server session.
+    let w = world_with(|c| c.pool_size = 1).await;
+    let a = connect(w.addr, "acme", &w.report_a).await;
+    let token = a.cancel_token();
+    let sleeping = tokio::spawn(async move {
+        let r = a.simple_query("select pg_sleep(30)").await;
+        (a, r)
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    token.cancel_query(NoTls).await.expect("cancel");
+    let (a, result) =
+        tokio::time::timeout(Duration::from_secs(10), sleeping).await.expect("in time").expect("task");
+    assert_eq!(code(&result.expect_err("cancelled")), "57014");
+    drop(a);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+
+    // Tenant A's old key, sent while tenant B's query runs on the same upstream session, does nothing.
+    let b = connect(w.addr, "globex", &w.report_b).await;
+    let running = tokio::spawn(async move {
+        let r = b.simple_query("select pg_sleep(1.5)").await;
+        (b, r)
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let _ = token.cancel_query(NoTls).await;
+    let (_b, result) = running.await.expect("task");
+    assert!(result.is_ok(), "a stale cancel key hit another tenant's query: {result:?}");
+}
+
+#[tokio::test]
+async fn pooled_connections_carry_nothing_to_the_next_tenant() {
+    let w = world_with(|c| c.pool_size = 1).await;
+    let a = connect(w.addr, "acme", &w.report_a).await;
+    let pid_a: i32 = a.query_one("select pg_backend_pid()", &[]).await.expect("pid").get(0);
+    let _statement = a.prepare("select count(*) /* acme-secret */ from crm.deals").await.expect("prepare");
+    a.batch_execute("set application_name = 'acme-report'; set search_path = crm").await.expect("set");
+    // Counted with a simple query, which is not a prepared statement itself.
+    let leftovers = async |client: &Client| -> String {
+        let messages = client
+            .simple_query("select count(*) from pg_prepared_statements where statement like '%acme-secret%'")
+            .await
+            .expect("prepared statements");
+        texts(&messages)[0][0].clone().expect("count")
+    };
+    assert_eq!(leftovers(&a).await, "1", "A has a prepared statement");
+    drop(a);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let b = connect(w.addr, "globex", &w.report_b).await;
+    let pid_b: i32 = b.query_one("select pg_backend_pid()", &[]).await.expect("pid").get(0);
+    assert_eq!(pid_a, pid_b, "the same upstream session serves B");
+    assert_eq!(leftovers(&b).await, "0");
+    let cursors =
+        texts(&b.simple_query("select count(*) from pg_cursors where name <> ''").await.expect("cursors"));
+    assert_eq!(cursors[0][0].as_deref(), Some("0"));
+    let settings: (String, String) = {
+        let r = b
+            .query_one("select current_setting('application_name'), current_setting('search_path')", &[])
+            .await
+            .expect("settings");
+        (r.get(0), r.get(1))
+    };
+    assert_ne!(settings.0, "acme-report");
+    assert_ne!(settings.1, "crm");
+    assert_eq!(count(&b, "select count(*) from crm.deals").await, 3);
+}
+
+/// Reads everything the server sends until it closes the connection (or 5 s pass).
+async fn read_until_closed(stream: &mut TcpStream) -> Vec<u8> {
+    let mut all = Vec::new();
+    let mut buf = [0u8; 4096];
+    while let Ok(Ok(n)) = tokio::time::timeout(Duration::from_secs(5), stream.read(&mut buf)).await {
+        if n == 0 {
+            break;
+        }
+        all.extend_from_slice(&buf[..n]);
+    }
+    all
+}
+
+fn startup_bytes(user: &str) -> Vec<u8> {
+    let mut body = Vec::new();
+    body.extend_from_slice(&196_608i32.to_be_bytes());
+    for (k, v) in [("user", user), ("database", "tessera")] {
+        body.extend_from_slice(k.as_bytes());
+        body.push(0);
+        body.extend_from_slice(v.as_bytes());
+        body.push(0);
+    }
+    body.push(0);
+    let mut out = ((body.len() + 4) as i32).to_be_bytes().to_vec();
+    out.extend_from_slice(&body);
+    out
+}
+
+fn message(tag: u8, body: &[u8]) -> Vec<u8> {
+    let mut out = vec![tag];
+    out.extend_from_slice(&((body.len() + 4) as i32).to_be_bytes());
+    out.extend_from_slice(body);
+    out
+}
+
+/// Logs in over a raw socket and returns it ready for queries.
+async fn raw_login(addr: SocketAddr, user: &str, key: &str) -> TcpStream {
+    let mut stream = TcpStream::connect(addr).await.expect("connect");
+    stream.write_all(&startup_bytes(user)).await.expect("startup");
+    let mut buf = [0u8; 9];
+    stream.read_exact(&mut buf).await.expect("auth request");
+    assert_eq!(buf[0], b'R');
+    stream.write_all(&message(b'p', format!("{key}\0").as_bytes())).await.expect("password");
+    // Read up to and including ReadyForQuery.
+    loop {
+        let mut header = [0u8; 5];
+        stream.read_exact(&mut header).await.expect("header");
+        let len = i32::from_be_bytes([header[1], header[2], header[3], header[4]]) as usize - 4;
+        let mut body = vec![0u8; len];
+        stream.read_exact(&mut body).await.expect("body");
+        assert_ne!(header[0], b'E', "login failed: {}", String::from_utf8_lossy(&body));
+        if header[0] == b'Z' {
+            return stream;
+        }
+    }
+}
+
+/// Whether the bytes hold an ErrorResponse with this SQLSTATE (its fields: `…\0C<sqlstate>\0…`).
+fn has_error(bytes: &[u8], sqlstate: &str) -> bool {
+    let field = format!("\0C{sqlstate}\0");
+    bytes.contains(&b'E') && bytes.windows(field.len()).any(|w| w == field.as_bytes())
+}
+
+#[tokio::test]
+async fn bad_bytes_close_that_connection_and_the_endpoint_keeps_serving() {
+    let w = world().await;
+    let healthy = connect(w.addr, "globex", &w.report_b).await;
+
+    // Garbage after startup: an unknown message type.
+    let mut s = raw_login(w.addr, "acme", &w.report_a).await;
+    s.write_all(&message(b'!', b"garbage")).await.expect("write");
+    let answer = read_until_closed(&mut s).await;
+    assert!(has_error(&answer, "08P01"), "{:?}", String::from_utf8_lossy(&answer));
+
+    // An absurd length.
+    let mut s = raw_login(w.addr, "acme", &w.report_a).await;
+    s.write_all(&[b'Q', 0x7f, 0xff, 0xff, 0xff, b's']).await.expect("write");
+    let answer = read_until_closed(&mut s).await;
+    assert!(has_error(&answer, "08P01"), "{:?}", String::from_utf8_lossy(&answer));
+
+    // A Query that is not NUL-terminated.
+    let mut s = raw_login(w.addr, "acme", &w.report_a).await;
+    s.write_all(&message(b'Q', b"select 1")).await.expect("write");
+    let answer = read_until_closed(&mut s).await;
+    assert!(has_error(&answer, "08P01"), "{:?}", String::from_utf8_lossy(&answer));
+
+    // A truncated message, then the client goes away.
+    let mut s = raw_login(w.addr, "acme", &w.report_a).await;
+    s.write_all(&[b'Q', 0, 0, 0, 100, b's', b'e']).await.expect("write");
+    drop(s);
+
+    // A startup packet of absurd length, and random bytes instead of a startup packet.
+    let mut s = TcpStream::connect(w.addr).await.expect("connect");
+    s.write_all(&[0x7f, 0xff, 0xff, 0xff, 0, 3, 0, 0]).await.expect("write");
+    assert!(has_error(&read_until_closed(&mut s).await, "08P01"));
+    let mut s = TcpStream::connect(w.addr).await.expect("connect");
+    s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n").await.expect("write");
+    let _ = read_until_closed(&mut s).await;
+
+    assert_eq!(count(&healthy, "select count(*) from crm.deals").await, 3, "others are still served");
+    let again = connect(w.addr, "acme", &w.report_a).await;
+    assert_eq!(count(&again, "select count(*) from crm.deals").await, 2);
+}
+
+/// A self-signed certificate for localhost, made with the openssl command.
+fn self_signed() -> (tempdir::Dir, std::path::PathBuf, std::path::PathBuf) {
+    let dir = tempdir::Dir::new();
+    let cert = dir.path.join("cert.pem");
+    let key = dir.path.join("key.pem");
+    let status = std::process::Command::new("openssl")
+        .args([
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-days",
+            "1",
+            "-subj",
+            "/CN=localhost",
+            "-keyout",
+        ])
+        .arg(&key)
+        .arg("-out")
+        .arg(&cert)
+        .stderr(std::process::Stdio::null())
+        .status()
+        .expect("openssl (Debian's openssl package)");
+    assert!(status.success(), "openssl could not make a certificate");
+    (dir, cert, key)
+}
+
+mod tempdir {
+    /// A temporary folder, deleted on drop.
+    pub struct Dir {
+        pub path: std::path::PathBuf,
+    }
+
+    impl Dir {
+        pub fn new() -> Self {
+            let path = std::env::temp_dir().join(format!("tessera-sql-{}", uuid::Uuid::new_v4().simple()));
+            std::fs::create_dir_all(&path).expect("temp dir");
+            Self { path }
+        }
+    }
+
+    impl Drop for Dir {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.path);
+        }
+    }
+}
+
+#[tokio::test]
+async fn tls_is_negotiated_required_and_plaintext_after_ssl_request_is_refused() {
+    let (_dir, cert, key) = self_signed();
+    let mut app = TestApp::spawn().await;
+    let (tenant, _) = app.tenant("acme").await;
+    let report = app.key(tenant, &["reporting:read"]).await;
+    let tls = tessera_gateway::sql::tls_from_pem(&cert, &key).expect("tls");
+    let addr = endpoint_with_tls(&app, |c| c.require_tls = true, Some(tls)).await;
+
+    // CVE-2021-23214: a startup packet sent right behind the SSLRequest, before any handshake.
+    let mut s = TcpStream::connect(addr).await.expect("connect");
+    let mut both = vec![0, 0, 0, 8, 0x04, 0xd2, 0x16, 0x2f];
+    both.extend_from_slice(&startup_bytes("acme"));
+    s.write_all(&both).await.expect("write");
+    let answer = read_until_closed(&mut s).await;
+    assert!(has_error(&answer, "08P01"), "{:?}", String::from_utf8_lossy(&answer));
+    assert!(!answer.starts_with(b"S"), "the server must not start TLS after injected bytes");
+
+    // Plaintext when TLS is required.
+    let e = try_connect(addr, "acme", &report).await.expect_err("plaintext refused");
+    assert_eq!(code(&e), "28000");
+
+    // psql over TLS (the client's hop; psql reports it).
+    let psql = cluster().bindir.join("psql");
+    let conninfo = format!("host=127.0.0.1 port={} user=acme dbname=tessera sslmode=require", addr.port());
+    let info = tokio::task::spawn_blocking(move || run(&psql, &[&conninfo, "-c", "\\conninfo"], &report))
+        .await
+        .expect("psql");
+    assert!(info.contains("SSL connection"), "{info}");
+}
+
+fn run(program: &std::path::Path, args: &[&str], password: &str) -> String {
+    let output = std::process::Command::new(program)
+        .args(args)
+        .env("PGPASSWORD", password)
+        .env("PGCONNECT_TIMEOUT", "10")
+        .output()
+        .unwrap_or_else(|e| panic!("{}: {e}", program.display()));
+    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+    assert!(
+        output.status.success(),
+        "{} {args:?} failed: {}\n{stdout}",
+        program.display(),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    stdout
+}
+
+#[tokio::test]
+async fn psql_pgbench_and_psycopg_work_against_the_endpoint() {
+    let w = world().await;
+    let conn = format!("host=127.0.0.1 port={} user=acme dbname=tessera sslmode=disable", w.addr.port());
+    let psql = cluster().bindir.join("psql");
+    let password = w.report_a.clone();
+    let (psql2, conn2) = (psql.clone(), conn.clone());
+    let out = tokio::task::spawn_blocking(move || {
+        let describe = run(&psql2, &[&conn2, "-c", "\\d crm.deals"], &password);
+        let tables = run(&psql2, &[&conn2, "-c", "\\dt crm.*"], &password);
+        let databases = run(&psql2, &[&conn2, "-c", "\\l"], &password);
+        let views = run(&psql2, &[&conn2, "-c", "\\dv reporting.*"], &password);
+        let copy = run(
+            &psql2,
+            &[&conn2, "-c", "\\copy (select title from crm.deals order by title) to stdout with csv"],
+            &password,
+        );
+        let join = run(
+            &psql2,
+            &[&conn2, "-Atc", "select count(*) from reporting.crm_deals d join reporting.crm_companies c on c.id = d.company_id left join reporting.invoicing_invoices i on i.deal_id = d.id"],
+            &password,
+        );
+        (describe, tables, databases, views, copy, join)
+    })
+    .await
+    .expect("psql");
+    assert!(
+        out.0.contains("Table \"crm.deals\"") && out.0.contains("Policies (forced row security enabled)"),
+        "{}",
+        out.0
+    );
+    assert!(out.1.contains("deals") && out.1.contains("companies"), "{}", out.1);
+    assert!(out.2.contains("tessera") || out.2.contains("List of databases"), "{}", out.2);
+    assert!(out.3.contains("crm_deals"), "{}", out.3);
+    assert_eq!(out.4, "Deal 0\nDeal 1\n");
+    assert_eq!(out.5.trim(), "2");
+
+    // pgbench, simple, extended and prepared, with a select by id over a tenant table.
+    let id: String = connect(w.addr, "acme", &w.report_a)
+        .await
+        .query_one("select id::text from crm.deals limit 1", &[])
+        .await
+        .expect("id")
+        .get(0);
+    let script = std::env::temp_dir().join(format!("tessera-pgbench-{}.sql", uuid::Uuid::new_v4().simple()));
+    std::fs::write(&script, format!("select title, amount from crm.deals where id = '{id}';\n"))
+        .expect("script");
+    let pgbench = cluster().bindir.join("pgbench");
+    let port = w.addr.port().to_string();
+    let password = w.report_a.clone();
+    let script2 = script.clone();
+    let outputs = tokio::task::spawn_blocking(move || {
+        ["simple", "extended", "prepared"].map(|mode| {
+            run(
+                &pgbench,
+                &[
+                    "-n",
+                    "-h",
+                    "127.0.0.1",
+                    "-p",
+                    &port,
+                    "-U",
+                    "acme",
+                    "-c",
+                    "4",
+                    "-t",
+                    "50",
+                    "-M",
+                    mode,
+                    "-f",
+                    script2.to_str().expect("path"),
+                    "tessera",
+                ],
+                &password,
+            )
+        })
+    })
+    .await
+    .expect("pgbench");
+    let _ = std::fs::remove_file(&script);
+    for output in outputs {
+        assert!(output.contains("number of transactions actually processed: 200/200"), "{output}");
+        assert!(output.contains("number of failed transactions: 0"), "{output}");
+    }
+
+    // psycopg (a second driver, with its own protocol use: extended protocol, binary parameters).
+    let python = r#"
+import os, sys, psycopg
+with psycopg.connect(host="127.0.0.1", port=int(sys.argv[1]), user="acme", password=os.environ["PGPASSWORD"],
+                     dbname="tessera", sslmode="disable", autocommit=True) as conn:
+    rows = conn.execute("select title from crm.deals where amount > %s order by title", (50,)).fetchall()
+    n = conn.execute("select count(*) from reporting.crm_deals").fetchone()[0]
+    try:
+        conn.execute("set tessera.sql_claim = 'x'")
+        refused = "no"
+    except psycopg.errors.InsufficientPrivilege:
+        refused = "yes"
+    with conn.cursor(binary=True) as cur:
+        cur.execute("select sum(amount) from crm.deals")
+        total = cur.fetchone()[0]
+    print(rows, n, refused, total)
+"#;
+    let port = w.addr.port().to_string();
+    let password = w.report_a.clone();
+    let out = tokio::task::spawn_blocking(move || {
+        run(std::path::Path::new("python3"), &["-c", python, &port], &password)
+    })
+    .await
+    .expect("python");
+    assert_eq!(out.trim(), "[('Deal 0',), ('Deal 1',)] 2 yes 201.00");
+}
