@@ -310,19 +310,27 @@ fn settings(file: &FileConfig, target: &Target, serving: Option<&Serving>) -> an
 /// The SQL endpoint's settings: flags over environment over the file's `[sql]` table over defaults.
 fn sql_settings(file: &FileConfig, flags: &SqlServing) -> anyhow::Result<SqlSettings> {
     let table = file.sql.clone().unwrap_or_default();
+    let listen: std::net::SocketAddr = match flags.sql_listen.or(table.listen) {
+        Some(addr) => addr,
+        None => DEFAULT_SQL_LISTEN.parse()?,
+    };
+    let tls = flags.sql_tls_cert.is_some() || table.tls_cert.is_some();
     let settings = SqlSettings {
-        listen: match flags.sql_listen.or(table.listen) {
-            Some(addr) => addr,
-            None => DEFAULT_SQL_LISTEN.parse()?,
-        },
+        listen,
         upstream_url: flags.sql_upstream_url.clone().map(Secret::new).or(table.upstream_url),
         tls_cert: flags.sql_tls_cert.clone().or(table.tls_cert),
         tls_key: flags.sql_tls_key.clone().or(table.tls_key),
-        require_tls: flags.sql_require_tls || table.require_tls.unwrap_or(false),
+        // Beyond this machine, TLS is required whenever it is configured.
+        require_tls: flags.sql_require_tls
+            || table.require_tls.unwrap_or(false)
+            || (tls && !listen.ip().is_loopback()),
         statement_timeout_ms: table.statement_timeout_ms.unwrap_or(60_000),
         max_rows: table.max_rows.unwrap_or(1_000_000),
         max_bytes: table.max_bytes.unwrap_or(256 * 1024 * 1024),
         pool_size: table.pool_size.unwrap_or(20),
+        max_sessions_per_tenant: table.max_sessions_per_tenant.unwrap_or(10),
+        idle_timeout_ms: table.idle_timeout_ms.unwrap_or(15 * 60 * 1000),
+        threads: table.threads,
     };
     settings.validate()?;
     Ok(settings)
@@ -344,6 +352,11 @@ async fn bind_sql(
     config.max_rows = settings.max_rows;
     config.max_bytes = settings.max_bytes;
     config.pool_size = settings.pool_size;
+    config.max_sessions_per_tenant = settings.max_sessions_per_tenant;
+    config.idle_timeout = std::time::Duration::from_millis(settings.idle_timeout_ms);
+    if let Some(threads) = settings.threads {
+        config.threads = threads;
+    }
     let upstream = UpstreamConfig::from_pg_config(upstream)?;
     SqlEndpoint::bind(config, auth, upstream, tls)
         .await
@@ -536,7 +549,9 @@ async fn up_serving(
         Some(url) => url.expose().parse()?,
         None => endpoint.pg_config(SQL, DATABASE),
     };
-    let sql_endpoint = bind_sql(sql, db.clone(), &upstream).await?;
+    // Logins are checked on a small pool of their own: a flood of them cannot starve the REST gateway's.
+    let sql_auth = Database::new(endpoint.pg_config(APP, DATABASE), 2)?;
+    let sql_endpoint = bind_sql(sql, sql_auth, &upstream).await?;
     let sql_addr = sql_endpoint.local_addr()?;
     let app = Application::build(&config, db, modules)
         .await

@@ -83,6 +83,9 @@ pub struct SqlFileConfig {
     pub max_rows: Option<u64>,
     pub max_bytes: Option<u64>,
     pub pool_size: Option<usize>,
+    pub max_sessions_per_tenant: Option<usize>,
+    pub idle_timeout_ms: Option<u64>,
+    pub threads: Option<usize>,
 }
 
 /// The SQL endpoint's validated settings.
@@ -97,6 +100,10 @@ pub struct SqlSettings {
     pub max_rows: u64,
     pub max_bytes: u64,
     pub pool_size: usize,
+    pub max_sessions_per_tenant: usize,
+    pub idle_timeout_ms: u64,
+    /// `None`: half the machine's cores, at least one.
+    pub threads: Option<usize>,
 }
 
 pub const DEFAULT_SQL_LISTEN: &str = "127.0.0.1:6543";
@@ -108,6 +115,19 @@ impl SqlSettings {
         }
         if self.require_tls && self.tls_cert.is_none() {
             return Err(ConfigError::Invalid("sql.require_tls needs sql.tls_cert and sql.tls_key".into()));
+        }
+        // API keys travel as cleartext password messages: beyond this machine, only inside TLS.
+        if !self.listen.ip().is_loopback() && !self.require_tls {
+            return Err(ConfigError::Invalid(format!(
+                "the SQL endpoint listens on {} beyond this machine: configure sql.tls_cert and sql.tls_key \
+                 (TLS is then required)",
+                self.listen
+            )));
+        }
+        if self.max_sessions_per_tenant == 0 || self.idle_timeout_ms == 0 || self.threads == Some(0) {
+            return Err(ConfigError::Invalid(
+                "sql.max_sessions_per_tenant, sql.idle_timeout_ms and sql.threads must be positive".into(),
+            ));
         }
         if !(1..=1000).contains(&self.pool_size) {
             return Err(ConfigError::Invalid(format!(

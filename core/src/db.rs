@@ -160,15 +160,17 @@ impl Database {
     }
 
     /// For the SQL endpoint: the signed tenant claim of a reporting login (the tenant's slug or id, and an
-    /// API key with the `reporting:read` scope), or `None` when anything about it is wrong.
+    /// API key with the `reporting:read` scope) for the upstream server session with backend pid `pid`, or
+    /// `None` when anything about it is wrong.
     pub async fn authenticate_sql(
         &self,
         tenant: &str,
         key: &PresentedKey,
+        pid: i32,
     ) -> Result<Option<String>, ApiError> {
         let client = self.pool.get().await.map_err(|e| ApiError::unavailable(&e))?;
-        let statement = client.prepare_cached("select core.authenticate_sql($1, $2, $3)").await?;
-        let row = client.query_one(&statement, &[&tenant, &key.prefix(), &key.hash()]).await?;
+        let statement = client.prepare_cached("select core.authenticate_sql($1, $2, $3, $4)").await?;
+        let row = client.query_one(&statement, &[&tenant, &key.prefix(), &key.hash(), &pid]).await?;
         Ok(row.get(0))
     }
 

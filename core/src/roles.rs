@@ -122,7 +122,8 @@ pub fn cluster_script(modules: &[&str]) -> String {
 /// The per-database part of [`script`]: rights on the database it runs in, and the built-in functions and
 /// views that everyone may use by default but a tenant's own SQL (the SQL endpoint, as `tessera_sql`) must
 /// not: large objects (shared by every session of one role, and writable even in read-only transactions),
-/// other sessions' query text, signalling other backends, and advisory locks (the platform's own locks).
+/// other sessions' query text (`pg_stat_activity` and the per-backend `pg_stat_get_backend_*` functions),
+/// signalling other backends, and advisory locks (the platform's own locks).
 pub fn database_script() -> String {
     format!(
         "do $$ begin\n  execute format('grant connect, create, temporary on database %I to {owner}', current_database());\n  \
@@ -132,6 +133,7 @@ pub fn database_script() -> String {
          for f in select p.oid::regprocedure from pg_catalog.pg_proc p\n            \
          where p.pronamespace = 'pg_catalog'::regnamespace\n              \
          and (p.proname like 'lo\\_%' or p.proname in ('loread', 'lowrite')\n                   \
+         or p.proname like 'pg\\_stat\\_get\\_backend\\_%'\n                   \
          or p.proname in ('pg_stat_get_activity', 'pg_cancel_backend', 'pg_terminate_backend'))\n  loop\n    \
          execute format('revoke execute on function %s from public', f);\n  end loop;\n  \
          for f in select p.oid::regprocedure from pg_catalog.pg_proc p\n            \

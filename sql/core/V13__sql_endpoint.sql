@@ -5,12 +5,17 @@
 -- startup options, COMMIT in a multi-statement query), so for such sessions the plain setting
 -- tessera.tenant_id binds nothing. They are bound by tessera.sql_claim instead:
 --
---     <tenant id>:<hex sha256(secret || tenant id)>
+--     <tenant id>:<API key prefix>:<backend pid>:<hex sha256(secret || "<tenant id>:<prefix>:<pid>")>
 --
--- minted by core.authenticate_sql (run by the gateway's login when a tenant logs in) and checked by
--- core.sql_claim_tenant. The secret sits in core.sql_claim_keys, which only tessera_auth can read, so a
--- session can present its own tenant's claim and no other: whatever it sets, another tenant's rows stay
--- out of reach.
+-- minted by core.authenticate_sql (run by the gateway's login when a tenant logs in, for the upstream
+-- session the endpoint hands it) and checked by core.sql_claim_tenant in every statement. The secret sits
+-- in core.sql_claim_keys, which only tessera_auth can read, so a session can present its own tenant's claim
+-- and no other. A claim holds only in the server session it was made for (a claim read off another session
+-- is worthless), and only while its key is live, has reporting:read and its tenant is active: revoking the
+-- key unbinds sessions already open at their next statement.
+--
+-- The message has a fixed shape (the checks below pin every part), so sha256 over secret || message cannot
+-- be extended into another valid claim.
 
 -- One row: the secret that signs claims. Made from two gen_random_uuid() values (244 random bits) so
 -- that no extension is needed.
@@ -25,43 +30,53 @@ values (decode(replace(gen_random_uuid()::text || gen_random_uuid()::text, '-', 
 revoke all on core.sql_claim_keys from public;
 grant select on core.sql_claim_keys to tessera_auth;
 
--- The tenant of the session's claim, or null when there is none or it does not verify.
+-- The tenant of the session's claim, or null when there is none or it does not hold. Parallel restricted:
+-- pg_backend_pid() means the leader.
 create function core.sql_claim_tenant() returns uuid
-    language sql stable security definer
+    language sql stable parallel restricted security definer
     set search_path = pg_catalog, pg_temp
 as $$
-    select substr(c.claim, 1, 36)::uuid
-      from (select current_setting('tessera.sql_claim', true) as claim) c, core.sql_claim_keys k
-     where c.claim ~ '^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}:[0-9a-f]{64}$'
-       and encode(sha256(k.secret || convert_to(substr(c.claim, 1, 36), 'UTF8')), 'hex')
-           = substr(c.claim, 38)
+    select t.id
+      from (select current_setting('tessera.sql_claim', true) as claim) c
+     cross join core.sql_claim_keys s
+      join core.api_keys k on k.prefix = split_part(c.claim, ':', 2)
+      join core.tenants t on t.id = k.tenant_id
+     where c.claim ~ '^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}:[0-9a-f]{12}:[0-9]{1,10}:[0-9a-f]{64}$'
+       and split_part(c.claim, ':', 3) = pg_backend_pid()::text
+       and encode(sha256(s.secret || convert_to(split_part(c.claim, ':', 1) || ':' || split_part(c.claim, ':', 2)
+                                                || ':' || split_part(c.claim, ':', 3), 'UTF8')), 'hex')
+           = split_part(c.claim, ':', 4)
+       and t.id::text = split_part(c.claim, ':', 1)
+       and k.revoked_at is null and t.status = 'active' and 'reporting:read' = any (k.scopes)
 $$;
 
 -- Checks a reporting login: the tenant (slug or id) the client named, and an API key's prefix and hash.
--- Returns the tenant's claim when the key is live, belongs to that active tenant and has the
--- reporting:read scope; null otherwise, whichever part was wrong.
-create function core.authenticate_sql(p_tenant text, p_prefix text, p_secret_hash bytea)
+-- Returns the claim for the server session with backend pid p_pid when the key is live, belongs to that
+-- active tenant and has the reporting:read scope; null otherwise, whichever part was wrong.
+create function core.authenticate_sql(p_tenant text, p_prefix text, p_secret_hash bytea, p_pid integer)
     returns text
     language sql stable security definer
     set search_path = pg_catalog, pg_temp
 as $$
-    select t.id::text || ':' || encode(sha256(s.secret || convert_to(t.id::text, 'UTF8')), 'hex')
+    select m.message || ':' || encode(sha256(s.secret || convert_to(m.message, 'UTF8')), 'hex')
       from core.api_keys k
       join core.tenants t on t.id = k.tenant_id
      cross join core.sql_claim_keys s
+     cross join lateral (select t.id::text || ':' || k.prefix || ':' || p_pid::text as message) m
      where k.prefix = p_prefix and k.secret_hash = p_secret_hash and k.revoked_at is null
        and t.status = 'active'
        and (t.slug = p_tenant or t.id::text = p_tenant)
        and 'reporting:read' = any (k.scopes)
+       and p_pid > 0
 $$;
 
 grant create on schema core to tessera_auth;
 alter function core.sql_claim_tenant() owner to tessera_auth;
-alter function core.authenticate_sql(text, text, bytea) owner to tessera_auth;
+alter function core.authenticate_sql(text, text, bytea, integer) owner to tessera_auth;
 revoke create on schema core from tessera_auth;
 revoke all on function core.sql_claim_tenant() from public;
-revoke all on function core.authenticate_sql(text, text, bytea) from public;
-grant execute on function core.authenticate_sql(text, text, bytea) to tessera_app;
+revoke all on function core.authenticate_sql(text, text, bytea, integer) from public;
+grant execute on function core.authenticate_sql(text, text, bytea, integer) to tessera_app;
 -- Harmless to anyone: it only checks the caller's own claim. Every caller of core.current_tenant_id needs it.
 grant execute on function core.sql_claim_tenant() to public;
 

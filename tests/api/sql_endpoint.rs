@@ -55,6 +55,17 @@ fn code(e: &tokio_postgres::Error) -> String {
     e.code().map(|c| c.code().to_owned()).unwrap_or_else(|| format!("no SQLSTATE: {e}"))
 }
 
+/// A session straight to Postgres as tessera_sql, bound the way the endpoint binds its own: with a claim
+/// minted for this server session.
+async fn direct_session(app: &TestApp, tenant: &str, key: &str) -> (Client, String) {
+    let direct = app.db.connect_as("tessera_sql").await;
+    let pid: i32 = direct.query_one("select pg_backend_pid()", &[]).await.expect("pid").get(0);
+    let key = tessera_core::apikey::parse(key).expect("key");
+    let claim = app.pool.authenticate_sql(tenant, &key, pid).await.expect("check").expect("a claim");
+    direct.execute("select set_config('tessera.sql_claim', $1, false)", &[&claim]).await.expect("bind");
+    (direct, claim)
+}
+
 /// Two tenants with CRM data, each with a reporting key.
 struct World {
     app: TestApp,
@@ -176,6 +187,8 @@ async fn the_escape_list_through_the_endpoint() {
         "set session authorization tessera_owner".to_owned(),
         "set default_transaction_read_only = off".to_owned(),
         "explain analyze select * from crm.deals".to_owned(),
+        "explain select * from crm.deals where title = 'Deal 0'".to_owned(),
+        "select pg_stat_get_backend_activity(b) from pg_stat_get_backend_idset() b".to_owned(),
         "copy crm.deals from stdin".to_owned(),
         "select lo_from_bytea(0, 'x')".to_owned(),
         "select pg_advisory_lock(1)".to_owned(),
@@ -226,22 +239,29 @@ async fn the_escape_list_through_the_endpoint() {
 #[tokio::test]
 async fn the_escape_list_against_the_database_itself() {
     let w = world().await;
-    let claim_a: String = connect(w.addr, "acme", &w.report_a)
+    // Tenant B's claim as its endpoint session holds it (what an eavesdropper could at best have read).
+    let claim_b_elsewhere: String = connect(w.addr, "globex", &w.report_b)
         .await
         .query_one("select current_setting('tessera.sql_claim')", &[])
         .await
-        .expect("claim")
+        .expect("claim b")
         .get(0);
-    let tenant_b: String = connect(w.addr, "globex", &w.report_b)
-        .await
-        .query_one("select tenant_id::text from crm.deals limit 1", &[])
-        .await
-        .expect("tenant b")
-        .get(0);
-    let direct = w.app.db.connect_as("tessera_sql").await;
-    direct.execute("select set_config('tessera.sql_claim', $1, false)", &[&claim_a]).await.expect("bind a");
+    let tenant_b = claim_b_elsewhere[..36].to_owned();
+    let (direct, claim_a) = direct_session(&w.app, "acme", &w.report_a).await;
+    let pid: i32 = direct.query_one("select pg_backend_pid()", &[]).await.expect("pid").get(0);
     assert_eq!(count(&direct, "select count(*) from crm.deals").await, 2);
-    let forged = format!("{tenant_b}:{}", &claim_a[37..]);
+    // A's claim with B's tenant id, and B's genuine claim made for another server session.
+    let forged = format!("{tenant_b}{}", &claim_a[36..]);
+    let other_pid = {
+        let parts: Vec<&str> = claim_a.split(':').collect();
+        format!("{}:{}:{}:{}", parts[0], parts[1], pid + 1, parts[3])
+    };
+    assert_eq!(count(&direct, "select count(*) from crm.deals").await, 2);
+    for claim in [&forged, &claim_b_elsewhere, &other_pid] {
+        direct.execute("select set_config('tessera.sql_claim', $1, false)", &[claim]).await.expect("set");
+        assert_eq!(count(&direct, "select count(*) from crm.deals").await, 0, "{claim} binds nothing");
+    }
+    direct.execute("select set_config('tessera.sql_claim', $1, false)", &[&claim_a]).await.expect("rebind");
     let escapes = [
         format!("set tessera.tenant_id = '{tenant_b}'"),
         format!("select set_config('tessera.tenant_id', '{tenant_b}', false)"),
@@ -285,6 +305,7 @@ async fn the_escape_list_against_the_database_itself() {
         ("select lo_from_bytea(0, 'secret')", "42501"),
         ("select lo_create(0)", "42501"),
         ("select query from pg_stat_activity", "42501"),
+        ("select pg_stat_get_backend_activity(b) from pg_stat_get_backend_idset() b", "42501"),
         ("select pg_advisory_lock(1)", "42501"),
         ("select pg_terminate_backend(pg_backend_pid())", "42501"),
     ] {
@@ -394,10 +415,7 @@ async fn text_and_binary_results_match_a_direct_connection() {
     let w = world().await;
     w.app.owner.batch_execute("create type public.mood as enum ('sad', 'ok', 'happy')").await.expect("enum");
     let via = connect(w.addr, "acme", &w.report_a).await;
-    let claim: String =
-        via.query_one("select current_setting('tessera.sql_claim')", &[]).await.expect("claim").get(0);
-    let direct = w.app.db.connect_as("tessera_sql").await;
-    direct.execute("select set_config('tessera.sql_claim', $1, false)", &[&claim]).await.expect("bind");
+    let (direct, _) = direct_session(&w.app, "acme", &w.report_a).await;
     let sql = "select 1234567890123456789012345678901234567890.1234567890::numeric as n40, 'NaN'::numeric, \
                'Infinity'::float8, '-Infinity'::float8, 'infinity'::timestamptz, 0.1::float4, \
                interval '1 year 2 mons 3 days 04:05:06.789', array[1, null, 3]::int[], \
@@ -850,4 +868,193 @@ with psycopg.connect(host="127.0.0.1", port=int(sys.argv[1]), user="acme", passw
     .await
     .expect("python");
     assert_eq!(out.trim(), "[('Deal 0',), ('Deal 1',)] 2 yes 201.00");
+}
+
+/// Reads messages until ReadyForQuery (included), the connection's end or `wait` passes.
+async fn read_messages(stream: &mut TcpStream, wait: Duration) -> Vec<(u8, Vec<u8>)> {
+    let mut messages = Vec::new();
+    let read = async {
+        loop {
+            let mut header = [0u8; 5];
+            if stream.read_exact(&mut header).await.is_err() {
+                return;
+            }
+            let len = i32::from_be_bytes([header[1], header[2], header[3], header[4]]) as usize - 4;
+            let mut body = vec![0u8; len];
+            if stream.read_exact(&mut body).await.is_err() {
+                return;
+            }
+            let done = header[0] == b'Z';
+            messages.push((header[0], body));
+            if done {
+                return;
+            }
+        }
+    };
+    let _ = tokio::time::timeout(wait, read).await;
+    messages
+}
+
+fn parse_message(name: &str, sql: &str) -> Vec<u8> {
+    message(b'P', format!("{name}\0{sql}\0\0\0").as_bytes())
+}
+
+fn bind_message(portal: &str, statement: &str) -> Vec<u8> {
+    message(b'B', format!("{portal}\0{statement}\0\0\0\0\0\0\0").as_bytes())
+}
+
+fn execute_message(portal: &str, max_rows: i32) -> Vec<u8> {
+    let mut body = format!("{portal}\0").into_bytes();
+    body.extend_from_slice(&max_rows.to_be_bytes());
+    message(b'E', &body)
+}
+
+fn error_code(body: &[u8]) -> String {
+    body.split(|b| *b == 0)
+        .find_map(|field| field.strip_prefix(b"C"))
+        .map(|c| String::from_utf8_lossy(c).into_owned())
+        .unwrap_or_default()
+}
+
+#[tokio::test]
+async fn a_refused_parse_answers_at_once_and_the_batch_fails_as_the_server_would() {
+    let w = world().await;
+    let mut s = raw_login(w.addr, "acme", &w.report_a).await;
+    // A good statement, a refused one, then Flush: the refusal comes back without waiting for Sync.
+    let mut batch = parse_message("ok", "select 1");
+    batch.extend(parse_message("bad", "set tessera.sql_claim = 'x'"));
+    batch.extend(message(b'H', b""));
+    s.write_all(&batch).await.expect("write");
+    let answer = read_messages(&mut s, Duration::from_secs(2)).await;
+    let tags: Vec<u8> = answer.iter().map(|(t, _)| *t).collect();
+    assert_eq!(tags, vec![b'1', b'E'], "ParseComplete, then the refusal, before any Sync");
+    assert_eq!(error_code(&answer[1].1), "42501");
+    assert!(String::from_utf8_lossy(&answer[1].1).contains("SET tessera.sql_claim"));
+    // The rest of the batch is skipped up to Sync, as after any error; the session goes on.
+    let mut rest = bind_message("", "ok");
+    rest.extend(execute_message("", 0));
+    rest.extend(message(b'S', b""));
+    s.write_all(&rest).await.expect("write");
+    let answer = read_messages(&mut s, Duration::from_secs(2)).await;
+    assert_eq!(answer.iter().map(|(t, _)| *t).collect::<Vec<_>>(), vec![b'Z']);
+    s.write_all(&message(b'Q', b"select count(*) from crm.deals\0")).await.expect("write");
+    let answer = read_messages(&mut s, Duration::from_secs(2)).await;
+    assert_eq!(answer.iter().map(|(t, _)| *t).collect::<Vec<_>>(), vec![b'T', b'D', b'C', b'Z']);
+}
+
+#[tokio::test]
+async fn row_limits_hold_across_portal_suspensions() {
+    let w = world_with(|c| c.max_rows = 1000).await;
+    let mut s = raw_login(w.addr, "acme", &w.report_a).await;
+    let mut batch = parse_message("", "select generate_series(1, 5000)");
+    batch.extend(bind_message("p", ""));
+    batch.extend(execute_message("p", 600));
+    batch.extend(execute_message("p", 600));
+    batch.extend(message(b'S', b""));
+    s.write_all(&batch).await.expect("write");
+    let answer = read_messages(&mut s, Duration::from_secs(5)).await;
+    let rows = answer.iter().filter(|(t, _)| *t == b'D').count();
+    assert!(rows <= 1000, "{rows} rows passed a limit of 1000");
+    let error = answer.iter().find(|(t, _)| *t == b'E').expect("an error");
+    assert_eq!(error_code(&error.1), "54000");
+    assert_eq!(answer.last().map(|(t, _)| *t), Some(b'Z'));
+}
+
+#[tokio::test]
+async fn a_batch_left_without_sync_is_ended_at_the_statement_timeout() {
+    let w = world_with(|c| {
+        c.statement_timeout = Duration::from_millis(500);
+        c.pool_size = 1;
+    })
+    .await;
+    let mut s = raw_login(w.addr, "acme", &w.report_a).await;
+    // Parse, Bind, Execute one row of many, Flush, then nothing: the server holds a transaction open.
+    let mut batch = parse_message("", "select * from crm.deals");
+    batch.extend(bind_message("", ""));
+    batch.extend(execute_message("", 1));
+    batch.extend(message(b'H', b""));
+    s.write_all(&batch).await.expect("write");
+    let started = std::time::Instant::now();
+    let answer = read_until_closed(&mut s).await;
+    assert!(has_error(&answer, "57014"), "{:?}", String::from_utf8_lossy(&answer));
+    assert!(started.elapsed() < Duration::from_secs(4));
+    // Nothing of it stays open upstream, and the endpoint serves the next client.
+    let admin = crate::support::connect(&cluster().superuser, &w.app.db.name).await;
+    let open: i64 = admin
+        .query_one(
+            "select count(*) from pg_stat_activity where usename = 'tessera_sql' and xact_start is not null",
+            &[],
+        )
+        .await
+        .expect("activity")
+        .get(0);
+    assert_eq!(open, 0, "no transaction left open");
+    let b = connect(w.addr, "globex", &w.report_b).await;
+    assert_eq!(count(&b, "select count(*) from crm.deals").await, 3);
+}
+
+#[tokio::test]
+async fn idle_sessions_and_silent_clients_are_closed() {
+    let w = world_with(|c| {
+        c.idle_timeout = Duration::from_millis(300);
+        c.auth_timeout = Duration::from_millis(300);
+    })
+    .await;
+    let mut s = raw_login(w.addr, "acme", &w.report_a).await;
+    let answer = read_until_closed(&mut s).await;
+    assert!(has_error(&answer, "57P05"), "{:?}", String::from_utf8_lossy(&answer));
+    // A client that connects and says nothing is closed after the login timeout.
+    let mut silent = TcpStream::connect(w.addr).await.expect("connect");
+    let started = std::time::Instant::now();
+    let _ = read_until_closed(&mut silent).await;
+    assert!(started.elapsed() < Duration::from_secs(4), "closed after the login timeout");
+}
+
+#[tokio::test]
+async fn one_tenant_cannot_take_every_connection() {
+    let w = world_with(|c| {
+        c.pool_size = 4;
+        c.max_sessions_per_tenant = 2;
+    })
+    .await;
+    let _a1 = connect(w.addr, "acme", &w.report_a).await;
+    let _a2 = connect(w.addr, "acme", &w.report_a).await;
+    let e = try_connect(w.addr, "acme", &w.report_a).await.expect_err("a third session refused");
+    assert_eq!(code(&e), "53300");
+    let b = connect(w.addr, "globex", &w.report_b).await;
+    assert_eq!(count(&b, "select count(*) from crm.deals").await, 3);
+    drop(_a1);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let again = connect(w.addr, "acme", &w.report_a).await;
+    assert_eq!(count(&again, "select count(*) from crm.deals").await, 2);
+}
+
+#[tokio::test]
+async fn a_revoked_key_stops_its_open_sessions() {
+    let mut w = world().await;
+    let a = connect(w.addr, "acme", &w.report_a).await;
+    assert_eq!(count(&a, "select count(*) from crm.deals").await, 2);
+    let tenant: uuid::Uuid =
+        a.query_one("select tenant_id from crm.deals limit 1", &[]).await.expect("id").get(0);
+    tessera_core::admin::revoke_api_key(
+        &mut w.app.owner,
+        tessera_core::tenant::TenantId::from_uuid(tenant),
+        &w.report_a[4..16],
+    )
+    .await
+    .expect("revoke");
+    assert_eq!(count(&a, "select count(*) from crm.deals").await, 0, "the open session sees nothing");
+    assert_eq!(code(&try_connect(w.addr, "acme", &w.report_a).await.expect_err("refused")), "28P01");
+}
+
+#[tokio::test]
+async fn the_upstream_login_must_be_one_row_security_holds() {
+    let app = TestApp::spawn().await;
+    for user in ["tessera_owner", "tessera_app", &cluster().superuser] {
+        let upstream = UpstreamConfig::from_pg_config(&cluster().endpoint.pg_config(user, &app.db.name))
+            .expect("upstream");
+        let config = SqlConfig::new("127.0.0.1:0".parse().expect("addr"));
+        let refused = SqlEndpoint::bind(config, app.pool.clone(), upstream, None).await;
+        assert!(refused.is_err(), "{user} accepted as the upstream login");
+    }
 }

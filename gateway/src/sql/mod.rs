@@ -23,12 +23,11 @@ mod wire;
 
 use std::net::SocketAddr;
 use std::path::Path;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use tessera_core::db::Database;
 use tokio::net::TcpListener;
-use tokio::task::JoinSet;
 
 pub use tokio_rustls::TlsAcceptor;
 pub use upstream::UpstreamConfig;
@@ -49,6 +48,20 @@ pub struct SqlConfig {
     pub pool_size: usize,
     /// How long a new client waits for a free upstream connection before it is refused.
     pub pool_wait: Duration,
+    /// Everything before a session is logged in (SSL, startup, password, the upstream binding) must finish
+    /// within this, or the connection is closed.
+    pub auth_timeout: Duration,
+    /// A session with nothing running that hears nothing from its client for this long is closed, freeing
+    /// its upstream connection.
+    pub idle_timeout: Duration,
+    /// Sessions one tenant may hold at once, so that no tenant can take the whole upstream pool.
+    pub max_sessions_per_tenant: usize,
+    /// Client connections at once, logged in or not; more are refused at once.
+    pub max_connections: usize,
+    /// Threads that relay sessions, each with its own event loop and its own share of the upstream pool
+    /// (like PgBouncer's single-threaded loop, once per thread): a session stays on one thread, so relaying
+    /// a message wakes no other thread.
+    pub threads: usize,
 }
 
 impl SqlConfig {
@@ -61,6 +74,11 @@ impl SqlConfig {
             max_bytes: 256 * 1024 * 1024,
             pool_size: 20,
             pool_wait: Duration::from_secs(2),
+            auth_timeout: Duration::from_secs(30),
+            idle_timeout: Duration::from_secs(15 * 60),
+            max_sessions_per_tenant: 10,
+            max_connections: 1000,
+            threads: std::thread::available_parallelism().map_or(1, |n| (n.get() / 2).max(1)),
         }
     }
 }
@@ -75,24 +93,32 @@ pub enum SqlError {
     Poisoned,
     #[error("could not read the TLS certificate or key: {0}")]
     Tls(String),
-    #[error("could not build the upstream pool: {0}")]
-    Pool(String),
+    #[error("{0}")]
+    Upstream(String),
 }
 
-/// What every session shares.
+/// What the sessions of one relay thread share.
 pub(crate) struct Shared {
     config: SqlConfig,
-    /// The gateway's database (as tessera_app), to check logins.
+    /// The gateway's database (as tessera_app), to check logins; used on the runtime `main`.
     auth: Database,
+    main: tokio::runtime::Handle,
+    /// This thread's upstream connections (their sockets belong to its event loop).
     pool: upstream::Pool,
     tls: Option<tokio_rustls::TlsAcceptor>,
-    cancels: session::Cancels,
+    /// Every thread's live cancel keys: a cancel request may arrive on any thread.
+    cancels: Arc<session::Cancels>,
+    /// Every thread's sessions per tenant.
+    tenant_sessions: Arc<session::TenantSessions>,
 }
 
 /// A bound SQL endpoint, ready to serve.
 pub struct SqlEndpoint {
     listener: TcpListener,
-    shared: Arc<Shared>,
+    config: SqlConfig,
+    auth: Database,
+    upstream: UpstreamConfig,
+    tls: Option<tokio_rustls::TlsAcceptor>,
 }
 
 /// A TLS server configuration from PEM files (a certificate chain and its private key).
@@ -127,14 +153,13 @@ impl SqlEndpoint {
         if config.require_tls && tls.is_none() {
             return Err(SqlError::Tls("TLS is required but no certificate is configured".into()));
         }
+        // Fail at start, not at the first login, when the upstream is unreachable or its login could bypass
+        // row-level security.
+        upstream::Upstream::connect_checked(&upstream)
+            .await
+            .map_err(|e| SqlError::Upstream(e.to_string()))?;
         let listener = TcpListener::bind(config.listen).await?;
-        let pool = upstream::Pool::builder(upstream::Manager { config: upstream })
-            .max_size(config.pool_size)
-            .runtime(deadpool::Runtime::Tokio1)
-            .build()
-            .map_err(|e| SqlError::Pool(e.to_string()))?;
-        let shared = Arc::new(Shared { config, auth, pool, tls, cancels: Mutex::default() });
-        Ok(Self { listener, shared })
+        Ok(Self { listener, config, auth, upstream, tls })
     }
 
     pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
@@ -143,24 +168,106 @@ impl SqlEndpoint {
 
     /// Serves until `shutdown` completes; then stops accepting and closes the sessions.
     pub async fn run_until_stopped(self, shutdown: impl std::future::Future<Output = ()>) {
-        let mut sessions = JoinSet::new();
+        let threads = self.config.threads.max(1);
+        let cancels = Arc::new(session::Cancels::default());
+        let tenant_sessions = Arc::new(session::TenantSessions::default());
+        let connections = Arc::new(tokio::sync::Semaphore::new(self.config.max_connections.max(1)));
+        let mut shards = Vec::with_capacity(threads);
+        for index in 0..threads {
+            let pool_size = self.config.pool_size.div_ceil(threads);
+            let pool = match upstream::Pool::builder(upstream::Manager { config: self.upstream.clone() })
+                .max_size(pool_size)
+                .runtime(deadpool::Runtime::Tokio1)
+                .build()
+            {
+                Ok(pool) => pool,
+                Err(e) => {
+                    tracing::error!(error = %e, "could not build the SQL endpoint's upstream pool");
+                    return;
+                }
+            };
+            let shared = Arc::new(Shared {
+                config: self.config.clone(),
+                auth: self.auth.clone(),
+                main: tokio::runtime::Handle::current(),
+                pool,
+                tls: self.tls.clone(),
+                cancels: Arc::clone(&cancels),
+                tenant_sessions: Arc::clone(&tenant_sessions),
+            });
+            match spawn_shard(index, shared) {
+                Ok(shard) => shards.push(shard),
+                Err(e) => {
+                    tracing::error!(error = %e, "could not start a SQL endpoint thread");
+                    return;
+                }
+            }
+        }
         tokio::pin!(shutdown);
+        let mut next = 0usize;
         loop {
             tokio::select! {
                 () = &mut shutdown => break,
                 accepted = self.listener.accept() => match accepted {
                     Ok((tcp, peer)) => {
-                        sessions.spawn(session::serve(Arc::clone(&self.shared), tcp, peer));
+                        let Ok(permit) = Arc::clone(&connections).try_acquire_owned() else {
+                            tokio::spawn(refuse_busy(tcp));
+                            continue;
+                        };
+                        let Ok(std_stream) = tcp.into_std() else { continue };
+                        let (sender, _) = &shards[next % shards.len()];
+                        next = next.wrapping_add(1);
+                        if sender.send((std_stream, peer, permit)).is_err() {
+                            tracing::error!("a SQL endpoint thread stopped");
+                            break;
+                        }
                     }
                     Err(e) => {
                         tracing::warn!(error = %e, "SQL endpoint accept failed");
                         tokio::time::sleep(Duration::from_millis(50)).await;
                     }
                 },
-                Some(_) = sessions.join_next(), if !sessions.is_empty() => {}
             }
         }
-        sessions.abort_all();
-        while sessions.join_next().await.is_some() {}
+        // Closing the queues ends each thread's loop; its runtime then drops its sessions.
+        let handles: Vec<_> = shards.into_iter().map(|(_, handle)| handle).collect();
+        let _ = tokio::task::spawn_blocking(move || {
+            for handle in handles {
+                let _ = handle.join();
+            }
+        })
+        .await;
     }
+}
+
+type Accepted = (std::net::TcpStream, SocketAddr, tokio::sync::OwnedSemaphorePermit);
+
+/// Tells a client over the connection limit so, as PostgreSQL does, and closes.
+async fn refuse_busy(mut tcp: tokio::net::TcpStream) {
+    use tokio::io::AsyncWriteExt;
+    let mut out = bytes::BytesMut::new();
+    wire::error(&mut out, true, "53300", "sorry, too many clients already");
+    let _ = tokio::time::timeout(Duration::from_secs(1), tcp.write_all(&out)).await;
+}
+
+/// One relay thread: a single-threaded runtime serving the connections it is handed.
+fn spawn_shard(
+    index: usize,
+    shared: Arc<Shared>,
+) -> std::io::Result<(tokio::sync::mpsc::UnboundedSender<Accepted>, std::thread::JoinHandle<()>)> {
+    let (sender, mut receiver) = tokio::sync::mpsc::unbounded_channel::<Accepted>();
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    let handle = std::thread::Builder::new().name(format!("tessera-sql-{index}")).spawn(move || {
+        runtime.block_on(async move {
+            while let Some((std_stream, peer, permit)) = receiver.recv().await {
+                match tokio::net::TcpStream::from_std(std_stream) {
+                    Ok(tcp) => {
+                        tokio::spawn(session::serve(Arc::clone(&shared), tcp, peer, permit));
+                    }
+                    Err(e) => tracing::warn!(error = %e, "could not adopt a SQL connection"),
+                }
+            }
+        });
+    })?;
+    Ok((sender, handle))
 }

@@ -1,29 +1,34 @@
 //! One client connection: SSL negotiation, startup, login, then the relay.
 //!
 //! The relay forwards the client's messages upstream and the server's messages back, byte for byte, so
-//! results (text or binary), errors and COPY data are what a direct connection gives. It stops at three
-//! places: every SQL text (Query, Parse) passes the statement check first; the server's answers are counted
-//! against the row and byte limits; and every request has a deadline. Where the endpoint refuses or stops
-//! something, it answers with an ErrorResponse at the point the server would have, followed by the
-//! server's own ReadyForQuery, so the conversation stays in step.
+//! results (text or binary), errors and COPY data are what a direct connection gives. It steps in at four
+//! places:
+//! - every SQL text (Query, Parse) passes the statement check first; a refused one is replaced upstream by
+//!   a statement that fails to parse (`tessera_refused_<n>`), so the server itself fails it at the right
+//!   place in the conversation (skipping the rest of the batch up to Sync, as after any error), and the
+//!   relay swaps that syntax error for the refusal on the way back;
+//! - the server's answers are counted against the row and byte limits (a row over the byte budget is
+//!   dropped as it streams, never buffered);
+//! - everything the client started has a deadline, and so has every write to a client that stops reading;
+//! - an idle session ends after the idle timeout, freeing its upstream connection.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use bytes::BytesMut;
+use bytes::{Buf, BytesMut};
 use pgwire::messages::startup::Startup;
 use pgwire::messages::{DecodeContext, PgWireFrontendMessage};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufWriter};
 use tokio::net::TcpStream;
-use tokio::sync::mpsc;
+use tokio::sync::{Notify, OwnedSemaphorePermit};
 use tokio::time::Instant;
 
 use super::check::{self, Refusal};
 use super::upstream::{self, CancelKey, Pooled, Upstream};
-use super::wire::{self, MAX_CLIENT_MESSAGE, MAX_UPSTREAM_MESSAGE};
+use super::wire::{self, MAX_CLIENT_MESSAGE};
 use super::{Shared, SqlError};
 
 /// A client's cancel key, pointing at the upstream session while the client holds it.
@@ -48,6 +53,40 @@ impl CancelSlot {
 /// The registry of live cancel keys: (pid, secret) as the client knows them.
 pub(crate) type Cancels = Mutex<HashMap<(i32, i32), Arc<CancelSlot>>>;
 
+/// Open sessions per tenant, across every relay thread.
+pub(crate) type TenantSessions = Mutex<HashMap<String, usize>>;
+
+/// One of a tenant's session seats, given back when dropped.
+struct Seat {
+    sessions: Arc<TenantSessions>,
+    tenant: String,
+}
+
+impl Seat {
+    fn take(sessions: &Arc<TenantSessions>, tenant: &str, cap: usize) -> Option<Self> {
+        let mut open = sessions.lock().ok()?;
+        let count = open.entry(tenant.to_owned()).or_insert(0);
+        if *count >= cap {
+            return None;
+        }
+        *count += 1;
+        Some(Self { sessions: Arc::clone(sessions), tenant: tenant.to_owned() })
+    }
+}
+
+impl Drop for Seat {
+    fn drop(&mut self) {
+        if let Ok(mut open) = self.sessions.lock()
+            && let Some(count) = open.get_mut(&self.tenant)
+        {
+            *count = count.saturating_sub(1);
+            if *count == 0 {
+                open.remove(&self.tenant);
+            }
+        }
+    }
+}
+
 /// Settings a client may choose at startup (and with SET during the session).
 const CLIENT_SETTINGS: &[&str] = &[
     "application_name",
@@ -63,10 +102,30 @@ const CLIENT_SETTINGS: &[&str] = &[
     "lc_time",
 ];
 
-/// Serves one accepted TCP connection.
-pub(crate) async fn serve(shared: Arc<Shared>, mut tcp: TcpStream, peer: SocketAddr) {
+/// What a refused statement is replaced with upstream: an identifier alone, which fails to parse with
+/// "syntax error at or near "tessera_refused_<n>"".
+const REFUSED_MARKER: &str = "tessera_refused_";
+
+/// The largest message other than a data row the endpoint takes from upstream.
+const MAX_UPSTREAM_OTHER: usize = 64 * 1024 * 1024;
+
+/// Runs `work` until `deadline`; `None` when it passed.
+async fn within<T>(deadline: Instant, work: impl std::future::Future<Output = T>) -> Option<T> {
+    tokio::time::timeout_at(deadline, work).await.ok()
+}
+
+/// Serves one accepted TCP connection. `_permit` counts it against the endpoint's connection limit.
+pub(crate) async fn serve(
+    shared: Arc<Shared>,
+    mut tcp: TcpStream,
+    peer: SocketAddr,
+    _permit: OwnedSemaphorePermit,
+) {
     let _ = tcp.set_nodelay(true);
-    let mut packet = match wire::read_startup_packet(&mut tcp).await {
+    // Everything up to a logged-in session must be done by then.
+    let deadline = Instant::now() + shared.config.auth_timeout;
+    let Some(first) = within(deadline, wire::read_startup_packet(&mut tcp)).await else { return };
+    let mut packet = match first {
         Ok(p) => p,
         Err(e) => return refuse_startup(&mut tcp, &e.to_string()).await,
     };
@@ -74,7 +133,8 @@ pub(crate) async fn serve(shared: Arc<Shared>, mut tcp: TcpStream, peer: SocketA
         if tcp.write_all(b"N").await.is_err() {
             return;
         }
-        packet = match wire::read_startup_packet(&mut tcp).await {
+        let Some(next) = within(deadline, wire::read_startup_packet(&mut tcp)).await else { return };
+        packet = match next {
             Ok(p) => p,
             Err(e) => return refuse_startup(&mut tcp, &e.to_string()).await,
         };
@@ -96,32 +156,34 @@ pub(crate) async fn serve(shared: Arc<Shared>, mut tcp: TcpStream, peer: SocketA
                 if tcp.write_all(b"S").await.is_err() {
                     return;
                 }
-                match acceptor.accept(tcp).await {
-                    Ok(tls) => after_ssl(shared, tls, true, peer).await,
-                    Err(e) => tracing::debug!(%peer, error = %e, "TLS handshake failed"),
+                match within(deadline, acceptor.accept(tcp)).await {
+                    Some(Ok(tls)) => after_ssl(shared, tls, true, peer, deadline).await,
+                    Some(Err(e)) => tracing::debug!(%peer, error = %e, "TLS handshake failed"),
+                    None => tracing::debug!(%peer, "TLS handshake timed out"),
                 }
             }
             None => {
                 if tcp.write_all(b"N").await.is_err() {
                     return;
                 }
-                after_ssl(shared, tcp, false, peer).await;
+                after_ssl(shared, tcp, false, peer, deadline).await;
             }
         }
         return;
     }
-    startup(shared, tcp, packet, false, peer).await;
+    startup(shared, tcp, packet, false, peer, deadline).await;
 }
 
-async fn after_ssl<S>(shared: Arc<Shared>, mut stream: S, tls: bool, peer: SocketAddr)
+async fn after_ssl<S>(shared: Arc<Shared>, mut stream: S, tls: bool, peer: SocketAddr, deadline: Instant)
 where
     S: AsyncRead + AsyncWrite + Unpin + Send,
 {
-    match wire::read_startup_packet(&mut stream).await {
+    let Some(packet) = within(deadline, wire::read_startup_packet(&mut stream)).await else { return };
+    match packet {
         Ok(packet) if wire::startup_code(&packet) == wire::SSL_REQUEST => {
             fatal(&mut stream, "08P01", "SSL negotiation was already done").await;
         }
-        Ok(packet) => startup(shared, stream, packet, tls, peer).await,
+        Ok(packet) => startup(shared, stream, packet, tls, peer, deadline).await,
         Err(e) => refuse_startup(&mut stream, &e.to_string()).await,
     }
 }
@@ -130,12 +192,16 @@ async fn refuse_startup<S: AsyncWrite + Unpin>(stream: &mut S, why: &str) {
     fatal(stream, "08P01", &format!("invalid startup packet: {why}")).await;
 }
 
-/// Writes a FATAL error; the caller then drops the connection.
+/// Writes a FATAL error (giving up after a second on a client that does not read); the caller then drops
+/// the connection.
 async fn fatal<S: AsyncWrite + Unpin>(stream: &mut S, sqlstate: &str, message: &str) {
     let mut out = BytesMut::new();
     wire::error(&mut out, true, sqlstate, message);
-    let _ = stream.write_all(&out).await;
-    let _ = stream.flush().await;
+    let _ = tokio::time::timeout(Duration::from_secs(1), async {
+        let _ = stream.write_all(&out).await;
+        let _ = stream.flush().await;
+    })
+    .await;
 }
 
 fn decode_startup(packet: BytesMut) -> Result<PgWireFrontendMessage, String> {
@@ -149,8 +215,14 @@ fn decode_startup(packet: BytesMut) -> Result<PgWireFrontendMessage, String> {
     }
 }
 
-async fn startup<S>(shared: Arc<Shared>, mut stream: S, packet: BytesMut, tls: bool, peer: SocketAddr)
-where
+async fn startup<S>(
+    shared: Arc<Shared>,
+    mut stream: S,
+    packet: BytesMut,
+    tls: bool,
+    peer: SocketAddr,
+    deadline: Instant,
+) where
     S: AsyncRead + AsyncWrite + Unpin + Send,
 {
     let startup = match decode_startup(packet) {
@@ -169,25 +241,27 @@ where
         Ok(_) => return refuse_startup(&mut stream, "unexpected message").await,
         Err(e) => return refuse_startup(&mut stream, &e).await,
     };
-    match login(&shared, &mut stream, &startup, tls).await {
-        Ok(Some((conn, slot, client_key))) => {
-            let user = startup.parameters.get("user").cloned().unwrap_or_default();
-            tracing::info!(%peer, tenant = %user, "SQL session started");
-            match relay(&shared, &mut stream, conn, slot, client_key).await {
-                Ended::Client => tracing::info!(%peer, tenant = %user, "SQL session ended"),
-                Ended::ClientError(why) => {
-                    tracing::info!(%peer, tenant = %user, %why, "SQL session ended: the client broke the protocol")
-                }
-                Ended::Upstream(why) => {
-                    tracing::warn!(%peer, tenant = %user, %why, "SQL session ended upstream")
-                }
-            }
-        }
-        Ok(None) => {}
-        Err(e) => {
-            tracing::warn!(%peer, error = %e, "SQL login failed");
-        }
+    let session = match within(deadline, login(&shared, &mut stream, &startup, tls)).await {
+        Some(Ok(Some(session))) => session,
+        Some(Ok(None)) => return,
+        Some(Err(e)) => return tracing::warn!(%peer, error = %e, "SQL login failed"),
+        None => return fatal(&mut stream, "08006", "the login did not finish in time").await,
+    };
+    let user = startup.parameters.get("user").cloned().unwrap_or_default();
+    tracing::info!(%peer, tenant = %user, "SQL session started");
+    match relay(&shared, &mut stream, session).await {
+        Ended::Client => tracing::info!(%peer, tenant = %user, "SQL session ended"),
+        Ended::Upstream(why) => tracing::warn!(%peer, tenant = %user, %why, "SQL session ended upstream"),
+        other => tracing::info!(%peer, tenant = %user, why = ?other, "SQL session ended by the endpoint"),
     }
+}
+
+/// A logged-in session: its upstream connection and what dies with it.
+struct Session {
+    conn: Pooled,
+    slot: Arc<CancelSlot>,
+    client_key: (i32, i32),
+    _seat: Seat,
 }
 
 /// Startup checks, authentication and the upstream binding. `Ok(None)` when the client was refused (it has
@@ -197,7 +271,7 @@ async fn login<S>(
     stream: &mut S,
     startup: &Startup,
     tls: bool,
-) -> Result<Option<(Pooled, Arc<CancelSlot>, (i32, i32))>, SqlError>
+) -> Result<Option<Session>, SqlError>
 where
     S: AsyncRead + AsyncWrite + Unpin + Send,
 {
@@ -278,43 +352,23 @@ where
         Ok(None) => return Ok(None),
         _ => None,
     };
-    let failed = format!("password authentication failed for user \"{user}\"");
     let Some(password) = password else {
         fatal(stream, "08P01", "expected a password message").await;
         return Ok(None);
     };
-    let claim = match tessera_core::apikey::parse(&password) {
-        Ok(key) if key.token().is_none() => shared.auth.authenticate_sql(&user, &key).await,
-        _ => Ok(None),
-    };
-    let claim = match claim {
-        Ok(Some(claim)) => claim,
-        Ok(None) => {
+    let failed = format!("password authentication failed for user \"{user}\"");
+    let key = match tessera_core::apikey::parse(&password) {
+        Ok(key) if key.token().is_none() => key,
+        _ => {
             fatal(stream, "28P01", &failed).await;
-            return Ok(None);
-        }
-        Err(e) => {
-            tracing::error!(error = ?e, "could not check a SQL login");
-            fatal(stream, "57P03", "the SQL endpoint cannot check credentials right now; try again").await;
             return Ok(None);
         }
     };
 
-    // An upstream session, bound to the tenant's claim and the client's settings in one statement.
-    let mut bind = format!(
-        "select pg_catalog.set_config('tessera.sql_claim', {}, false)",
-        tessera_core::roles::quote_literal(&claim)
-    );
-    for (name, value) in &settings {
-        bind.push_str(&format!(
-            ", pg_catalog.set_config('{name}', {}, false)",
-            tessera_core::roles::quote_literal(value)
-        ));
-    }
-    let mut conn = None;
-    // A pooled connection may have died while idle (a restarted server): then another one.
+    // An upstream session, its claim (minted for that server session), then the binding. A pooled
+    // connection may have died while idle (a restarted server): then another one.
     for _ in 0..3 {
-        let mut candidate = match tokio::time::timeout(shared.config.pool_wait, shared.pool.get()).await {
+        let conn = match tokio::time::timeout(shared.config.pool_wait, shared.pool.get()).await {
             Ok(Ok(c)) => c,
             Ok(Err(e)) => {
                 tracing::error!(error = %e, "could not open an upstream connection");
@@ -331,29 +385,76 @@ where
                 return Ok(None);
             }
         };
-        match candidate.run(&bind).await {
-            Ok(Ok(changed)) => {
-                apply(&mut candidate.params, changed);
-                conn = Some(candidate);
-                break;
+        // On the runtime that owns the gateway's database connections.
+        let (auth, tenant, presented, pid) = (shared.auth.clone(), user.clone(), key.clone(), conn.key.pid);
+        let checked =
+            shared.main.spawn(async move { auth.authenticate_sql(&tenant, &presented, pid).await }).await;
+        let claim = match checked {
+            Ok(Ok(Some(claim))) => claim,
+            Ok(Ok(None)) => {
+                fatal(stream, "28P01", &failed).await;
+                return Ok(None);
             }
-            Ok(Err((code, message))) => {
-                // The client's own settings were refused (an unknown time zone, say): its error, verbatim.
-                reset_and_return(candidate).await;
-                fatal(stream, &code, &message).await;
+            Ok(Err(e)) => {
+                tracing::error!(error = ?e, "could not check a SQL login");
+                fatal(stream, "57P03", "the SQL endpoint cannot check credentials right now; try again")
+                    .await;
                 return Ok(None);
             }
             Err(e) => {
+                tracing::error!(error = %e, "the login check stopped");
+                fatal(stream, "57P03", "the SQL endpoint cannot check credentials right now; try again")
+                    .await;
+                return Ok(None);
+            }
+        };
+        let tenant_id = claim.split(':').next().unwrap_or_default();
+        let Some(seat) =
+            Seat::take(&shared.tenant_sessions, tenant_id, shared.config.max_sessions_per_tenant)
+        else {
+            let message = format!(
+                "too many connections for this tenant: at most {} at once",
+                shared.config.max_sessions_per_tenant
+            );
+            fatal(stream, "53300", &message).await;
+            return Ok(None);
+        };
+        let mut conn = conn;
+        match conn.bind_session(&claim, &settings).await {
+            Ok(outcome) => match outcome.error {
+                None => {
+                    apply(&mut conn.params, outcome.changed);
+                    return finish_login(shared, stream, conn, seat, &user).await.map(Some);
+                }
+                // The client's own settings were refused (an unknown time zone, say): its error, verbatim.
+                Some((code, message)) => {
+                    reset_and_return(conn).await;
+                    fatal(stream, &code, &message).await;
+                    return Ok(None);
+                }
+            },
+            Err(e) => {
                 tracing::warn!(error = %e, "dropping a dead upstream connection");
-                drop(Pooled::take(candidate));
+                drop(Pooled::take(conn));
             }
         }
     }
-    let Some(conn) = conn else {
-        fatal(stream, "08006", "the SQL endpoint cannot reach the database; try again").await;
-        return Ok(None);
-    };
+    fatal(stream, "08006", "the SQL endpoint cannot reach the database; try again").await;
+    Ok(None)
+}
 
+/// The client's cancel key, then AuthenticationOk, the parameters, BackendKeyData and ReadyForQuery.
+async fn finish_login<S>(
+    shared: &Shared,
+    stream: &mut S,
+    conn: Pooled,
+    seat: Seat,
+    user: &str,
+) -> Result<Session, SqlError>
+where
+    S: AsyncWrite + Unpin,
+{
+    let slot = Arc::new(CancelSlot { key: conn.key.clone(), active: tokio::sync::Mutex::new(true) });
     let client_key = loop {
         let mut bytes = [0u8; 8];
         tessera_core::apikey::fill_random(&mut bytes).map_err(|e| SqlError::Random(e.to_string()))?;
@@ -361,28 +462,26 @@ where
         let secret = i32::from_be_bytes([bytes[4], bytes[5], bytes[6], bytes[7]]);
         let mut cancels = shared.cancels.lock().map_err(|_| SqlError::Poisoned)?;
         if pid != 0 && !cancels.contains_key(&(pid, secret)) {
-            let slot = Arc::new(CancelSlot { key: conn.key.clone(), active: tokio::sync::Mutex::new(true) });
-            cancels.insert((pid, secret), slot);
+            cancels.insert((pid, secret), Arc::clone(&slot));
             break (pid, secret);
         }
     };
-    let slot = shared.cancels.lock().map_err(|_| SqlError::Poisoned)?.get(&client_key).cloned();
-    let Some(slot) = slot else { return Err(SqlError::Poisoned) };
-
+    let mut out = BytesMut::new();
     wire::authentication_ok(&mut out);
     for (name, value) in &conn.params {
         let value = match name.as_str() {
             "is_superuser" => "off",
-            "session_authorization" => user.as_str(),
+            "session_authorization" => user,
             _ => value.as_str(),
         };
         wire::parameter_status(&mut out, name, value);
     }
     wire::backend_key_data(&mut out, client_key.0, client_key.1);
     wire::ready_for_query(&mut out);
+    let session = Session { conn, slot, client_key, _seat: seat };
     stream.write_all(&out).await?;
     stream.flush().await?;
-    Ok(Some((conn, slot, client_key)))
+    Ok(session)
 }
 
 /// Folds ParameterStatus changes into the connection's known values.
@@ -399,16 +498,9 @@ fn apply(params: &mut Vec<(String, String)>, changed: Vec<(String, String)>) {
 /// objects) and gives it back to the pool; a connection that cannot be reset is closed instead.
 async fn reset_and_return(mut conn: Pooled) {
     match conn.run("discard all").await {
-        Ok(Ok(changed)) => apply(&mut conn.params, changed),
+        Ok(outcome) if outcome.error.is_none() => apply(&mut conn.params, outcome.changed),
         _ => drop(Pooled::take(conn)),
     }
-}
-
-/// Something the client asked for that ends in a ReadyForQuery from upstream (a Query or a Sync).
-struct Pending {
-    /// The endpoint's own error to send just before that ReadyForQuery (a refused statement).
-    refusal: Option<Refusal>,
-    started: Instant,
 }
 
 /// How the relay ended.
@@ -416,44 +508,93 @@ struct Pending {
 enum Ended {
     /// The client said goodbye or went away between messages.
     Client,
-    /// The client broke the protocol; it has been told.
+    /// The client broke the protocol.
     ClientError(String),
+    /// The session sat idle past the idle timeout.
+    Idle,
+    /// The client left an extended-protocol batch without Sync past the statement timeout.
+    Stalled,
     Upstream(String),
 }
 
-async fn relay<S>(
-    shared: &Shared,
-    stream: &mut S,
-    mut conn: Pooled,
-    slot: Arc<CancelSlot>,
-    client_key: (i32, i32),
-) -> Ended
+/// What the two directions of a relay share.
+struct Flow {
+    /// Requests (Query, Sync) the server has not answered with ReadyForQuery yet.
+    outstanding: AtomicUsize,
+    /// Extended-protocol messages were forwarded since the last Sync.
+    unsynced: AtomicBool,
+    /// When the client last started work from idle (microseconds after `epoch`; 0: idle).
+    busy_since: AtomicU64,
+    epoch: Instant,
+    /// Wakes the server side when work starts, to arm its deadline.
+    started: Notify,
+    /// Refusals by marker number, until the server's syntax error for the marker comes back.
+    refusals: Mutex<HashMap<u64, Refusal>>,
+}
+
+impl Flow {
+    fn mark_busy(&self) {
+        if self.busy_since.load(Ordering::SeqCst) == 0 {
+            let micros = u64::try_from(self.epoch.elapsed().as_micros()).unwrap_or(u64::MAX).max(1);
+            self.busy_since.store(micros, Ordering::SeqCst);
+            self.started.notify_one();
+        }
+    }
+
+    fn busy_since(&self) -> Option<Instant> {
+        match self.busy_since.load(Ordering::SeqCst) {
+            0 => None,
+            micros => Some(self.epoch + Duration::from_micros(micros)),
+        }
+    }
+
+    fn idle(&self) -> bool {
+        self.outstanding.load(Ordering::SeqCst) == 0 && !self.unsynced.load(Ordering::SeqCst)
+    }
+}
+
+async fn relay<S>(shared: &Shared, stream: &mut S, session: Session) -> Ended
 where
     S: AsyncRead + AsyncWrite + Unpin + Send,
 {
-    let (client_read, client_write) = tokio::io::split(&mut *stream);
-    let (tx, rx) = mpsc::unbounded_channel::<Pending>();
-    let outstanding = AtomicUsize::new(0);
-    let mut unsynced = false;
-    let Upstream { reader, writer, params, .. } = &mut *conn;
+    let Session { mut conn, slot, client_key, _seat } = session;
+    let flow = Flow {
+        outstanding: AtomicUsize::new(0),
+        unsynced: AtomicBool::new(false),
+        busy_since: AtomicU64::new(0),
+        epoch: Instant::now(),
+        started: Notify::new(),
+        refusals: Mutex::new(HashMap::new()),
+    };
     let ended = {
-        let to_upstream = client_to_upstream(client_read, writer, &tx, &outstanding, &mut unsynced);
-        let to_client = upstream_to_client(shared, reader, client_write, rx, &outstanding, &slot, params);
+        let (client_read, client_write) = tokio::io::split(&mut *stream);
+        let Upstream { reader, writer, params, .. } = &mut *conn;
+        let to_upstream = client_to_upstream(shared, client_read, writer, &flow);
+        let to_client = upstream_to_client(shared, reader, client_write, &flow, &slot, params);
         tokio::select! {
             ended = to_upstream => ended,
             ended = to_client => ended,
         }
     };
-    if let Ended::ClientError(message) = &ended {
-        fatal(stream, "08P01", message).await;
+    match &ended {
+        Ended::ClientError(message) => fatal(stream, "08P01", message).await,
+        Ended::Idle => fatal(stream, "57P05", "terminating connection due to idle-session timeout").await,
+        Ended::Stalled => {
+            let message = "terminating connection: an extended-protocol batch was left without Sync past \
+                           the statement timeout";
+            fatal(stream, "57014", message).await;
+        }
+        Ended::Upstream(_) => {
+            fatal(stream, "08006", "the SQL endpoint lost its connection to the database").await;
+        }
+        Ended::Client => {}
     }
     // The client's cancel key dies with its session.
     if let Ok(mut cancels) = shared.cancels.lock() {
         cancels.remove(&client_key);
     }
-    let busy = outstanding.load(Ordering::SeqCst) > 0 || unsynced;
-    let reusable = matches!(ended, Ended::Client) && !busy;
-    if busy {
+    let reusable = matches!(ended, Ended::Client | Ended::Idle) && flow.idle();
+    if !flow.idle() {
         // Stop whatever the client left running before the connection is closed.
         slot.cancel().await;
     }
@@ -467,13 +608,7 @@ where
 }
 
 /// The client's messages, checked and forwarded upstream.
-async fn client_to_upstream<R, W>(
-    reader: R,
-    writer: &mut W,
-    pending: &mpsc::UnboundedSender<Pending>,
-    outstanding: &AtomicUsize,
-    unsynced: &mut bool,
-) -> Ended
+async fn client_to_upstream<R, W>(shared: &Shared, reader: R, writer: &mut W, flow: &Flow) -> Ended
 where
     R: AsyncRead + Unpin,
     W: AsyncWrite + Unpin,
@@ -481,11 +616,8 @@ where
     let mut reader = reader;
     let mut upstream = BufWriter::with_capacity(64 * 1024, writer);
     let mut buf = BytesMut::with_capacity(16 * 1024);
-    // Set by a refused Parse: the rest of that extended-protocol batch is skipped until Sync, as the
-    // server itself does after an error.
-    let mut batch_refusal: Option<Refusal> = None;
-    let mut sync = BytesMut::new();
-    wire::frontend(b'S', b"", &mut sync);
+    let mut replacement = BytesMut::new();
+    let mut next_marker = 0u64;
     loop {
         loop {
             let frame = match wire::split_frame(&mut buf, MAX_CLIENT_MESSAGE) {
@@ -493,71 +625,71 @@ where
                 Ok(None) => break,
                 Err(e) => return Ended::ClientError(format!("invalid message: {e}")),
             };
-            let push = |refusal: Option<Refusal>| {
-                outstanding.fetch_add(1, Ordering::SeqCst);
-                pending.send(Pending { refusal, started: Instant::now() }).is_ok()
+            // A refused statement goes upstream as one that fails to parse, under this marker.
+            let mut refuse = |refusal: Refusal| {
+                next_marker += 1;
+                if let Ok(mut refusals) = flow.refusals.lock() {
+                    refusals.insert(next_marker, refusal);
+                }
+                format!("{REFUSED_MARKER}{next_marker}")
             };
+            replacement.clear();
             let forward: Option<&[u8]> = match frame.tag() {
                 b'Q' => {
                     let Some(sql) = wire::query_text(&frame) else {
                         return Ended::ClientError("invalid Query message".into());
                     };
+                    flow.outstanding.fetch_add(1, Ordering::SeqCst);
+                    flow.mark_busy();
                     match check::check(sql) {
-                        Ok(()) => {
-                            if !push(None) {
-                                return Ended::Upstream("the relay stopped".into());
-                            }
-                            Some(frame.bytes())
-                        }
-                        // The server answers a bare Sync with ReadyForQuery: the refusal goes out just before.
+                        Ok(()) => Some(frame.bytes()),
                         Err(refusal) => {
-                            if !push(Some(refusal)) {
-                                return Ended::Upstream("the relay stopped".into());
-                            }
-                            Some(&sync[..])
+                            wire::frontend(
+                                b'Q',
+                                format!("{}\0", refuse(refusal)).as_bytes(),
+                                &mut replacement,
+                            );
+                            Some(&replacement[..])
                         }
                     }
                 }
                 b'P' => {
-                    let Some(sql) = wire::parse_text(&frame) else {
+                    let Some((name, sql)) = wire::parse_parts(&frame) else {
                         return Ended::ClientError("invalid Parse message".into());
                     };
-                    if batch_refusal.is_some() {
-                        None
-                    } else if let Err(refusal) = check::check(sql) {
-                        batch_refusal = Some(refusal);
-                        None
-                    } else {
-                        *unsynced = true;
-                        Some(frame.bytes())
+                    flow.unsynced.store(true, Ordering::SeqCst);
+                    flow.mark_busy();
+                    match check::check(sql) {
+                        Ok(()) => Some(frame.bytes()),
+                        Err(refusal) => {
+                            let body = format!("{name}\0{}\0\0\0", refuse(refusal));
+                            wire::frontend(b'P', body.as_bytes(), &mut replacement);
+                            Some(&replacement[..])
+                        }
                     }
                 }
                 b'B' | b'E' | b'D' | b'C' => {
-                    if batch_refusal.is_some() {
-                        None
-                    } else {
-                        *unsynced = true;
-                        Some(frame.bytes())
-                    }
+                    flow.unsynced.store(true, Ordering::SeqCst);
+                    flow.mark_busy();
+                    Some(frame.bytes())
                 }
                 b'H' => Some(frame.bytes()),
                 b'S' => {
-                    if !push(batch_refusal.take()) {
-                        return Ended::Upstream("the relay stopped".into());
-                    }
-                    *unsynced = false;
+                    flow.outstanding.fetch_add(1, Ordering::SeqCst);
+                    flow.unsynced.store(false, Ordering::SeqCst);
+                    flow.mark_busy();
                     Some(frame.bytes())
                 }
                 b'F' => {
+                    flow.outstanding.fetch_add(1, Ordering::SeqCst);
+                    flow.mark_busy();
                     let refusal = Refusal {
                         sqlstate: "42501",
                         message: "function calls over the protocol are not allowed on the SQL endpoint"
                             .into(),
                     };
-                    if !push(Some(refusal)) {
-                        return Ended::Upstream("the relay stopped".into());
-                    }
-                    Some(&sync[..])
+                    wire::frontend(b'Q', format!("{}\0", refuse(refusal)).as_bytes(), &mut replacement);
+                    Some(&replacement[..])
                 }
                 b'X' => return Ended::Client,
                 // No COPY FROM ever starts upstream, so copy data from the client goes nowhere.
@@ -575,22 +707,22 @@ where
         if let Err(e) = upstream.flush().await {
             return Ended::Upstream(e.to_string());
         }
-        match reader.read_buf(&mut buf).await {
-            Ok(0) => return Ended::Client,
-            Ok(_) => {}
-            Err(_) => return Ended::Client,
+        buf.reserve(8 * 1024);
+        match tokio::time::timeout(shared.config.idle_timeout, reader.read_buf(&mut buf)).await {
+            Ok(Ok(0)) | Ok(Err(_)) => return Ended::Client,
+            Ok(Ok(_)) => {}
+            Err(_) if flow.idle() => return Ended::Idle,
+            Err(_) => {}
         }
     }
 }
 
 /// The server's messages, counted against the limits and relayed to the client.
-#[allow(clippy::too_many_arguments)]
 async fn upstream_to_client<R, W>(
     shared: &Shared,
     reader: &mut R,
     writer: W,
-    mut rx: mpsc::UnboundedReceiver<Pending>,
-    outstanding: &AtomicUsize,
+    flow: &Flow,
     slot: &Arc<CancelSlot>,
     params: &mut Vec<(String, String)>,
 ) -> Ended
@@ -601,140 +733,196 @@ where
     let limits = &shared.config;
     let mut client = BufWriter::with_capacity(64 * 1024, writer);
     let mut buf = BytesMut::with_capacity(64 * 1024);
-    let mut queue: VecDeque<Pending> = VecDeque::new();
     // Set when the endpoint stopped a statement (a limit, the deadline): everything up to the next
-    // ReadyForQuery is dropped and this error sent in its place.
+    // ReadyForQuery is dropped (but settings changes and notices) and this error sent in its place.
     let mut stopped: Option<Refusal> = None;
     // Past this instant after stopping a statement, an upstream that still has not answered is given up.
     let mut give_up: Option<Instant> = None;
     // The cancel request sent when stopping a statement. The client hears ReadyForQuery only once the server
     // has received it: a late cancel would otherwise hit the client's next statement.
     let mut cancelling: Option<tokio::task::JoinHandle<()>> = None;
+    // Bytes of an oversized row still to be dropped as they stream in.
+    let mut skip = 0usize;
     let (mut rows, mut bytes) = (0u64, 0u64);
     let mut out = BytesMut::new();
+    let stop = |stopped: &mut Option<Refusal>,
+                give_up: &mut Option<Instant>,
+                cancelling: &mut Option<tokio::task::JoinHandle<()>>,
+                refusal: Refusal| {
+        if stopped.is_none() {
+            *stopped = Some(refusal);
+            *give_up = Some(Instant::now() + Duration::from_secs(5));
+            let slot = Arc::clone(slot);
+            *cancelling = Some(tokio::spawn(async move { slot.cancel().await }));
+        }
+    };
+    let too_big = || Refusal {
+        sqlstate: "54000",
+        message: format!(
+            "the result is larger than {} bytes, the SQL endpoint's limit: select fewer rows or columns",
+            limits.max_bytes
+        ),
+    };
+    // A client that stops reading must not hold the server (blocked in send, deaf to cancels) forever.
+    let write_deadline = || flow.busy_since().unwrap_or_else(Instant::now) + limits.statement_timeout;
     loop {
         loop {
-            let frame = match wire::split_frame(&mut buf, MAX_UPSTREAM_MESSAGE) {
+            if skip > 0 {
+                let n = skip.min(buf.len());
+                buf.advance(n);
+                skip -= n;
+                if skip > 0 {
+                    break;
+                }
+            }
+            if buf.len() >= 5 {
+                let tag = buf[0];
+                let len = i32::from_be_bytes([buf[1], buf[2], buf[3], buf[4]]);
+                let total = usize::try_from(len).unwrap_or(0).saturating_add(1);
+                if len < 4 {
+                    return Ended::Upstream(format!("invalid message length {len}"));
+                }
+                if matches!(tag, b'D' | b'd')
+                    && (stopped.is_some() || bytes + total as u64 > limits.max_bytes)
+                {
+                    stop(&mut stopped, &mut give_up, &mut cancelling, too_big());
+                    skip = total;
+                    continue;
+                }
+                if !matches!(tag, b'D' | b'd') && total > MAX_UPSTREAM_OTHER {
+                    return Ended::Upstream(format!("an oversized message ({total} bytes)"));
+                }
+            }
+            let frame = match wire::split_frame(&mut buf, usize::MAX) {
                 Ok(Some(frame)) => frame,
                 Ok(None) => break,
                 Err(e) => return Ended::Upstream(e.to_string()),
             };
-            let tag = frame.tag();
-            if tag == b'Z' {
-                while let Ok(p) = rx.try_recv() {
-                    queue.push_back(p);
-                }
-                let request = queue.pop_front();
-                if request.is_some() {
-                    outstanding.fetch_sub(1, Ordering::SeqCst);
-                }
-                if let Some(cancel) = cancelling.take() {
-                    let _ = cancel.await;
-                }
-                out.clear();
-                if let Some(refusal) = stopped.take().or(request.and_then(|r| r.refusal)) {
-                    wire::error(&mut out, false, refusal.sqlstate, &refusal.message);
-                }
-                out.extend_from_slice(frame.bytes());
-                give_up = None;
-                rows = 0;
-                bytes = 0;
-                if let Err(e) = client.write_all(&out).await {
-                    return Ended::Upstream(format!("client write: {e}"));
-                }
-                continue;
-            }
-            if stopped.is_some() {
-                continue;
-            }
-            match tag {
-                b'D' | b'd' => {
-                    rows += 1;
-                    bytes += frame.wire_len() as u64;
-                    if rows > limits.max_rows || bytes > limits.max_bytes {
-                        let message = if rows > limits.max_rows {
-                            format!(
-                                "the result has more than {} rows, the SQL endpoint's limit: add a LIMIT or a filter",
-                                limits.max_rows
-                            )
-                        } else {
-                            format!(
-                                "the result is larger than {} bytes, the SQL endpoint's limit: select fewer rows or columns",
-                                limits.max_bytes
-                            )
-                        };
-                        stopped = Some(Refusal { sqlstate: "54000", message });
-                        give_up = Some(Instant::now() + Duration::from_secs(5));
-                        let slot = Arc::clone(slot);
-                        cancelling = Some(tokio::spawn(async move { slot.cancel().await }));
-                        continue;
+            out.clear();
+            match frame.tag() {
+                b'Z' => {
+                    if flow.outstanding.load(Ordering::SeqCst) > 0 {
+                        flow.outstanding.fetch_sub(1, Ordering::SeqCst);
+                    }
+                    if let Some(cancel) = cancelling.take() {
+                        let _ = cancel.await;
+                    }
+                    if let Some(refusal) = stopped.take() {
+                        wire::error(&mut out, false, refusal.sqlstate, &refusal.message);
+                    }
+                    out.extend_from_slice(frame.bytes());
+                    give_up = None;
+                    (rows, bytes) = (0, 0);
+                    if flow.idle() {
+                        flow.busy_since.store(0, Ordering::SeqCst);
+                        if let Ok(mut refusals) = flow.refusals.lock() {
+                            refusals.clear();
+                        }
                     }
                 }
-                b'C' | b'E' | b's' | b'I' => {
-                    rows = 0;
-                    bytes = 0;
-                }
+                // Settings changes, notices and notifications pass even while a statement is being stopped.
                 b'S' => {
                     if let Some((name, rest)) = wire::cstr(frame.body())
                         && let Some((value, _)) = wire::cstr(rest)
                     {
                         apply(params, vec![(name.to_owned(), value.to_owned())]);
                     }
+                    out.extend_from_slice(frame.bytes());
+                }
+                b'N' | b'A' => out.extend_from_slice(frame.bytes()),
+                _ if stopped.is_some() => {}
+                b'E' => {
+                    (rows, bytes) = (0, 0);
+                    match refusal_for(flow, frame.body()) {
+                        Some(refusal) => wire::error(&mut out, false, refusal.sqlstate, &refusal.message),
+                        None => out.extend_from_slice(frame.bytes()),
+                    }
+                }
+                b'D' | b'd' => {
+                    rows += 1;
+                    bytes += frame.wire_len() as u64;
+                    if rows > limits.max_rows {
+                        let message = format!(
+                            "the result has more than {} rows, the SQL endpoint's limit: add a LIMIT or a filter",
+                            limits.max_rows
+                        );
+                        stop(
+                            &mut stopped,
+                            &mut give_up,
+                            &mut cancelling,
+                            Refusal { sqlstate: "54000", message },
+                        );
+                    } else {
+                        out.extend_from_slice(frame.bytes());
+                    }
+                }
+                b'C' | b'I' => {
+                    (rows, bytes) = (0, 0);
+                    out.extend_from_slice(frame.bytes());
                 }
                 // COPY FROM or replication never pass the statement check; if one ever started, the session
                 // ends rather than feed it.
                 b'G' | b'W' => {
                     return Ended::Upstream("the server started a COPY FROM or a replication stream".into());
                 }
-                _ => {}
+                _ => out.extend_from_slice(frame.bytes()),
             }
-            if let Err(e) = client.write_all(frame.bytes()).await {
-                return Ended::Upstream(format!("client write: {e}"));
+            if !out.is_empty() {
+                match tokio::time::timeout_at(write_deadline(), client.write_all(&out)).await {
+                    Ok(Ok(())) => {}
+                    Ok(Err(e)) => return Ended::Upstream(format!("client write: {e}")),
+                    Err(_) => return Ended::Upstream("the client stopped reading".into()),
+                }
             }
         }
-        if let Err(e) = client.flush().await {
-            return Ended::Upstream(format!("client write: {e}"));
+        match tokio::time::timeout_at(write_deadline(), client.flush()).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => return Ended::Upstream(format!("client write: {e}")),
+            Err(_) => return Ended::Upstream("the client stopped reading".into()),
         }
-        while let Ok(p) = rx.try_recv() {
-            queue.push_back(p);
-        }
-        let deadline = match (give_up, queue.front()) {
-            (Some(at), _) => Some(at),
-            (None, Some(front)) => Some(front.started + limits.statement_timeout),
-            (None, None) => None,
-        };
+        let deadline = give_up.or_else(|| flow.busy_since().map(|since| since + limits.statement_timeout));
         let sleep = async {
             match deadline {
                 Some(at) => tokio::time::sleep_until(at).await,
                 None => std::future::pending().await,
             }
         };
+        buf.reserve(16 * 1024);
         tokio::select! {
             read = reader.read_buf(&mut buf) => match read {
                 Ok(0) => return Ended::Upstream("the server closed the connection".into()),
                 Ok(_) => {}
                 Err(e) => return Ended::Upstream(e.to_string()),
             },
-            received = rx.recv() => match received {
-                Some(p) => queue.push_back(p),
-                // The client side is gone; the session ends there.
-                None => std::future::pending::<()>().await,
-            },
+            () = flow.started.notified() => {}
             () = sleep => {
                 if give_up.is_some() {
                     return Ended::Upstream("the server did not answer a cancel request".into());
+                }
+                if flow.outstanding.load(Ordering::SeqCst) == 0 {
+                    // Nothing was sent for the server to finish: the client holds a batch (and perhaps a
+                    // transaction) open without Sync.
+                    return Ended::Stalled;
                 }
                 let message = format!(
                     "canceling statement due to the SQL endpoint's statement timeout ({} ms)",
                     limits.statement_timeout.as_millis()
                 );
-                stopped = Some(Refusal { sqlstate: "57014", message });
-                give_up = Some(Instant::now() + Duration::from_secs(5));
-                let slot = Arc::clone(slot);
-                cancelling = Some(tokio::spawn(async move { slot.cancel().await }));
+                stop(&mut stopped, &mut give_up, &mut cancelling, Refusal { sqlstate: "57014", message });
             }
         }
     }
+}
+
+/// The refusal behind a server error, when the error is the syntax error of a refused statement's marker.
+fn refusal_for(flow: &Flow, body: &[u8]) -> Option<Refusal> {
+    let fields = wire::error_fields(body);
+    let message = fields.iter().find(|(code, _)| *code == b'M').map(|(_, m)| m.as_str())?;
+    let at = message.find(REFUSED_MARKER)?;
+    let digits: String =
+        message[at + REFUSED_MARKER.len()..].chars().take_while(char::is_ascii_digit).collect();
+    let marker: u64 = digits.parse().ok()?;
+    flow.refusals.lock().ok()?.remove(&marker)
 }
 
 #[cfg(test)]
@@ -749,12 +937,31 @@ mod tests {
     }
 
     #[test]
-    fn frames_are_the_unit_of_relay() {
-        // A refused Query is answered through a bare Sync; make sure it frames as one.
-        let mut sync = BytesMut::new();
-        wire::frontend(b'S', b"", &mut sync);
-        let frame: wire::Frame = wire::split_frame(&mut sync, 10).expect("ok").expect("frame");
-        assert_eq!(frame.tag(), b'S');
-        assert!(frame.body().is_empty());
+    fn tenant_seats_are_capped_and_given_back() {
+        let sessions = Arc::new(TenantSessions::default());
+        let first = Seat::take(&sessions, "t", 2).expect("first");
+        let second = Seat::take(&sessions, "t", 2).expect("second");
+        assert!(Seat::take(&sessions, "t", 2).is_none(), "over the cap");
+        assert!(Seat::take(&sessions, "u", 2).is_some(), "another tenant has its own seats");
+        drop(first);
+        assert!(Seat::take(&sessions, "t", 2).is_some(), "a seat given back");
+        drop(second);
+    }
+
+    #[test]
+    fn a_marker_error_maps_back_to_its_refusal() {
+        let flow = Flow {
+            outstanding: AtomicUsize::new(0),
+            unsynced: AtomicBool::new(false),
+            busy_since: AtomicU64::new(0),
+            epoch: Instant::now(),
+            started: Notify::new(),
+            refusals: Mutex::new(HashMap::from([(7, Refusal { sqlstate: "42501", message: "no".into() })])),
+        };
+        let body = b"SERROR\0C42601\0Msyntax error at or near \"tessera_refused_7\"\0\0";
+        assert_eq!(refusal_for(&flow, body).map(|r| r.message), Some("no".to_owned()));
+        assert_eq!(refusal_for(&flow, body), None, "used once");
+        let other = b"SERROR\0C42601\0Msyntax error at or near \"selec\"\0\0";
+        assert_eq!(refusal_for(&flow, other), None);
     }
 }

@@ -57,6 +57,12 @@ impl UpstreamConfig {
             None => Address::Tcp { host: "localhost".into(), port },
         };
         let user = config.get_user().ok_or(UpstreamError::Config("the upstream URL names no user"))?;
+        if matches!(config.get_ssl_mode(), tokio_postgres::config::SslMode::Require) {
+            return Err(UpstreamError::Config(
+                "TLS to the upstream server is not supported: reach it over a local socket, a private network or \
+                 a tunnel, and leave sslmode unset or at prefer/disable",
+            ));
+        }
         Ok(Self {
             address,
             user: user.to_owned(),
@@ -79,6 +85,11 @@ pub enum UpstreamError {
     Config(&'static str),
     #[error("connecting to the upstream server timed out")]
     Timeout,
+    #[error(
+        "the upstream login {0} can bypass row-level security (a superuser, BYPASSRLS, an owner of tables, or \
+         one of Tessera's own roles): tenants' SQL must run as tessera_sql"
+    )]
+    Privileged(String),
 }
 
 impl From<FrameError> for UpstreamError {
@@ -108,6 +119,7 @@ pub struct Upstream {
     pub key: CancelKey,
     /// The server's ParameterStatus values after login (server_version, server_encoding, …).
     pub params: Vec<(String, String)>,
+    user: String,
 }
 
 async fn open(address: &Address) -> io::Result<(Reader, Writer)> {
@@ -127,6 +139,13 @@ async fn open(address: &Address) -> io::Result<(Reader, Writer)> {
 }
 
 impl Upstream {
+    /// A new session whose login is checked to be one row-level security holds (see [`Self::check_role`]).
+    pub async fn connect_checked(config: &UpstreamConfig) -> Result<Self, UpstreamError> {
+        let mut upstream = Self::connect(config).await?;
+        upstream.check_role().await?;
+        Ok(upstream)
+    }
+
     pub async fn connect(config: &UpstreamConfig) -> Result<Self, UpstreamError> {
         tokio::time::timeout(config.connect_timeout, Self::login(config))
             .await
@@ -239,7 +258,13 @@ impl Upstream {
                 }
                 b'Z' => {
                     let key = key.ok_or_else(|| UpstreamError::Protocol("no BackendKeyData".into()))?;
-                    return Ok(Self { reader, writer, key, params: server_params });
+                    return Ok(Self {
+                        reader,
+                        writer,
+                        key,
+                        params: server_params,
+                        user: config.user.clone(),
+                    });
                 }
                 // Notices and anything else harmless before ReadyForQuery.
                 _ => {}
@@ -247,51 +272,136 @@ impl Upstream {
         }
     }
 
-    /// Runs one simple query of the endpoint's own and waits for its end. Returns the parameter changes it
-    /// caused, or the server's error (SQLSTATE, message).
-    pub async fn run(
-        &mut self,
-        sql: &str,
-    ) -> Result<Result<Vec<(String, String)>, (String, String)>, UpstreamError> {
+    /// Runs one simple query of the endpoint's own and waits for its end.
+    pub async fn run(&mut self, sql: &str) -> Result<Outcome, UpstreamError> {
         let mut out = BytesMut::new();
         postgres_protocol::message::frontend::query(sql, &mut out)?;
-        self.writer.write_all(&out).await?;
-        self.writer.flush().await?;
-        let mut changed = Vec::new();
-        let mut failed = None;
-        loop {
-            let frame = wire::read_frame(&mut self.reader, MAX_UPSTREAM_MESSAGE)
-                .await?
-                .ok_or_else(|| UpstreamError::Protocol("the server closed the connection".into()))?;
-            match frame.tag() {
-                b'S' => {
-                    if let Some((name, rest)) = wire::cstr(frame.body())
-                        && let Some((value, _)) = wire::cstr(rest)
-                    {
-                        changed.push((name.to_owned(), value.to_owned()));
+        self.exchange(&out).await
+    }
+
+    /// Binds the session to a tenant's claim and the client's settings, in one extended-protocol round trip
+    /// with every value a bind parameter (so no value is ever spliced into SQL text).
+    pub async fn bind_session(
+        &mut self,
+        claim: &str,
+        settings: &[(&str, String)],
+    ) -> Result<Outcome, UpstreamError> {
+        use postgres_protocol::IsNull;
+        use postgres_protocol::message::frontend;
+        let mut sql = String::from("select pg_catalog.set_config('tessera.sql_claim', $1, false)");
+        for (i, (name, _)) in settings.iter().enumerate() {
+            // `name` comes from the endpoint's own list of settings, never from the client.
+            sql.push_str(&format!(", pg_catalog.set_config('{name}', ${}, false)", i + 2));
+        }
+        let values: Vec<&str> =
+            std::iter::once(claim).chain(settings.iter().map(|(_, v)| v.as_str())).collect();
+        let mut out = BytesMut::new();
+        frontend::parse("", &sql, std::iter::empty(), &mut out)?;
+        frontend::bind(
+            "",
+            "",
+            std::iter::empty(),
+            values,
+            |value: &str, buf: &mut BytesMut| {
+                buf.put_slice(value.as_bytes());
+                Ok(IsNull::No)
+            },
+            std::iter::empty(),
+            &mut out,
+        )
+        .map_err(|_| UpstreamError::Protocol("could not encode the session binding".into()))?;
+        frontend::execute("", 0, &mut out)?;
+        frontend::sync(&mut out);
+        self.exchange(&out).await
+    }
+
+    /// Sends messages of the endpoint's own and reads the answers up to ReadyForQuery.
+    async fn exchange(&mut self, out: &[u8]) -> Result<Outcome, UpstreamError> {
+        let work = async {
+            self.writer.write_all(out).await?;
+            self.writer.flush().await?;
+            let mut outcome = Outcome::default();
+            loop {
+                let frame = wire::read_frame(&mut self.reader, MAX_UPSTREAM_MESSAGE)
+                    .await?
+                    .ok_or_else(|| UpstreamError::Protocol("the server closed the connection".into()))?;
+                match frame.tag() {
+                    b'S' => {
+                        if let Some((name, rest)) = wire::cstr(frame.body())
+                            && let Some((value, _)) = wire::cstr(rest)
+                        {
+                            outcome.changed.push((name.to_owned(), value.to_owned()));
+                        }
                     }
-                }
-                b'E' => {
-                    let fields = wire::error_fields(frame.body());
-                    let field = |c: u8| {
-                        fields.iter().find(|(k, _)| *k == c).map(|(_, v)| v.clone()).unwrap_or_default()
-                    };
-                    failed = Some((field(b'C'), field(b'M')));
-                }
-                b'Z' => {
-                    // Idle, not in a (failed) transaction block.
-                    if frame.body() != b"I" {
-                        return Err(UpstreamError::Protocol("the session is inside a transaction".into()));
+                    b'D' if outcome.first.is_none() => {
+                        let body = frame.body();
+                        // One or more columns; the first one's length, then its bytes.
+                        if body.len() >= 6 {
+                            let len = i32::from_be_bytes([body[2], body[3], body[4], body[5]]);
+                            if len >= 0 {
+                                let value = body.get(6..6 + len as usize).unwrap_or_default();
+                                outcome.first = Some(String::from_utf8_lossy(value).into_owned());
+                            }
+                        }
                     }
-                    return Ok(match failed {
-                        Some(e) => Err(e),
-                        None => Ok(changed),
-                    });
+                    b'E' => {
+                        let fields = wire::error_fields(frame.body());
+                        let field = |c: u8| {
+                            fields.iter().find(|(k, _)| *k == c).map(|(_, v)| v.clone()).unwrap_or_default()
+                        };
+                        outcome.error = Some((field(b'C'), field(b'M')));
+                    }
+                    b'Z' => {
+                        // Idle, not in a (failed) transaction block.
+                        if frame.body() != b"I" {
+                            return Err(UpstreamError::Protocol(
+                                "the session is inside a transaction".into(),
+                            ));
+                        }
+                        return Ok(outcome);
+                    }
+                    _ => {}
                 }
-                _ => {}
             }
+        };
+        tokio::time::timeout(EXCHANGE_TIMEOUT, work).await.map_err(|_| UpstreamError::Timeout)?
+    }
+
+    /// Refuses a login that row-level security would not hold: a superuser, BYPASSRLS, an owner of tables,
+    /// or a member of the roles the plain tenant setting is trusted for (see core's V13 migration).
+    async fn check_role(&mut self) -> Result<(), UpstreamError> {
+        let outcome = self
+            .run(
+                "select (r.rolsuper or r.rolbypassrls \
+                   or pg_catalog.pg_has_role(session_user, 'tessera_runtime', 'MEMBER') \
+                   or pg_catalog.pg_has_role(session_user, 'tessera_owner', 'MEMBER') \
+                   or exists (select 1 from pg_catalog.pg_class c \
+                               where pg_catalog.pg_has_role(session_user, c.relowner, 'MEMBER') \
+                                 and c.relnamespace not in ('pg_catalog'::regnamespace, \
+                                                            'information_schema'::regnamespace)))::text \
+                   from pg_catalog.pg_roles r where r.rolname = session_user",
+            )
+            .await?;
+        match (outcome.error, outcome.first.as_deref()) {
+            (None, Some("false")) => Ok(()),
+            (Some((code, message)), _) => Err(UpstreamError::Refused { code, message }),
+            _ => Err(UpstreamError::Privileged(self.user.clone())),
         }
     }
+}
+
+/// How long one of the endpoint's own exchanges with the upstream may take.
+const EXCHANGE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// What came back from one of the endpoint's own statements.
+#[derive(Debug, Default)]
+pub struct Outcome {
+    /// ParameterStatus changes it caused.
+    pub changed: Vec<(String, String)>,
+    /// The first column of the first row, as text.
+    pub first: Option<String>,
+    /// The server's error (SQLSTATE, message).
+    pub error: Option<(String, String)>,
 }
 
 /// Asks the upstream server to cancel whatever the session with `key` is running, and waits until the
@@ -326,7 +436,7 @@ impl deadpool::managed::Manager for Manager {
     type Error = UpstreamError;
 
     async fn create(&self) -> Result<Upstream, UpstreamError> {
-        Upstream::connect(&self.config).await
+        Upstream::connect_checked(&self.config).await
     }
 
     async fn recycle(

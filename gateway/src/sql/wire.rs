@@ -12,8 +12,9 @@ use tokio::io::{AsyncRead, AsyncReadExt};
 /// The largest message the endpoint accepts from a client (PostgreSQL's own limit for most messages is
 /// 1 GB; reporting queries and their parameters are far smaller).
 pub const MAX_CLIENT_MESSAGE: usize = 16 * 1024 * 1024;
-/// The largest message accepted from the upstream server (a data row may be big).
-pub const MAX_UPSTREAM_MESSAGE: usize = 1 << 30;
+/// The largest message accepted from the upstream server in the endpoint's own exchanges (the relay
+/// bounds data rows by the byte limit instead).
+pub const MAX_UPSTREAM_MESSAGE: usize = 64 * 1024 * 1024;
 
 /// One whole message: the tag byte, the length and the body, as they travel.
 #[derive(Debug)]
@@ -130,15 +131,15 @@ pub fn query_text(frame: &Frame) -> Option<&str> {
     rest.is_empty().then_some(sql)
 }
 
-/// The SQL text of a Parse message (statement name, query, parameter types).
-pub fn parse_text(frame: &Frame) -> Option<&str> {
-    let (_name, rest) = cstr(frame.body())?;
+/// The statement name and SQL text of a Parse message (statement name, query, parameter types).
+pub fn parse_parts(frame: &Frame) -> Option<(&str, &str)> {
+    let (name, rest) = cstr(frame.body())?;
     let (sql, mut rest) = cstr(rest)?;
     if rest.len() < 2 {
         return None;
     }
     let count = rest.get_i16();
-    (count >= 0 && rest.len() == count as usize * 4).then_some(sql)
+    (count >= 0 && rest.len() == count as usize * 4).then_some((name, sql))
 }
 
 /// The fields of an ErrorResponse or NoticeResponse body: (field code, value).
@@ -251,8 +252,8 @@ mod tests {
     #[test]
     fn parse_messages_give_their_sql() {
         let frame = Frame { bytes: BytesMut::from(&tagged(b'P', b"s1\0select $1\0\0\x01\0\0\0\x17")[..]) };
-        assert_eq!(parse_text(&frame), Some("select $1"));
+        assert_eq!(parse_parts(&frame), Some(("s1", "select $1")));
         let short = Frame { bytes: BytesMut::from(&tagged(b'P', b"s1\0select $1\0\0\x02\0\0\0\x17")[..]) };
-        assert_eq!(parse_text(&short), None);
+        assert_eq!(parse_parts(&short), None);
     }
 }
