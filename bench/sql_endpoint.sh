@@ -2,13 +2,17 @@
 # Benchmark: a pgbench -S-style select-only workload over a tenant table (one deal by a random id out of
 # 10,000), at 10 clients, with the simple and the extended protocol, against three targets in one
 # invocation, alternating:
-#   direct     pgbench → PostgreSQL (TCP), as tessera_sql, the tenant's claim set with startup options
-#   pgbouncer  pgbench → PgBouncer (transaction pooling, TCP) → PostgreSQL (unix socket), the claim set by
-#              connect_query on every server connection
+#   direct     pgbench → PostgreSQL (TCP) as the gateway's login in the CRM role, the tenant bound by the
+#              plain setting tessera.tenant_id in the startup options
+#   pgbouncer  pgbench → PgBouncer (transaction pooling, TCP) → PostgreSQL (unix socket), the same role and
+#              setting by connect_query on every server connection
 #   endpoint   pgbench → Tessera's SQL endpoint (TCP) → PostgreSQL (unix socket), logged in with the demo
-#              tenant's API key: the claim is bound by the endpoint and nothing the client sends changes it
-# The same SQL and the same row policies run everywhere; only the endpoint also checks every statement and
-# counts rows and bytes.
+#              tenant's API key as tessera_sql: bound by its signed claim, which nothing the client sends
+#              changes, checked by the row policies in every statement
+# The same SQL, rows and row policies everywhere. The baselines bind the tenant the cheap way (the plain
+# setting, which any client could overwrite); the endpoint also verifies its claim in every statement (a
+# SECURITY DEFINER call: the claim's MAC, the server session, the key still live), checks every statement
+# and counts rows and bytes.
 #
 #   bench/sql_endpoint.sh                   # defaults: 10 clients, 3 rounds of 8 s per target and protocol
 #   CLIENTS=10 ROUNDS=5 SECONDS_EACH=10 bench/sql_endpoint.sh
@@ -57,21 +61,17 @@ PG_LINE=$(grep -o 'postgresql://[^"]*' "$OUT/up.log")
 SOCK=$(echo "$PG_LINE" | sed -E 's/.*host=([^&]*).*/\1/')
 PGPORT=$(echo "$PG_LINE" | sed -E 's/.*port=([0-9]*).*/\1/')
 
-# Data: ROWS deals of the demo tenant with ids the script can compute. tessera_sql gets a password for the
+# Data: ROWS deals of the demo tenant with ids the script can compute. tessera_app gets a password for the
 # direct TCP connection (local sockets are trusted).
 psql -q -h "$SOCK" -p "$PGPORT" -U postgres tessera <<SQL
-alter role tessera_sql password 'bench';
+alter role tessera_app password 'bench';
 insert into crm.deals (tenant_id, id, title, stage, amount)
 select t.id, ('00000000-0000-4000-8000-' || lpad(n::text, 12, '0'))::uuid, 'Deal ' || n, 'lead', n
   from core.tenants t, generate_series(1, $ROWS) n where t.slug = 'demo';
 vacuum analyze crm.deals;
 SQL
 export PGCONNECT_TIMEOUT=10
-CLAIM=$(PGPASSWORD=$KEY psql -Atq "host=127.0.0.1 port=$SQL_PORT user=demo dbname=tessera sslmode=disable" \
-  -c "select current_setting('tessera.sql_claim')")
-SEEN=$(PGPASSWORD=$KEY psql -Atq "host=127.0.0.1 port=$SQL_PORT user=demo dbname=tessera sslmode=disable" \
-  -c "select count(*) from crm.deals")
-[ "$SEEN" -ge "$ROWS" ] || { echo "the demo tenant sees $SEEN deals, expected at least $ROWS" >&2; exit 1; }
+TENANT=$(psql -Atq -h "$SOCK" -p "$PGPORT" -U postgres tessera -c "select id from core.tenants where slug = 'demo'")
 
 cat >"$OUT/sql_select.sql" <<SQL
 \set n random(1, $ROWS)
@@ -80,7 +80,7 @@ SQL
 
 cat >"$OUT/pgbouncer.ini" <<INI
 [databases]
-tessera = host=$SOCK port=$PGPORT dbname=tessera user=tessera_sql connect_query='select set_config(''tessera.sql_claim'', ''$CLAIM'', false)'
+tessera = host=$SOCK port=$PGPORT dbname=tessera user=tessera_app connect_query='set role tessera_crm; select set_config(''tessera.tenant_id'', ''$TENANT'', false)'
 [pgbouncer]
 listen_addr = 127.0.0.1
 listen_port = $BOUNCER_PORT
@@ -102,15 +102,25 @@ BPID=$!
 sleep 1
 kill -0 "$BPID" 2>/dev/null || { cat "$OUT/pgbouncer.out" "$DATA/pgbouncer.log" >&2; exit 1; }
 
+# Every target sees the tenant's rows, and only them (a binding that failed would make the work cheaper).
+sees() { psql -Atq "$@" -c "select count(*) from crm.deals where id = '00000000-0000-4000-8000-000000000001'"; }
+[ "$(PGPASSWORD=bench PGOPTIONS="-c role=tessera_crm -c tessera.tenant_id=$TENANT" sees -h 127.0.0.1 -p "$PGPORT" -U tessera_app tessera)" = 1 ] \
+  || { echo "direct: the tenant's rows are not visible" >&2; exit 1; }
+[ "$(sees -h 127.0.0.1 -p "$BOUNCER_PORT" -U tessera_app tessera)" = 1 ] \
+  || { echo "pgbouncer: the tenant's rows are not visible" >&2; exit 1; }
+[ "$(PGPASSWORD=$KEY sees -h 127.0.0.1 -p "$SQL_PORT" -U demo tessera)" = 1 ] \
+  || { echo "endpoint: the tenant's rows are not visible" >&2; exit 1; }
+
 # One run: target, protocol, seconds → tps.
 run() {
   local target=$1 mode=$2 secs=$3 out
   out="$OUT/sql.$target.$mode.txt"
   case $target in
-    direct) PGPASSWORD=bench PGOPTIONS="-c tessera.sql_claim=$CLAIM" pgbench -n -M "$mode" -c "$CLIENTS" \
-      -j "$THREADS" -T "$secs" -f "$OUT/sql_select.sql" -h 127.0.0.1 -p "$PGPORT" -U tessera_sql tessera >"$out" 2>&1 ;;
+    direct) PGPASSWORD=bench PGOPTIONS="-c role=tessera_crm -c tessera.tenant_id=$TENANT" pgbench -n -M "$mode" \
+      -c "$CLIENTS" -j "$THREADS" -T "$secs" -f "$OUT/sql_select.sql" -h 127.0.0.1 -p "$PGPORT" -U tessera_app \
+      tessera >"$out" 2>&1 ;;
     pgbouncer) pgbench -n -M "$mode" -c "$CLIENTS" -j "$THREADS" -T "$secs" -f "$OUT/sql_select.sql" \
-      -h 127.0.0.1 -p "$BOUNCER_PORT" -U tessera_sql tessera >"$out" 2>&1 ;;
+      -h 127.0.0.1 -p "$BOUNCER_PORT" -U tessera_app tessera >"$out" 2>&1 ;;
     endpoint) PGPASSWORD=$KEY pgbench -n -M "$mode" -c "$CLIENTS" -j "$THREADS" -T "$secs" \
       -f "$OUT/sql_select.sql" -h 127.0.0.1 -p "$SQL_PORT" -U demo tessera >"$out" 2>&1 ;;
   esac
