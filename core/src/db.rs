@@ -159,19 +159,30 @@ impl Database {
         }))
     }
 
-    /// For the SQL endpoint: the signed tenant claim of a reporting login (the tenant's slug or id, and an
-    /// API key with the `reporting:read` scope) for the upstream server session with backend pid `pid`, or
-    /// `None` when anything about it is wrong.
-    pub async fn authenticate_sql(
+    /// For the SQL endpoint: binds the upstream server session with backend pid `pid` to a reporting login
+    /// (the tenant's slug or id, and an API key with the `reporting:read` scope). Returns the tenant and the
+    /// token the session must hold in `tessera.sql_session`, or `None` when anything about the login is
+    /// wrong.
+    pub async fn bind_sql_session(
         &self,
         tenant: &str,
         key: &PresentedKey,
         pid: i32,
-    ) -> Result<Option<String>, ApiError> {
+    ) -> Result<Option<(uuid::Uuid, String)>, ApiError> {
         let client = self.pool.get().await.map_err(|e| ApiError::unavailable(&e))?;
-        let statement = client.prepare_cached("select core.authenticate_sql($1, $2, $3, $4)").await?;
-        let row = client.query_one(&statement, &[&tenant, &key.prefix(), &key.hash(), &pid]).await?;
-        Ok(row.get(0))
+        let statement = client
+            .prepare_cached("select tenant_id, token from core.bind_sql_session($1, $2, $3, $4)")
+            .await?;
+        let row = client.query_opt(&statement, &[&tenant, &key.prefix(), &key.hash(), &pid]).await?;
+        Ok(row.map(|r| (r.get(0), r.get(1))))
+    }
+
+    /// Ends a binding made by [`Self::bind_sql_session`] (a newer binding of the same pid stays).
+    pub async fn unbind_sql_session(&self, pid: i32, token: &str) -> Result<(), ApiError> {
+        let client = self.pool.get().await.map_err(|e| ApiError::unavailable(&e))?;
+        let statement = client.prepare_cached("select core.unbind_sql_session($1, $2)").await?;
+        client.execute(&statement, &[&pid, &token]).await?;
+        Ok(())
     }
 
     /// Refuses a login role that would defeat row-level security: a superuser, a BYPASSRLS role, or one

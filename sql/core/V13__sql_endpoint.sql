@@ -1,102 +1,119 @@
--- The SQL endpoint's tenant binding: a claim the session cannot forge.
+-- The SQL endpoint's tenant binding: one the session cannot forge.
 --
 -- Tenants run their own SQL on the SQL endpoint, upstream as the login tessera_sql (a member of
 -- tessera_reporting). Anyone who can run SQL can change a custom setting (SET, set_config, DO, RESET,
 -- startup options, COMMIT in a multi-statement query), so for such sessions the plain setting
--- tessera.tenant_id binds nothing. They are bound by tessera.sql_claim instead:
+-- tessera.tenant_id binds nothing. They are bound by a row instead:
 --
---     <tenant id>:<API key prefix>:<backend pid>:<hex sha256(secret || "<tenant id>:<prefix>:<pid>")>
+--   core.sql_sessions (pid, token, tenant_id, key_prefix): written by core.bind_sql_session when a tenant
+--   logs in (run by the gateway's login, for the upstream server session the endpoint hands the client),
+--   and the session's setting tessera.sql_session = token.
 --
--- minted by core.authenticate_sql (run by the gateway's login when a tenant logs in, for the upstream
--- session the endpoint hands it) and checked by core.sql_claim_tenant in every statement. The secret sits
--- in core.sql_claim_keys, which only tessera_auth can read, so a session can present its own tenant's claim
--- and no other. A claim holds only in the server session it was made for (a claim read off another session
--- is worthless), and only while its key is live, has reporting:read and its tenant is active: revoking the
--- key unbinds sessions already open at their next statement.
---
--- The message has a fixed shape (the checks below pin every part), so sha256 over secret || message cannot
--- be extended into another valid claim.
+-- core.current_tenant_id() reads, for such sessions, the row of the session's own backend pid whose token
+-- matches: one index lookup inside the statement (an inlinable subquery; no function call per statement).
+-- A session cannot write the table, sees only its own pid's row, and a token is worthless in any other
+-- server session. Revoking the key, suspending or deleting the tenant deletes its rows: open sessions are
+-- unbound at their next statement. The endpoint deletes the row at logout; a row left behind (a crash)
+-- binds nothing, since no later session knows its token, and the next login on that pid replaces it.
 
--- One row: the secret that signs claims. Made from two gen_random_uuid() values (244 random bits) so
--- that no extension is needed.
-create table core.sql_claim_keys (
-    id      integer primary key default 1,
-    secret  bytea not null,
-    constraint sql_claim_keys_one_row check (id = 1),
-    constraint sql_claim_keys_secret_length check (length(secret) = 32)
+create table core.sql_sessions (
+    pid         integer primary key,
+    token       text not null,
+    tenant_id   uuid not null references core.tenants (id) on delete cascade,
+    key_prefix  text not null,
+    bound_at    timestamptz not null default now(),
+    constraint sql_sessions_token_format check (token ~ '^[0-9a-f]{32}$')
 );
-insert into core.sql_claim_keys (secret)
-values (decode(replace(gen_random_uuid()::text || gen_random_uuid()::text, '-', ''), 'hex'));
-revoke all on core.sql_claim_keys from public;
-grant select on core.sql_claim_keys to tessera_auth;
+create index sql_sessions_key on core.sql_sessions (key_prefix);
+-- Each session sees only the row of its own backend.
+alter table core.sql_sessions enable row level security;
+alter table core.sql_sessions force row level security;
+create policy own_backend on core.sql_sessions
+    using (pid operator(pg_catalog.=) pg_catalog.pg_backend_pid());
+revoke all on core.sql_sessions from public;
+-- Everyone whose statements run row policies reads it (permissions are checked for the subquery in
+-- core.current_tenant_id even where it does not run); only tessera_auth writes it.
+grant select on core.sql_sessions to tessera_runtime, tessera_reporting, tessera_event_feed, tessera_events;
+grant select, insert, update, delete on core.sql_sessions to tessera_auth;
 
--- The tenant of the session's claim, or null when there is none or it does not hold. Called once per
--- statement (the policies' initplan). PL/pgSQL, one query: its plan is made once per session, where a SQL
--- function's body would be planned again in every statement (about 0.3 ms here). No SET clause (that would
--- cost a search_path switch per call): every name is qualified instead, operators too. Parallel
--- restricted: pg_backend_pid() means the leader.
-create function core.sql_claim_tenant() returns uuid
-    language plpgsql stable parallel restricted security definer
-as $$
-begin
-    return (
-        select t.id
-          from (select pg_catalog.current_setting('tessera.sql_claim', true) as claim) c
-         cross join core.sql_claim_keys s
-          join core.api_keys k on k.prefix operator(pg_catalog.=) pg_catalog.split_part(c.claim, ':', 2)
-          join core.tenants t on t.id operator(pg_catalog.=) k.tenant_id
-         where c.claim operator(pg_catalog.~)
-                   '^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}:[0-9a-f]{12}:[0-9]{1,10}:[0-9a-f]{64}$'
-           and pg_catalog.split_part(c.claim, ':', 3)
-                   operator(pg_catalog.=) pg_catalog.pg_backend_pid()::pg_catalog.text
-           and pg_catalog.encode(pg_catalog.sha256(s.secret operator(pg_catalog.||) pg_catalog.convert_to(
-                   pg_catalog.split_part(c.claim, ':', 1) operator(pg_catalog.||) ':'
-                   operator(pg_catalog.||) pg_catalog.split_part(c.claim, ':', 2) operator(pg_catalog.||) ':'
-                   operator(pg_catalog.||) pg_catalog.split_part(c.claim, ':', 3), 'UTF8')), 'hex')
-               operator(pg_catalog.=) pg_catalog.split_part(c.claim, ':', 4)
-           and t.id::pg_catalog.text operator(pg_catalog.=) pg_catalog.split_part(c.claim, ':', 1)
-           and k.revoked_at is null
-           and t.status operator(pg_catalog.=) 'active'
-           and 'reporting:read' operator(pg_catalog.=) any (k.scopes)
-    );
-end
-$$;
-
--- Checks a reporting login: the tenant (slug or id) the client named, and an API key's prefix and hash.
--- Returns the claim for the server session with backend pid p_pid when the key is live, belongs to that
--- active tenant and has the reporting:read scope; null otherwise, whichever part was wrong.
-create function core.authenticate_sql(p_tenant text, p_prefix text, p_secret_hash bytea, p_pid integer)
-    returns text
-    language sql stable security definer
+-- Binds the server session with backend pid p_pid to a reporting login: the tenant (slug or id) the client
+-- named and an API key's prefix and hash. When the key is live, belongs to that active tenant and has the
+-- reporting:read scope, returns the tenant and a fresh token for the session's tessera.sql_session;
+-- nothing otherwise, whichever part was wrong.
+create function core.bind_sql_session(p_tenant text, p_prefix text, p_secret_hash bytea, p_pid integer)
+    returns table (tenant_id uuid, token text)
+    language plpgsql volatile security definer
     set search_path = pg_catalog, pg_temp
 as $$
-    select m.message || ':' || encode(sha256(s.secret || convert_to(m.message, 'UTF8')), 'hex')
+declare
+    found_tenant uuid;
+    new_token text := replace(gen_random_uuid()::text, '-', '');
+begin
+    select t.id into found_tenant
       from core.api_keys k
       join core.tenants t on t.id = k.tenant_id
-     cross join core.sql_claim_keys s
-     cross join lateral (select t.id::text || ':' || k.prefix || ':' || p_pid::text as message) m
      where k.prefix = p_prefix and k.secret_hash = p_secret_hash and k.revoked_at is null
        and t.status = 'active'
        and (t.slug = p_tenant or t.id::text = p_tenant)
-       and 'reporting:read' = any (k.scopes)
-       and p_pid > 0
+       and 'reporting:read' = any (k.scopes);
+    if not found or p_pid is null or p_pid <= 0 then
+        return;
+    end if;
+    insert into core.sql_sessions as s (pid, token, tenant_id, key_prefix)
+    values (p_pid, new_token, found_tenant, p_prefix)
+    on conflict (pid) do update
+        set token = excluded.token, tenant_id = excluded.tenant_id, key_prefix = excluded.key_prefix,
+            bound_at = now();
+    return query select found_tenant, new_token;
+end
+$$;
+
+-- Ends a binding (at logout); only with its token, so a stale call cannot end a newer binding.
+create function core.unbind_sql_session(p_pid integer, p_token text) returns void
+    language sql volatile security definer
+    set search_path = pg_catalog, pg_temp
+as $$
+    delete from core.sql_sessions where pid = p_pid and token = p_token
+$$;
+
+-- Revoking a key (or changing its scopes), suspending or deleting a tenant ends its sessions' bindings.
+create function core.unbind_revoked_sql_sessions() returns trigger
+    language plpgsql security definer
+    set search_path = pg_catalog, pg_temp
+as $$
+begin
+    if tg_table_name = 'api_keys' then
+        delete from core.sql_sessions s
+         where s.key_prefix = old.prefix
+           and (tg_op = 'DELETE' or new.revoked_at is not null or not ('reporting:read' = any (new.scopes))
+                or new.secret_hash is distinct from old.secret_hash);
+    elsif tg_op = 'DELETE' or new.status <> 'active' then
+        delete from core.sql_sessions s where s.tenant_id = old.id;
+    end if;
+    return null;
+end
 $$;
 
 grant create on schema core to tessera_auth;
-alter function core.sql_claim_tenant() owner to tessera_auth;
-alter function core.authenticate_sql(text, text, bytea, integer) owner to tessera_auth;
+alter function core.bind_sql_session(text, text, bytea, integer) owner to tessera_auth;
+alter function core.unbind_sql_session(integer, text) owner to tessera_auth;
+alter function core.unbind_revoked_sql_sessions() owner to tessera_auth;
 revoke create on schema core from tessera_auth;
-revoke all on function core.sql_claim_tenant() from public;
-revoke all on function core.authenticate_sql(text, text, bytea, integer) from public;
-grant execute on function core.authenticate_sql(text, text, bytea, integer) to tessera_app;
--- Harmless to anyone: it only checks the caller's own claim. Every caller of core.current_tenant_id needs it.
-grant execute on function core.sql_claim_tenant() to public;
+revoke all on function core.bind_sql_session(text, text, bytea, integer), core.unbind_sql_session(integer, text),
+    core.unbind_revoked_sql_sessions() from public;
+grant execute on function core.bind_sql_session(text, text, bytea, integer), core.unbind_sql_session(integer, text)
+    to tessera_app;
+
+create trigger api_keys_unbind_sql after update of revoked_at, scopes, secret_hash or delete on core.api_keys
+    for each row execute function core.unbind_revoked_sql_sessions();
+create trigger tenants_unbind_sql after update of status or delete on core.tenants
+    for each row execute function core.unbind_revoked_sql_sessions();
 
 -- The plain setting binds only sessions of Tessera's own logins (the gateway, the event system: members of
 -- tessera_runtime) and of the owner. Every other session, the SQL endpoint's above all, is bound by its
--- claim alone. Still inlinable (no SET clause; every name qualified).
+-- row in core.sql_sessions alone. Still inlinable (no SET clause; every name qualified).
 create or replace function core.current_tenant_id() returns uuid
-    language sql stable parallel safe
+    language sql stable parallel restricted
 as $$
     select case
         when pg_catalog.pg_has_role(session_user, 'tessera_runtime', 'MEMBER')
@@ -105,7 +122,9 @@ as $$
                   then null
                   else pg_catalog.current_setting('tessera.tenant_id', true)::pg_catalog.uuid
              end
-        else core.sql_claim_tenant()
+        else (select s.tenant_id from core.sql_sessions s
+               where s.pid operator(pg_catalog.=) pg_catalog.pg_backend_pid()
+                 and s.token operator(pg_catalog.=) pg_catalog.current_setting('tessera.sql_session', true))
     end
 $$;
 

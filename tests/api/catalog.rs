@@ -16,15 +16,17 @@ const REGISTRIES: &[&str] = &[
     "core.tenants",
     "core.users",
     "core.token_keys",
-    "core.sql_claim_keys",
+    "core.sql_sessions",
     "events.cdc_slots",
     "events.subscribers",
     "events.dead_letters",
 ];
 
-/// Tables of the platform (not of a module) that every module's role uses in its own transactions, under
-/// the same tenant policy as a module's tables (checked above): the gateway's idempotency keys.
-const PLATFORM_TABLES: &[&str] = &["core.idempotency_keys"];
+/// Tables of the platform (not of a module) that every module's role uses in its own transactions: the
+/// gateway's idempotency keys (under the same tenant policy as a module's tables, checked above), and the SQL
+/// endpoint's session bindings, which every row policy's `core.current_tenant_id()` reads (select only, and
+/// only the row of the reader's own backend).
+const PLATFORM_TABLES: &[&str] = &["core.idempotency_keys", "core.sql_sessions"];
 
 /// Policies that are not the tenant's own: the dispatcher (tessera_events, which no runtime role can
 /// become) feeds every tenant's events to subscribers and prunes the log. Each must apply to that role only.

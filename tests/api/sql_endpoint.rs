@@ -55,15 +55,15 @@ fn code(e: &tokio_postgres::Error) -> String {
     e.code().map(|c| c.code().to_owned()).unwrap_or_else(|| format!("no SQLSTATE: {e}"))
 }
 
-/// A session straight to Postgres as tessera_sql, bound the way the endpoint binds its own: with a claim
+/// A session straight to Postgres as tessera_sql, bound the way the endpoint binds its own: with a binding
 /// minted for this server session.
 async fn direct_session(app: &TestApp, tenant: &str, key: &str) -> (Client, String) {
     let direct = app.db.connect_as("tessera_sql").await;
     let pid: i32 = direct.query_one("select pg_backend_pid()", &[]).await.expect("pid").get(0);
     let key = tessera_core::apikey::parse(key).expect("key");
-    let claim = app.pool.authenticate_sql(tenant, &key, pid).await.expect("check").expect("a claim");
-    direct.execute("select set_config('tessera.sql_claim', $1, false)", &[&claim]).await.expect("bind");
-    (direct, claim)
+    let (_, token) = app.pool.bind_sql_session(tenant, &key, pid).await.expect("check").expect("a binding");
+    direct.execute("select set_config('tessera.sql_session', $1, false)", &[&token]).await.expect("bind");
+    (direct, token)
 }
 
 /// Two tenants with CRM data, each with a reporting key.
@@ -170,18 +170,19 @@ async fn the_escape_list_through_the_endpoint() {
     let w = world().await;
     let a = connect(w.addr, "acme", &w.report_a).await;
     let b = connect(w.addr, "globex", &w.report_b).await;
-    let claim_b: String =
-        b.query_one("select current_setting('tessera.sql_claim')", &[]).await.expect("claim").get(0);
-    let tenant_b = &claim_b[..36];
+    let token_b: String =
+        b.query_one("select current_setting('tessera.sql_session')", &[]).await.expect("token").get(0);
+    let tenant_b: String =
+        b.query_one("select tenant_id::text from crm.deals limit 1", &[]).await.expect("tenant").get(0);
     let attempts = [
-        format!("set tessera.sql_claim = '{claim_b}'"),
+        format!("set tessera.sql_session = '{token_b}'"),
         format!("set tessera.tenant_id = '{tenant_b}'"),
-        format!("select set_config('tessera.sql_claim', '{claim_b}', false)"),
+        format!("select set_config('tessera.sql_session', '{token_b}', false)"),
         format!("select pg_catalog.set_config('tessera.tenant_id', '{tenant_b}', false)"),
-        format!("do $$ begin perform set_config('tessera.sql_claim', '{claim_b}', false); end $$"),
-        "reset tessera.sql_claim".to_owned(),
+        format!("do $$ begin perform set_config('tessera.sql_session', '{token_b}', false); end $$"),
+        "reset tessera.sql_session".to_owned(),
         "reset all".to_owned(),
-        format!("select 1; commit; set tessera.sql_claim = '{claim_b}'"),
+        format!("select 1; commit; set tessera.sql_session = '{token_b}'"),
         "begin".to_owned(),
         "set role tessera_app".to_owned(),
         "set session authorization tessera_owner".to_owned(),
@@ -210,13 +211,13 @@ async fn the_escape_list_through_the_endpoint() {
         );
     }
     // The extended protocol is checked the same way.
-    let e = a.prepare("select set_config('tessera.sql_claim', $1, false)").await.expect_err("refused");
+    let e = a.prepare("select set_config('tessera.sql_session', $1, false)").await.expect_err("refused");
     assert_eq!(code(&e), "42501");
     assert_eq!(count(&a, "select count(*) from crm.deals").await, 2);
     // And a refused Parse in the middle of a pipeline answers in order.
     let (ok, refused, after) = tokio::join!(
         a.query_one("select 1::int4", &[]),
-        a.prepare("set tessera.sql_claim = 'x'"),
+        a.prepare("set tessera.sql_session = 'x'"),
         a.query_one("select 2::int4", &[])
     );
     assert_eq!(ok.expect("first").get::<_, i32>(0), 1);
@@ -229,43 +230,48 @@ async fn the_escape_list_through_the_endpoint() {
         .port(w.addr.port())
         .user("acme")
         .password(&w.report_a)
-        .options(format!("-c tessera.sql_claim={claim_b}"));
+        .options(format!("-c tessera.sql_session={token_b}"));
     let e = config.connect(NoTls).await.err().expect("options refused");
     assert_eq!(code(&e), "42501");
 }
 
 /// The layers under the statement check hold on their own: a session of the endpoint's role, bound to
-/// tenant A's claim, connected straight to Postgres (no endpoint, no statement check), tries every escape.
+/// tenant A's binding, connected straight to Postgres (no endpoint, no statement check), tries every escape.
 #[tokio::test]
 async fn the_escape_list_against_the_database_itself() {
     let w = world().await;
-    // Tenant B's claim as its endpoint session holds it (what an eavesdropper could at best have read).
-    let claim_b_elsewhere: String = connect(w.addr, "globex", &w.report_b)
-        .await
-        .query_one("select current_setting('tessera.sql_claim')", &[])
-        .await
-        .expect("claim b")
-        .get(0);
-    let tenant_b = claim_b_elsewhere[..36].to_owned();
-    let (direct, claim_a) = direct_session(&w.app, "acme", &w.report_a).await;
-    let pid: i32 = direct.query_one("select pg_backend_pid()", &[]).await.expect("pid").get(0);
+    // Tenant B's token as its endpoint session holds it (what an eavesdropper could at best have read).
+    let b = connect(w.addr, "globex", &w.report_b).await;
+    let token_b: String =
+        b.query_one("select current_setting('tessera.sql_session')", &[]).await.expect("token b").get(0);
+    let tenant_b: String =
+        b.query_one("select tenant_id::text from crm.deals limit 1", &[]).await.expect("tenant b").get(0);
+    let (direct, token_a) = direct_session(&w.app, "acme", &w.report_a).await;
     assert_eq!(count(&direct, "select count(*) from crm.deals").await, 2);
-    // A's claim with B's tenant id, and B's genuine claim made for another server session.
-    let forged = format!("{tenant_b}{}", &claim_a[36..]);
-    let other_pid = {
-        let parts: Vec<&str> = claim_a.split(':').collect();
-        format!("{}:{}:{}:{}", parts[0], parts[1], pid + 1, parts[3])
-    };
-    assert_eq!(count(&direct, "select count(*) from crm.deals").await, 2);
-    for claim in [&forged, &claim_b_elsewhere, &other_pid] {
-        direct.execute("select set_config('tessera.sql_claim', $1, false)", &[claim]).await.expect("set");
-        assert_eq!(count(&direct, "select count(*) from crm.deals").await, 0, "{claim} binds nothing");
+    // B's genuine token, made for another server session, and made-up ones.
+    let forged = "0".repeat(32);
+    for token in [&token_b, &forged, &"x".to_owned()] {
+        direct.execute("select set_config('tessera.sql_session', $1, false)", &[token]).await.expect("set");
+        assert_eq!(count(&direct, "select count(*) from crm.deals").await, 0, "{token} binds nothing");
     }
-    direct.execute("select set_config('tessera.sql_claim', $1, false)", &[&claim_a]).await.expect("rebind");
+    direct.execute("select set_config('tessera.sql_session', $1, false)", &[&token_a]).await.expect("rebind");
+    // The session cannot write the bindings, and sees no other session's.
+    for sql in [
+        format!("update core.sql_sessions set tenant_id = '{tenant_b}'"),
+        "delete from core.sql_sessions".to_owned(),
+        format!(
+            "begin read write; insert into core.sql_sessions (pid, token, tenant_id, key_prefix) values (pg_backend_pid(), '{forged}', '{tenant_b}', 'x')"
+        ),
+    ] {
+        assert!(direct.batch_execute(&sql).await.is_err(), "{sql} succeeded");
+        let _ = direct.batch_execute("rollback").await;
+    }
+    assert_eq!(count(&direct, "select count(*) from core.sql_sessions").await, 1, "only its own row");
+    assert_eq!(count(&direct, "select count(*) from crm.deals").await, 2);
     let escapes = [
         format!("set tessera.tenant_id = '{tenant_b}'"),
         format!("select set_config('tessera.tenant_id', '{tenant_b}', false)"),
-        format!("set tessera.sql_claim = '{forged}'"),
+        format!("set tessera.sql_session = '{token_b}'"),
         format!("do $$ begin perform set_config('tessera.tenant_id', '{tenant_b}', false); end $$"),
         format!("select 1; commit; set tessera.tenant_id = '{tenant_b}'"),
         "set role tessera_reporting".to_owned(),
@@ -280,7 +286,7 @@ async fn the_escape_list_against_the_database_itself() {
         );
         let _ = direct.batch_execute("reset role").await;
         direct
-            .execute("select set_config('tessera.sql_claim', $1, false)", &[&claim_a])
+            .execute("select set_config('tessera.sql_session', $1, false)", &[&token_a])
             .await
             .expect("rebind");
     }
@@ -292,7 +298,7 @@ async fn the_escape_list_against_the_database_itself() {
     );
     // Startup options.
     let mut config = cluster().endpoint.pg_config("tessera_sql", &w.app.db.name);
-    config.options(format!("-c tessera.tenant_id={tenant_b} -c tessera.sql_claim={forged}"));
+    config.options(format!("-c tessera.tenant_id={tenant_b} -c tessera.sql_session={token_b}"));
     let with_options = tessera_core::bootstrap::connect(&config).await.expect("connect with options");
     assert_eq!(count(&with_options, "select count(*) from crm.deals").await, 0);
     // Read-only, no writes, no temporary tables, no large objects, no other sessions' query text, no
@@ -317,7 +323,7 @@ async fn the_escape_list_against_the_database_itself() {
         count(&direct, "select count(*) from pg_stats where schemaname in ('crm', 'invoicing', 'hr')").await,
         0
     );
-    // EXPLAIN ANALYZE (refused by the endpoint) would only show the rows the claim lets through here.
+    // EXPLAIN ANALYZE (refused by the endpoint) would only show the rows the binding lets through here.
     assert_eq!(count(&direct, "select count(*) from crm.deals").await, 2);
 }
 
@@ -364,7 +370,7 @@ async fn the_reporting_role_can_read_only_protected_relations() {
         .iter()
         .map(|r| r.get(0))
         .collect();
-    assert_eq!(callable, vec!["core.current_tenant_id()", "core.sql_claim_tenant()"]);
+    assert_eq!(callable, vec!["core.current_tenant_id()"]);
     let attributes: (bool, bool, bool, bool) = {
         let r = admin
             .query_one(
@@ -851,7 +857,7 @@ with psycopg.connect(host="127.0.0.1", port=int(sys.argv[1]), user="acme", passw
     rows = conn.execute("select title from crm.deals where amount > %s order by title", (50,)).fetchall()
     n = conn.execute("select count(*) from reporting.crm_deals").fetchone()[0]
     try:
-        conn.execute("set tessera.sql_claim = 'x'")
+        conn.execute("set tessera.sql_session = 'x'")
         refused = "no"
     except psycopg.errors.InsufficientPrivilege:
         refused = "yes"
@@ -922,14 +928,14 @@ async fn a_refused_parse_answers_at_once_and_the_batch_fails_as_the_server_would
     let mut s = raw_login(w.addr, "acme", &w.report_a).await;
     // A good statement, a refused one, then Flush: the refusal comes back without waiting for Sync.
     let mut batch = parse_message("ok", "select 1");
-    batch.extend(parse_message("bad", "set tessera.sql_claim = 'x'"));
+    batch.extend(parse_message("bad", "set tessera.sql_session = 'x'"));
     batch.extend(message(b'H', b""));
     s.write_all(&batch).await.expect("write");
     let answer = read_messages(&mut s, Duration::from_secs(2)).await;
     let tags: Vec<u8> = answer.iter().map(|(t, _)| *t).collect();
     assert_eq!(tags, vec![b'1', b'E'], "ParseComplete, then the refusal, before any Sync");
     assert_eq!(error_code(&answer[1].1), "42501");
-    assert!(String::from_utf8_lossy(&answer[1].1).contains("SET tessera.sql_claim"));
+    assert!(String::from_utf8_lossy(&answer[1].1).contains("SET tessera.sql_session"));
     // The rest of the batch is skipped up to Sync, as after any error; the session goes on.
     let mut rest = bind_message("", "ok");
     rest.extend(execute_message("", 0));

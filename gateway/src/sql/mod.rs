@@ -4,11 +4,12 @@
 //! A tenant logs in with its slug (or id) as the user name and an API key with the `reporting:read` scope as
 //! the password. The endpoint checks the key (through the gateway's own database login), takes an upstream
 //! connection as `tessera_sql` from its pool (session pooling: the connection is the client's until it
-//! leaves), binds it to the tenant with a signed claim (`tessera.sql_claim`, verified inside Postgres by the
-//! row policies: see core's V13 migration), and from then on relays the protocol.
+//! leaves), binds it to the tenant (a row in `core.sql_sessions` for that server session, written through the
+//! gateway's login, and the session's token in `tessera.sql_session`, checked inside Postgres by the row
+//! policies: see core's V13 migration), and from then on relays the protocol.
 //!
 //! The layers, each of which holds on its own:
-//! 1. the claim: no SQL can forge another tenant's, and without a valid one no rows are visible;
+//! 1. the binding: no SQL the session sends can bind it to another tenant, and unbound it sees no rows;
 //! 2. the role: `tessera_sql` has SELECT on the module tables and reporting views only, no CREATE, no TEMP,
 //!    no large objects, no advisory locks, no other sessions' activity, and read-only transactions;
 //! 3. the statement check ([`check`]): only queries, COPY … TO STDOUT, EXPLAIN without ANALYZE, SHOW and a

@@ -261,6 +261,7 @@ struct Session {
     conn: Pooled,
     slot: Arc<CancelSlot>,
     client_key: (i32, i32),
+    binding: Binding,
     _seat: Seat,
 }
 
@@ -365,8 +366,8 @@ where
         }
     };
 
-    // An upstream session, its claim (minted for that server session), then the binding. A pooled
-    // connection may have died while idle (a restarted server): then another one.
+    // An upstream session, its binding (made for that server session), then the session's token and settings.
+    // A pooled connection may have died while idle (a restarted server): then another one.
     for _ in 0..3 {
         let conn = match tokio::time::timeout(shared.config.pool_wait, shared.pool.get()).await {
             Ok(Ok(c)) => c,
@@ -388,9 +389,9 @@ where
         // On the runtime that owns the gateway's database connections.
         let (auth, tenant, presented, pid) = (shared.auth.clone(), user.clone(), key.clone(), conn.key.pid);
         let checked =
-            shared.main.spawn(async move { auth.authenticate_sql(&tenant, &presented, pid).await }).await;
-        let claim = match checked {
-            Ok(Ok(Some(claim))) => claim,
+            shared.main.spawn(async move { auth.bind_sql_session(&tenant, &presented, pid).await }).await;
+        let (tenant_id, token) = match checked {
+            Ok(Ok(Some(bound))) => bound,
             Ok(Ok(None)) => {
                 fatal(stream, "28P01", &failed).await;
                 return Ok(None);
@@ -408,10 +409,13 @@ where
                 return Ok(None);
             }
         };
-        let tenant_id = claim.split(':').next().unwrap_or_default();
-        let Some(seat) =
-            Seat::take(&shared.tenant_sessions, tenant_id, shared.config.max_sessions_per_tenant)
-        else {
+        let binding = Binding { pid, token };
+        let Some(seat) = Seat::take(
+            &shared.tenant_sessions,
+            &tenant_id.to_string(),
+            shared.config.max_sessions_per_tenant,
+        ) else {
+            unbind(shared, &binding).await;
             let message = format!(
                 "too many connections for this tenant: at most {} at once",
                 shared.config.max_sessions_per_tenant
@@ -420,14 +424,23 @@ where
             return Ok(None);
         };
         let mut conn = conn;
-        match conn.bind_session(&claim, &settings).await {
+        match conn.bind_session(&binding.token, &settings).await {
             Ok(outcome) => match outcome.error {
                 None => {
                     apply(&mut conn.params, outcome.changed);
-                    return finish_login(shared, stream, conn, seat, &user).await.map(Some);
+                    if !binding_visible(&mut conn, tenant_id).await {
+                        unbind(shared, &binding).await;
+                        reset_and_return(conn).await;
+                        let message =
+                            "the SQL endpoint's database has not caught up with the login; try again";
+                        fatal(stream, "57P03", message).await;
+                        return Ok(None);
+                    }
+                    return finish_login(shared, stream, conn, seat, binding, &user).await.map(Some);
                 }
                 // The client's own settings were refused (an unknown time zone, say): its error, verbatim.
                 Some((code, message)) => {
+                    unbind(shared, &binding).await;
                     reset_and_return(conn).await;
                     fatal(stream, &code, &message).await;
                     return Ok(None);
@@ -435,6 +448,7 @@ where
             },
             Err(e) => {
                 tracing::warn!(error = %e, "dropping a dead upstream connection");
+                unbind(shared, &binding).await;
                 drop(Pooled::take(conn));
             }
         }
@@ -443,12 +457,43 @@ where
     Ok(None)
 }
 
+/// A session's row in core.sql_sessions: its server session's pid and its token.
+struct Binding {
+    pid: i32,
+    token: String,
+}
+
+/// Ends a binding, best effort: a row left behind binds nothing (no later session knows its token).
+async fn unbind(shared: &Shared, binding: &Binding) {
+    let (auth, pid, token) = (shared.auth.clone(), binding.pid, binding.token.clone());
+    let done = shared.main.spawn(async move { auth.unbind_sql_session(pid, &token).await });
+    match tokio::time::timeout(Duration::from_secs(2), done).await {
+        Ok(Ok(Ok(()))) => {}
+        other => tracing::warn!(result = ?other.map(|r| r.map(|r| r.is_ok())), "could not end a SQL binding"),
+    }
+}
+
+/// Whether the upstream session sees its binding: at once on the primary; on a hot standby once the login's
+/// row has replicated (waiting up to two seconds).
+async fn binding_visible(conn: &mut Pooled, tenant: uuid::Uuid) -> bool {
+    let expected = tenant.to_string();
+    for _ in 0..100 {
+        match conn.run("select core.current_tenant_id()::text").await {
+            Ok(outcome) if outcome.first.as_deref() == Some(expected.as_str()) => return true,
+            Ok(outcome) if outcome.error.is_none() => tokio::time::sleep(Duration::from_millis(20)).await,
+            _ => return false,
+        }
+    }
+    false
+}
+
 /// The client's cancel key, then AuthenticationOk, the parameters, BackendKeyData and ReadyForQuery.
 async fn finish_login<S>(
     shared: &Shared,
     stream: &mut S,
     conn: Pooled,
     seat: Seat,
+    binding: Binding,
     user: &str,
 ) -> Result<Session, SqlError>
 where
@@ -478,7 +523,7 @@ where
     }
     wire::backend_key_data(&mut out, client_key.0, client_key.1);
     wire::ready_for_query(&mut out);
-    let session = Session { conn, slot, client_key, _seat: seat };
+    let session = Session { conn, slot, client_key, binding, _seat: seat };
     stream.write_all(&out).await?;
     stream.flush().await?;
     Ok(session)
@@ -494,7 +539,7 @@ fn apply(params: &mut Vec<(String, String)>, changed: Vec<(String, String)>) {
     }
 }
 
-/// Resets an upstream session (`DISCARD ALL`: settings, the claim, prepared statements, cursors, temporary
+/// Resets an upstream session (`DISCARD ALL`: settings, the session's token, prepared statements, cursors, temporary
 /// objects) and gives it back to the pool; a connection that cannot be reset is closed instead.
 async fn reset_and_return(mut conn: Pooled) {
     match conn.run("discard all").await {
@@ -557,7 +602,7 @@ async fn relay<S>(shared: &Shared, stream: &mut S, session: Session) -> Ended
 where
     S: AsyncRead + AsyncWrite + Unpin + Send,
 {
-    let Session { mut conn, slot, client_key, _seat } = session;
+    let Session { mut conn, slot, client_key, binding, _seat } = session;
     let flow = Flow {
         outstanding: AtomicUsize::new(0),
         unsynced: AtomicBool::new(false),
@@ -599,6 +644,7 @@ where
         slot.cancel().await;
     }
     *slot.active.lock().await = false;
+    unbind(shared, &binding).await;
     if reusable {
         reset_and_return(conn).await;
     } else {

@@ -279,22 +279,23 @@ impl Upstream {
         self.exchange(&out).await
     }
 
-    /// Binds the session to a tenant's claim and the client's settings, in one extended-protocol round trip
-    /// with every value a bind parameter (so no value is ever spliced into SQL text).
+    /// Binds the session to its tenant (the token of its row in core.sql_sessions) and the client's settings,
+    /// in one extended-protocol round trip with every value a bind parameter (so no value is ever spliced into
+    /// SQL text).
     pub async fn bind_session(
         &mut self,
-        claim: &str,
+        token: &str,
         settings: &[(&str, String)],
     ) -> Result<Outcome, UpstreamError> {
         use postgres_protocol::IsNull;
         use postgres_protocol::message::frontend;
-        let mut sql = String::from("select pg_catalog.set_config('tessera.sql_claim', $1, false)");
+        let mut sql = String::from("select pg_catalog.set_config('tessera.sql_session', $1, false)");
         for (i, (name, _)) in settings.iter().enumerate() {
             // `name` comes from the endpoint's own list of settings, never from the client.
             sql.push_str(&format!(", pg_catalog.set_config('{name}', ${}, false)", i + 2));
         }
         let values: Vec<&str> =
-            std::iter::once(claim).chain(settings.iter().map(|(_, v)| v.as_str())).collect();
+            std::iter::once(token).chain(settings.iter().map(|(_, v)| v.as_str())).collect();
         let mut out = BytesMut::new();
         frontend::parse("", &sql, std::iter::empty(), &mut out)?;
         frontend::bind(
