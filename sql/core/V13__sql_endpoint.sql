@@ -9,10 +9,17 @@
 --   logs in (run by the gateway's login, for the upstream server session the endpoint hands the client),
 --   and the session's setting tessera.sql_session = token.
 --
--- core.current_tenant_id() reads, for such sessions, the row of the session's own backend pid whose token
--- matches: one index lookup inside the statement (an inlinable subquery; no function call per statement).
--- A session cannot write the table, sees only its own pid's row, and a token is worthless in any other
--- server session. Revoking the key, suspending or deleting the tenant deletes its rows: open sessions are
+-- Every table the reporting role can read has, besides its tenant policy, a policy for that role alone:
+-- tenant_id = the tenant of the row of the session's own backend pid whose token matches, written out as a
+-- sub-select in the policy:
+--
+--     tenant_id = (select s.tenant_id from core.sql_sessions s
+--                   where s.pid = pg_backend_pid() and s.token = current_setting('tessera.sql_session', true))
+--
+-- one index lookup inside the statement (a function holding it could not be inlined, and a function call
+-- costs a plan per statement), and only in the reporting role's statements. core.current_tenant_id() trusts the plain setting only for
+-- Tessera's own logins, so for these sessions the tenant policy matches nothing. A session cannot write
+-- core.sql_sessions, sees only its own pid's row, and a token is worthless in any other server session. Revoking the key, suspending or deleting the tenant deletes its rows: open sessions are
 -- unbound at their next statement. The endpoint deletes the row at logout; a row left behind (a crash)
 -- binds nothing, since no later session knows its token, and the next login on that pid replaces it.
 
@@ -31,10 +38,9 @@ alter table core.sql_sessions force row level security;
 create policy own_backend on core.sql_sessions
     using (pid operator(pg_catalog.=) pg_catalog.pg_backend_pid());
 revoke all on core.sql_sessions from public;
--- Everyone whose statements run row policies reads it (permissions are checked for the subquery in
--- core.current_tenant_id even where it does not run); only tessera_auth writes it.
-grant select on core.sql_sessions to tessera_runtime, tessera_reporting, tessera_event_feed, tessera_events;
+grant select on core.sql_sessions to tessera_reporting;
 grant select, insert, update, delete on core.sql_sessions to tessera_auth;
+
 
 -- Binds the server session with backend pid p_pid to a reporting login: the tenant (slug or id) the client
 -- named and an API key's prefix and hash. When the key is live, belongs to that active tenant and has the
@@ -111,9 +117,10 @@ create trigger tenants_unbind_sql after update of status or delete on core.tenan
 
 -- The plain setting binds only sessions of Tessera's own logins (the gateway, the event system: members of
 -- tessera_runtime) and of the owner. Every other session, the SQL endpoint's above all, is bound by its
--- row in core.sql_sessions alone. Still inlinable (no SET clause; every name qualified).
+-- row in core.sql_sessions alone, through the reporting policies. Still inlinable (no SET clause; every
+-- name qualified).
 create or replace function core.current_tenant_id() returns uuid
-    language sql stable parallel restricted
+    language sql stable parallel safe
 as $$
     select case
         when pg_catalog.pg_has_role(session_user, 'tessera_runtime', 'MEMBER')
@@ -122,9 +129,7 @@ as $$
                   then null
                   else pg_catalog.current_setting('tessera.tenant_id', true)::pg_catalog.uuid
              end
-        else (select s.tenant_id from core.sql_sessions s
-               where s.pid operator(pg_catalog.=) pg_catalog.pg_backend_pid()
-                 and s.token operator(pg_catalog.=) pg_catalog.current_setting('tessera.sql_session', true))
+        else null
     end
 $$;
 

@@ -19,3 +19,15 @@ comment on view reporting.crm_contacts is 'CRM contacts; company_id joins report
 comment on view reporting.crm_deals is
     'CRM deals with their company''s name; closed is true for the won and lost stages.';
 grant select on reporting.crm_companies, reporting.crm_contacts, reporting.crm_deals to tessera_reporting;
+
+-- The SQL endpoint's sessions (the reporting role) see the rows of the tenant their binding names (see core's
+-- V13 migration); the tenant policy matches nothing for them.
+create policy reporting_session on crm.companies for select to tessera_reporting
+    using (tenant_id = (select s.tenant_id from core.sql_sessions s
+                         where s.pid = pg_backend_pid() and s.token = current_setting('tessera.sql_session', true)));
+create policy reporting_session on crm.contacts for select to tessera_reporting
+    using (tenant_id = (select s.tenant_id from core.sql_sessions s
+                         where s.pid = pg_backend_pid() and s.token = current_setting('tessera.sql_session', true)));
+create policy reporting_session on crm.deals for select to tessera_reporting
+    using (tenant_id = (select s.tenant_id from core.sql_sessions s
+                         where s.pid = pg_backend_pid() and s.token = current_setting('tessera.sql_session', true)));

@@ -13,3 +13,15 @@ comment on view reporting.hr_employees is 'Employees.';
 comment on view reporting.hr_commissions is
     'Commissions booked on won deals; deal_id joins reporting.crm_deals.id.';
 grant select on reporting.hr_employees, reporting.hr_commissions to tessera_reporting;
+
+-- The SQL endpoint's sessions (the reporting role) see the rows of the tenant their binding names (see core's
+-- V13 migration); the tenant policy matches nothing for them.
+create policy reporting_session on hr.employees for select to tessera_reporting
+    using (tenant_id = (select s.tenant_id from core.sql_sessions s
+                         where s.pid = pg_backend_pid() and s.token = current_setting('tessera.sql_session', true)));
+create policy reporting_session on hr.commission_plans for select to tessera_reporting
+    using (tenant_id = (select s.tenant_id from core.sql_sessions s
+                         where s.pid = pg_backend_pid() and s.token = current_setting('tessera.sql_session', true)));
+create policy reporting_session on hr.commissions for select to tessera_reporting
+    using (tenant_id = (select s.tenant_id from core.sql_sessions s
+                         where s.pid = pg_backend_pid() and s.token = current_setting('tessera.sql_session', true)));

@@ -25,3 +25,21 @@ comment on view reporting.invoicing_invoice_lines is 'Invoice lines; invoice_id 
 comment on view reporting.invoicing_payments is 'Payments; invoice_id joins reporting.invoicing_invoices.id.';
 grant select on reporting.invoicing_customers, reporting.invoicing_invoices, reporting.invoicing_invoice_lines,
     reporting.invoicing_payments to tessera_reporting;
+
+-- The SQL endpoint's sessions (the reporting role) see the rows of the tenant their binding names (see core's
+-- V13 migration); the tenant policy matches nothing for them.
+create policy reporting_session on invoicing.customers for select to tessera_reporting
+    using (tenant_id = (select s.tenant_id from core.sql_sessions s
+                         where s.pid = pg_backend_pid() and s.token = current_setting('tessera.sql_session', true)));
+create policy reporting_session on invoicing.invoices for select to tessera_reporting
+    using (tenant_id = (select s.tenant_id from core.sql_sessions s
+                         where s.pid = pg_backend_pid() and s.token = current_setting('tessera.sql_session', true)));
+create policy reporting_session on invoicing.invoice_lines for select to tessera_reporting
+    using (tenant_id = (select s.tenant_id from core.sql_sessions s
+                         where s.pid = pg_backend_pid() and s.token = current_setting('tessera.sql_session', true)));
+create policy reporting_session on invoicing.payments for select to tessera_reporting
+    using (tenant_id = (select s.tenant_id from core.sql_sessions s
+                         where s.pid = pg_backend_pid() and s.token = current_setting('tessera.sql_session', true)));
+create policy reporting_session on invoicing.invoice_counters for select to tessera_reporting
+    using (tenant_id = (select s.tenant_id from core.sql_sessions s
+                         where s.pid = pg_backend_pid() and s.token = current_setting('tessera.sql_session', true)));

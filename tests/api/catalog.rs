@@ -22,11 +22,12 @@ const REGISTRIES: &[&str] = &[
     "events.dead_letters",
 ];
 
-/// Tables of the platform (not of a module) that every module's role uses in its own transactions: the
-/// gateway's idempotency keys (under the same tenant policy as a module's tables, checked above), and the SQL
-/// endpoint's session bindings, which every row policy's `core.current_tenant_id()` reads (select only, and
-/// only the row of the reader's own backend).
-const PLATFORM_TABLES: &[&str] = &["core.idempotency_keys", "core.sql_sessions"];
+/// Tables of the platform (not of a module) that every module's role uses in its own transactions, under
+/// the same tenant policy as a module's tables (checked above): the gateway's idempotency keys.
+const PLATFORM_TABLES: &[&str] = &["core.idempotency_keys"];
+
+/// The name of each table's policy for the SQL endpoint's sessions (the reporting role).
+const REPORTING_POLICY: &str = "reporting_session";
 
 /// Policies that are not the tenant's own: the dispatcher (tessera_events, which no runtime role can
 /// become) feeds every tenant's events to subscribers and prunes the log. Each must apply to that role only.
@@ -45,7 +46,8 @@ async fn every_tenant_table_leads_with_tenant_id_and_forces_row_level_security()
                        join pg_attribute a on a.attrelid = k.conrelid and a.attnum = k.conkey[1]
                       where k.conrelid = c.oid and k.contype = 'p')::text,
                     coalesce((select array_agg(pg_get_expr(p.polqual, p.polrelid)) from pg_policy p where p.polrelid = c.oid
-                              and n.nspname || '.' || c.relname || ' ' || p.polname <> all($2)),
+                              and n.nspname || '.' || c.relname || ' ' || p.polname <> all($2)
+                              and p.polname <> 'reporting_session'),
                              '{}')::text[],
                     coalesce((select array_agg(pg_get_expr(p.polwithcheck, p.polrelid)) from pg_policy p where p.polrelid = c.oid
                               and p.polwithcheck is not null), '{}')::text[]
@@ -84,6 +86,43 @@ async fn every_tenant_table_leads_with_tenant_id_and_forces_row_level_security()
         }
         if checks.is_empty() || !checks.iter().all(scoped) {
             problems.push(format!("{table}: policies must check written rows the same way: {checks:?}"));
+        }
+    }
+
+    // The reporting role's policies read only, for that role alone, through the session binding; every table
+    // that role can read has one.
+    let reporting = admin
+        .query(
+            "select n.nspname || '.' || c.relname, p.polcmd::text,
+                    array(select r.rolname::text from pg_roles r where r.oid = any(p.polroles)),
+                    pg_get_expr(p.polqual, p.polrelid), p.polpermissive
+               from pg_class c join pg_namespace n on n.oid = c.relnamespace
+               left join pg_policy p on p.polrelid = c.oid and p.polname = $2
+              where n.nspname = any($1) and c.relkind in ('r', 'p')
+                and (p.polname is not null or has_table_privilege('tessera_reporting', c.oid, 'select'))",
+            &[&tenant_schemas(), &REPORTING_POLICY],
+        )
+        .await
+        .expect("reporting policies");
+    assert!(reporting.len() >= 10, "the module tables have reporting policies ({})", reporting.len());
+    for row in &reporting {
+        let (table, command, roles, using): (String, Option<String>, Vec<String>, Option<String>) =
+            (row.get(0), row.get(1), row.get(2), row.get(3));
+        if REGISTRIES.contains(&table.as_str()) {
+            continue;
+        }
+        // The binding, as pg_get_expr prints it (whitespace folded).
+        let binding = "(tenant_id = ( SELECT s.tenant_id FROM core.sql_sessions s WHERE ((s.pid = pg_backend_pid()) \
+                       AND (s.token = current_setting('tessera.sql_session'::text, true)))))";
+        let folded = using.as_deref().map(|u| u.split_whitespace().collect::<Vec<_>>().join(" "));
+        let right = command.as_deref() == Some("r")
+            && roles == ["tessera_reporting"]
+            && folded.as_deref() == Some(binding);
+        if !right {
+            problems.push(format!(
+                "{table}: the reporting policy must be `for select to tessera_reporting using {binding}`, \
+                 found {command:?} {roles:?} {using:?}"
+            ));
         }
     }
 

@@ -478,7 +478,13 @@ async fn unbind(shared: &Shared, binding: &Binding) {
 async fn binding_visible(conn: &mut Pooled, tenant: uuid::Uuid) -> bool {
     let expected = tenant.to_string();
     for _ in 0..100 {
-        match conn.run("select core.current_tenant_id()::text").await {
+        match conn
+            .run(
+                "select s.tenant_id::text from core.sql_sessions s \
+             where s.pid = pg_backend_pid() and s.token = current_setting('tessera.sql_session', true)",
+            )
+            .await
+        {
             Ok(outcome) if outcome.first.as_deref() == Some(expected.as_str()) => return true,
             Ok(outcome) if outcome.error.is_none() => tokio::time::sleep(Duration::from_millis(20)).await,
             _ => return false,
