@@ -584,6 +584,17 @@ struct Flow {
 }
 
 impl Flow {
+    fn new() -> Self {
+        Self {
+            outstanding: AtomicUsize::new(0),
+            unsynced: AtomicBool::new(false),
+            busy_since: AtomicU64::new(0),
+            epoch: Instant::now(),
+            started: Notify::new(),
+            refusals: Mutex::new(HashMap::new()),
+        }
+    }
+
     fn mark_busy(&self) {
         if self.busy_since.load(Ordering::SeqCst) == 0 {
             let micros = u64::try_from(self.epoch.elapsed().as_micros()).unwrap_or(u64::MAX).max(1);
@@ -609,14 +620,7 @@ where
     S: AsyncRead + AsyncWrite + Unpin + Send,
 {
     let Session { mut conn, slot, client_key, binding, _seat } = session;
-    let flow = Flow {
-        outstanding: AtomicUsize::new(0),
-        unsynced: AtomicBool::new(false),
-        busy_since: AtomicU64::new(0),
-        epoch: Instant::now(),
-        started: Notify::new(),
-        refusals: Mutex::new(HashMap::new()),
-    };
+    let flow = Flow::new();
     let ended = {
         let (client_read, client_write) = tokio::io::split(&mut *stream);
         let Upstream { reader, writer, params, .. } = &mut *conn;
@@ -1002,14 +1006,8 @@ mod tests {
 
     #[test]
     fn a_marker_error_maps_back_to_its_refusal() {
-        let flow = Flow {
-            outstanding: AtomicUsize::new(0),
-            unsynced: AtomicBool::new(false),
-            busy_since: AtomicU64::new(0),
-            epoch: Instant::now(),
-            started: Notify::new(),
-            refusals: Mutex::new(HashMap::from([(7, Refusal { sqlstate: "42501", message: "no".into() })])),
-        };
+        let flow = Flow::new();
+        flow.refusals.lock().expect("lock").insert(7, Refusal { sqlstate: "42501", message: "no".into() });
         let body = b"SERROR\0C42601\0Msyntax error at or near \"tessera_refused_7\"\0\0";
         assert_eq!(refusal_for(&flow, body).map(|r| r.message), Some("no".to_owned()));
         assert_eq!(refusal_for(&flow, body), None, "used once");
