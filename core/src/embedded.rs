@@ -292,6 +292,34 @@ impl Cluster {
         Ok(())
     }
 
+    /// Creates the cluster as a hot standby of the running `primary` (a base backup through the primary's
+    /// local socket as its superuser, streaming from it once started): a read replica, for instance for the
+    /// SQL endpoint. Does nothing when the data folder holds a cluster already.
+    pub fn init_standby(&self, primary: &Endpoint) -> Result<(), LauncherError> {
+        if self.is_initialized() {
+            return Ok(());
+        }
+        let data = &self.options.data_dir;
+        let parent = data.parent().unwrap_or(Path::new("/"));
+        fs::create_dir_all(parent).map_err(io_err(format!("create {}", parent.display())))?;
+        fs::create_dir_all(data).map_err(io_err(format!("create {}", data.display())))?;
+        fs::set_permissions(data, fs::Permissions::from_mode(0o700))
+            .map_err(io_err(format!("restrict {}", data.display())))?;
+        self.give_to_server_user(data)?;
+        let mut cmd = self.command("pg_basebackup");
+        cmd.arg("-D")
+            .arg(data)
+            .arg("-h")
+            .arg(&primary.socket_dir)
+            .args(["-p", &primary.port.to_string(), "-U", &self.options.superuser])
+            // Writes standby.signal and primary_conninfo: the copy starts as a hot standby.
+            .args(["--write-recovery-conf", "--wal-method=stream", "--checkpoint=fast", "--no-password"]);
+        self.run(cmd)?;
+        // The primary's own runtime settings (its port and socket) came along; start() writes this one's.
+        let _ = fs::remove_file(data.join("postmaster.opts"));
+        Ok(())
+    }
+
     /// Creates the cluster when the data folder holds none. `password` becomes the superuser's password
     /// for TCP connections (local socket connections are trusted).
     pub fn init(&self, password: &str) -> Result<(), LauncherError> {

@@ -1064,3 +1064,97 @@ async fn the_upstream_login_must_be_one_row_security_holds() {
         assert!(refused.is_err(), "{user} accepted as the upstream login");
     }
 }
+
+/// Waits up to ten seconds for the count of `sql` to reach `expected`, as a reader through the endpoint.
+async fn eventually(client: &Client, sql: &str, expected: i64) {
+    let mut last = -1;
+    for _ in 0..100 {
+        last = count(client, sql).await;
+        if last == expected {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("{sql}: {last}, expected {expected}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_endpoint_serves_tenants_from_a_hot_standby() {
+    use tessera_core::embedded::{Cluster, ClusterOptions, PgBinaries};
+    use tessera_core::{Module, admin, apikey::Scope, bootstrap, tenant::TenantSlug};
+
+    let (primary, endpoint, _watchdog) =
+        tokio::task::block_in_place(|| crate::support::private_cluster(false));
+    let mods = crate::support::modules();
+    let refs: Vec<&dyn Module> = mods.iter().map(|m| m.as_ref()).collect();
+    bootstrap::provision(&endpoint, "postgres", "tessera", &refs).await.expect("provision");
+    let mut owner = bootstrap::connect(&endpoint.pg_config("tessera_owner", "tessera")).await.expect("owner");
+    let mut keys = Vec::new();
+    for slug in ["acme", "globex"] {
+        let tenant = admin::create_tenant(
+            &mut owner,
+            &TenantSlug::parse(slug).expect("slug"),
+            slug,
+            &crate::support::MODULES,
+        )
+        .await
+        .expect("tenant");
+        let scopes = [Scope::parse("reporting:read").expect("scope")];
+        keys.push((
+            tenant.id,
+            admin::create_api_key(&mut owner, tenant.id, "bi", &scopes).await.expect("key").1,
+        ));
+    }
+    let primary_admin = bootstrap::connect(&endpoint.pg_config("postgres", "tessera")).await.expect("admin");
+    let add_deals = async |tenant: tessera_core::tenant::TenantId, n: i32| {
+        primary_admin
+            .execute(
+                "insert into crm.deals (tenant_id, title) select $1, 'Deal ' || g from generate_series(1, $2::int) g",
+                &[&tenant.as_uuid(), &n],
+            )
+            .await
+            .expect("deals");
+    };
+    add_deals(keys[0].0, 3).await;
+    add_deals(keys[1].0, 5).await;
+
+    // A hot standby of the primary, in the same test folder.
+    let root = primary.data_dir().parent().expect("the test folder").to_path_buf();
+    let bindir = std::env::var_os("TESSERA_PG_BINDIR").map(std::path::PathBuf::from);
+    let bin = PgBinaries::locate(bindir.as_deref()).expect("binaries");
+    let standby = Cluster::new(
+        bin,
+        ClusterOptions { data_dir: root.join("standby"), superuser: "postgres".into(), durable: false },
+    )
+    .expect("standby");
+    tokio::task::block_in_place(|| standby.init_standby(&endpoint)).expect("base backup");
+    let standby_endpoint = tokio::task::block_in_place(|| standby.start()).expect("start the standby");
+    let _standby_watchdog = standby.stop_when_process_exits(None).expect("watchdog");
+    let replica =
+        bootstrap::connect(&standby_endpoint.pg_config("postgres", "tessera")).await.expect("replica");
+    let in_recovery: bool =
+        replica.query_one("select pg_is_in_recovery()", &[]).await.expect("recovery").get(0);
+    assert!(in_recovery, "the upstream is a standby");
+
+    // Logins are checked (and bound) on the primary; tenants' SQL runs on the standby.
+    let auth =
+        tessera_core::db::Database::new(endpoint.pg_config("tessera_app", "tessera"), 2).expect("auth pool");
+    let upstream = UpstreamConfig::from_pg_config(&standby_endpoint.pg_config("tessera_sql", "tessera"))
+        .expect("upstream");
+    let sql = SqlEndpoint::bind(SqlConfig::new("127.0.0.1:0".parse().expect("addr")), auth, upstream, None)
+        .await
+        .expect("bind to the standby");
+    let addr = sql.local_addr().expect("addr");
+    tokio::spawn(sql.run_until_stopped(std::future::pending()));
+
+    let acme = connect(addr, "acme", &keys[0].1).await;
+    let backend: bool = acme.query_one("select pg_is_in_recovery()", &[]).await.expect("where").get(0);
+    assert!(backend, "the session runs on the standby");
+    eventually(&acme, "select count(*) from crm.deals", 3).await;
+    let globex = connect(addr, "globex", &keys[1].1).await;
+    eventually(&globex, "select count(*) from crm.deals", 5).await;
+    // A change on the primary reaches the readers of the standby, each tenant's only.
+    add_deals(keys[0].0, 2).await;
+    eventually(&acme, "select count(*) from crm.deals", 5).await;
+    assert_eq!(count(&globex, "select count(*) from crm.deals").await, 5);
+}
