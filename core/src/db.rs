@@ -160,28 +160,34 @@ impl Database {
     }
 
     /// For the SQL endpoint: binds the upstream server session with backend pid `pid` to a reporting login
-    /// (the tenant's slug or id, and an API key with the `reporting:read` scope). Returns the tenant and the
-    /// token the session must hold in `tessera.sql_session`, or `None` when anything about the login is
-    /// wrong.
+    /// (the tenant's slug or id, and an API key with the `reporting:read` scope). `server_started` is that
+    /// server's `pg_postmaster_start_time()` in ISO 8601 (a pid is unique only within one run of one server).
+    /// Returns the tenant and the token the session must hold in `tessera.sql_session`, or `None` when
+    /// anything about the login is wrong.
     pub async fn bind_sql_session(
         &self,
         tenant: &str,
         key: &PresentedKey,
         pid: i32,
+        server_started: &str,
     ) -> Result<Option<(uuid::Uuid, String)>, ApiError> {
         let client = self.pool.get().await.map_err(|e| ApiError::unavailable(&e))?;
         let statement = client
-            .prepare_cached("select tenant_id, token from core.bind_sql_session($1, $2, $3, $4)")
+            .prepare_cached(
+                "select tenant_id, token from core.bind_sql_session($1, $2, $3, $4, $5::text::timestamptz)",
+            )
             .await?;
-        let row = client.query_opt(&statement, &[&tenant, &key.prefix(), &key.hash(), &pid]).await?;
+        let row = client
+            .query_opt(&statement, &[&tenant, &key.prefix(), &key.hash(), &pid, &server_started])
+            .await?;
         Ok(row.map(|r| (r.get(0), r.get(1))))
     }
 
-    /// Ends a binding made by [`Self::bind_sql_session`] (a newer binding of the same pid stays).
-    pub async fn unbind_sql_session(&self, pid: i32, token: &str) -> Result<(), ApiError> {
+    /// Ends a binding made by [`Self::bind_sql_session`], by its token.
+    pub async fn unbind_sql_session(&self, token: &str) -> Result<(), ApiError> {
         let client = self.pool.get().await.map_err(|e| ApiError::unavailable(&e))?;
-        let statement = client.prepare_cached("select core.unbind_sql_session($1, $2)").await?;
-        client.execute(&statement, &[&pid, &token]).await?;
+        let statement = client.prepare_cached("select core.unbind_sql_session($1)").await?;
+        client.execute(&statement, &[&token]).await?;
         Ok(())
     }
 

@@ -8,7 +8,7 @@
 //! | `tessera_<module>` | no | one per module: rights on that module's schema only |
 //! | `tessera_app` | yes | the gateway's login: NOINHERIT, no rights of its own, may `SET ROLE` to a module role |
 //! | `tessera_reporting` | no | read-only access for the SQL endpoint |
-//! | `tessera_sql` | yes | the SQL endpoint's upstream login: a member of `tessera_reporting` only, read-only by default, bound to a tenant by a signed claim (core V13) |
+//! | `tessera_sql` | yes | the SQL endpoint's upstream login: a member of `tessera_reporting` only, read-only by default, each session bound to a tenant by its row in `core.sql_sessions` (core V13) |
 //! | `tessera_event_feed` | no | the gateway's role for `GET /v1/events`: reads the bound tenant's events |
 //! | `tessera_events` | no | the event system: writes the log, feeds it to subscribers, keeps their cursors |
 //! | `tessera_replication` | yes | REPLICATION; the CDC worker's and dispatcher's login (NOINHERIT): it switches to `tessera_events`, and to a module's role to run that module's event handlers |

@@ -18,10 +18,13 @@ grant select on reporting.hr_employees, reporting.hr_commissions to tessera_repo
 -- V13 migration); the tenant policy matches nothing for them.
 create policy reporting_session on hr.employees for select to tessera_reporting
     using (tenant_id = (select s.tenant_id from core.sql_sessions s
-                         where s.pid = pg_backend_pid() and s.token = current_setting('tessera.sql_session', true)));
+                         where s.pid = pg_backend_pid() and s.server_started = pg_postmaster_start_time()
+                           and s.token_hash = sha256(convert_to(current_setting('tessera.sql_session', true), 'UTF8'))));
 create policy reporting_session on hr.commission_plans for select to tessera_reporting
     using (tenant_id = (select s.tenant_id from core.sql_sessions s
-                         where s.pid = pg_backend_pid() and s.token = current_setting('tessera.sql_session', true)));
+                         where s.pid = pg_backend_pid() and s.server_started = pg_postmaster_start_time()
+                           and s.token_hash = sha256(convert_to(current_setting('tessera.sql_session', true), 'UTF8'))));
 create policy reporting_session on hr.commissions for select to tessera_reporting
     using (tenant_id = (select s.tenant_id from core.sql_sessions s
-                         where s.pid = pg_backend_pid() and s.token = current_setting('tessera.sql_session', true)));
+                         where s.pid = pg_backend_pid() and s.server_started = pg_postmaster_start_time()
+                           and s.token_hash = sha256(convert_to(current_setting('tessera.sql_session', true), 'UTF8'))));

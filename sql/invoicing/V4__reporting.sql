@@ -30,16 +30,21 @@ grant select on reporting.invoicing_customers, reporting.invoicing_invoices, rep
 -- V13 migration); the tenant policy matches nothing for them.
 create policy reporting_session on invoicing.customers for select to tessera_reporting
     using (tenant_id = (select s.tenant_id from core.sql_sessions s
-                         where s.pid = pg_backend_pid() and s.token = current_setting('tessera.sql_session', true)));
+                         where s.pid = pg_backend_pid() and s.server_started = pg_postmaster_start_time()
+                           and s.token_hash = sha256(convert_to(current_setting('tessera.sql_session', true), 'UTF8'))));
 create policy reporting_session on invoicing.invoices for select to tessera_reporting
     using (tenant_id = (select s.tenant_id from core.sql_sessions s
-                         where s.pid = pg_backend_pid() and s.token = current_setting('tessera.sql_session', true)));
+                         where s.pid = pg_backend_pid() and s.server_started = pg_postmaster_start_time()
+                           and s.token_hash = sha256(convert_to(current_setting('tessera.sql_session', true), 'UTF8'))));
 create policy reporting_session on invoicing.invoice_lines for select to tessera_reporting
     using (tenant_id = (select s.tenant_id from core.sql_sessions s
-                         where s.pid = pg_backend_pid() and s.token = current_setting('tessera.sql_session', true)));
+                         where s.pid = pg_backend_pid() and s.server_started = pg_postmaster_start_time()
+                           and s.token_hash = sha256(convert_to(current_setting('tessera.sql_session', true), 'UTF8'))));
 create policy reporting_session on invoicing.payments for select to tessera_reporting
     using (tenant_id = (select s.tenant_id from core.sql_sessions s
-                         where s.pid = pg_backend_pid() and s.token = current_setting('tessera.sql_session', true)));
+                         where s.pid = pg_backend_pid() and s.server_started = pg_postmaster_start_time()
+                           and s.token_hash = sha256(convert_to(current_setting('tessera.sql_session', true), 'UTF8'))));
 create policy reporting_session on invoicing.invoice_counters for select to tessera_reporting
     using (tenant_id = (select s.tenant_id from core.sql_sessions s
-                         where s.pid = pg_backend_pid() and s.token = current_setting('tessera.sql_session', true)));
+                         where s.pid = pg_backend_pid() and s.server_started = pg_postmaster_start_time()
+                           and s.token_hash = sha256(convert_to(current_setting('tessera.sql_session', true), 'UTF8'))));

@@ -113,7 +113,8 @@ async fn every_tenant_table_leads_with_tenant_id_and_forces_row_level_security()
         }
         // The binding, as pg_get_expr prints it (whitespace folded).
         let binding = "(tenant_id = ( SELECT s.tenant_id FROM core.sql_sessions s WHERE ((s.pid = pg_backend_pid()) \
-                       AND (s.token = current_setting('tessera.sql_session'::text, true)))))";
+                       AND (s.server_started = pg_postmaster_start_time()) AND (s.token_hash = \
+                       sha256(convert_to(current_setting('tessera.sql_session'::text, true), 'UTF8'::name))))))";
         let folded = using.as_deref().map(|u| u.split_whitespace().collect::<Vec<_>>().join(" "));
         let right = command.as_deref() == Some("r")
             && roles == ["tessera_reporting"]

@@ -61,7 +61,16 @@ async fn direct_session(app: &TestApp, tenant: &str, key: &str) -> (Client, Stri
     let direct = app.db.connect_as("tessera_sql").await;
     let pid: i32 = direct.query_one("select pg_backend_pid()", &[]).await.expect("pid").get(0);
     let key = tessera_core::apikey::parse(key).expect("key");
-    let (_, token) = app.pool.bind_sql_session(tenant, &key, pid).await.expect("check").expect("a binding");
+    let started: String = direct
+        .query_one(
+            "select to_char(pg_postmaster_start_time() at time zone 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"')",
+            &[],
+        )
+        .await
+        .expect("server start")
+        .get(0);
+    let (_, token) =
+        app.pool.bind_sql_session(tenant, &key, pid, &started).await.expect("check").expect("a binding");
     direct.execute("select set_config('tessera.sql_session', $1, false)", &[&token]).await.expect("bind");
     (direct, token)
 }
@@ -267,6 +276,15 @@ async fn the_escape_list_against_the_database_itself() {
         let _ = direct.batch_execute("rollback").await;
     }
     assert_eq!(count(&direct, "select count(*) from core.sql_sessions").await, 1, "only its own row");
+    // Which holds the token's hash, not the token.
+    let hash: String = direct
+        .query_one("select encode(token_hash, 'hex') from core.sql_sessions", &[])
+        .await
+        .expect("hash")
+        .get(0);
+    direct.execute("select set_config('tessera.sql_session', $1, false)", &[&hash]).await.expect("set");
+    assert_eq!(count(&direct, "select count(*) from crm.deals").await, 0, "the hash binds nothing");
+    direct.execute("select set_config('tessera.sql_session', $1, false)", &[&token_a]).await.expect("rebind");
     assert_eq!(count(&direct, "select count(*) from crm.deals").await, 2);
     let escapes = [
         format!("set tessera.tenant_id = '{tenant_b}'"),

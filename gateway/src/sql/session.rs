@@ -387,12 +387,19 @@ where
             }
         };
         // On the runtime that owns the gateway's database connections.
-        let (auth, tenant, presented, pid) = (shared.auth.clone(), user.clone(), key.clone(), conn.key.pid);
-        let checked =
-            shared.main.spawn(async move { auth.bind_sql_session(&tenant, &presented, pid).await }).await;
+        let mut conn = conn;
+        conn.clean = false;
+        let (auth, tenant, presented, pid, started) =
+            (shared.auth.clone(), user.clone(), key.clone(), conn.key.pid, conn.server_started.clone());
+        let checked = shared
+            .main
+            .spawn(async move { auth.bind_sql_session(&tenant, &presented, pid, &started).await })
+            .await;
         let (tenant_id, token) = match checked {
             Ok(Ok(Some(bound))) => bound,
             Ok(Ok(None)) => {
+                // Nothing ran on the connection: it is still clean.
+                conn.clean = true;
                 fatal(stream, "28P01", &failed).await;
                 return Ok(None);
             }
@@ -409,7 +416,7 @@ where
                 return Ok(None);
             }
         };
-        let binding = Binding { pid, token };
+        let binding = Binding { token };
         let Some(seat) = Seat::take(
             &shared.tenant_sessions,
             &tenant_id.to_string(),
@@ -423,7 +430,6 @@ where
             fatal(stream, "53300", &message).await;
             return Ok(None);
         };
-        let mut conn = conn;
         match conn.bind_session(&binding.token, &settings).await {
             Ok(outcome) => match outcome.error {
                 None => {
@@ -457,16 +463,15 @@ where
     Ok(None)
 }
 
-/// A session's row in core.sql_sessions: its server session's pid and its token.
+/// A session's row in core.sql_sessions, by its token.
 struct Binding {
-    pid: i32,
     token: String,
 }
 
 /// Ends a binding, best effort: a row left behind binds nothing (no later session knows its token).
 async fn unbind(shared: &Shared, binding: &Binding) {
-    let (auth, pid, token) = (shared.auth.clone(), binding.pid, binding.token.clone());
-    let done = shared.main.spawn(async move { auth.unbind_sql_session(pid, &token).await });
+    let (auth, token) = (shared.auth.clone(), binding.token.clone());
+    let done = shared.main.spawn(async move { auth.unbind_sql_session(&token).await });
     match tokio::time::timeout(Duration::from_secs(2), done).await {
         Ok(Ok(Ok(()))) => {}
         other => tracing::warn!(result = ?other.map(|r| r.map(|r| r.is_ok())), "could not end a SQL binding"),
@@ -481,7 +486,8 @@ async fn binding_visible(conn: &mut Pooled, tenant: uuid::Uuid) -> bool {
         match conn
             .run(
                 "select s.tenant_id::text from core.sql_sessions s \
-             where s.pid = pg_backend_pid() and s.token = current_setting('tessera.sql_session', true)",
+             where s.pid = pg_backend_pid() and s.server_started = pg_postmaster_start_time() \
+               and s.token_hash = sha256(convert_to(current_setting('tessera.sql_session', true), 'UTF8'))",
             )
             .await
         {
@@ -529,10 +535,21 @@ where
     }
     wire::backend_key_data(&mut out, client_key.0, client_key.1);
     wire::ready_for_query(&mut out);
-    let session = Session { conn, slot, client_key, binding, _seat: seat };
-    stream.write_all(&out).await?;
-    stream.flush().await?;
-    Ok(session)
+    let written = async {
+        stream.write_all(&out).await?;
+        stream.flush().await
+    }
+    .await;
+    if let Err(e) = written {
+        // The client is gone before its session began: its cancel key goes with it.
+        if let Ok(mut cancels) = shared.cancels.lock() {
+            cancels.remove(&client_key);
+        }
+        *slot.active.lock().await = false;
+        unbind(shared, &binding).await;
+        return Err(e.into());
+    }
+    Ok(Session { conn, slot, client_key, binding, _seat: seat })
 }
 
 /// Folds ParameterStatus changes into the connection's known values.
@@ -549,7 +566,10 @@ fn apply(params: &mut Vec<(String, String)>, changed: Vec<(String, String)>) {
 /// objects) and gives it back to the pool; a connection that cannot be reset is closed instead.
 async fn reset_and_return(mut conn: Pooled) {
     match conn.run("discard all").await {
-        Ok(outcome) if outcome.error.is_none() => apply(&mut conn.params, outcome.changed),
+        Ok(outcome) if outcome.error.is_none() => {
+            apply(&mut conn.params, outcome.changed);
+            conn.clean = true;
+        }
         _ => drop(Pooled::take(conn)),
     }
 }
@@ -970,14 +990,19 @@ where
     }
 }
 
-/// The refusal behind a server error, when the error is the syntax error of a refused statement's marker.
+/// The refusal behind a server error, when the error is exactly the syntax error of a refused statement's
+/// marker (so a client's own `select tessera_refused_3` cannot take another statement's refusal).
 fn refusal_for(flow: &Flow, body: &[u8]) -> Option<Refusal> {
     let fields = wire::error_fields(body);
-    let message = fields.iter().find(|(code, _)| *code == b'M').map(|(_, m)| m.as_str())?;
-    let at = message.find(REFUSED_MARKER)?;
-    let digits: String =
-        message[at + REFUSED_MARKER.len()..].chars().take_while(char::is_ascii_digit).collect();
-    let marker: u64 = digits.parse().ok()?;
+    let field = |c: u8| fields.iter().find(|(code, _)| *code == c).map(|(_, v)| v.as_str());
+    if field(b'C') != Some("42601") {
+        return None;
+    }
+    let marker = field(b'M')?
+        .strip_prefix("syntax error at or near \"")?
+        .strip_suffix('"')?
+        .strip_prefix(REFUSED_MARKER)?;
+    let marker: u64 = marker.parse().ok()?;
     flow.refusals.lock().ok()?.remove(&marker)
 }
 
@@ -1013,5 +1038,8 @@ mod tests {
         assert_eq!(refusal_for(&flow, body), None, "used once");
         let other = b"SERROR\0C42601\0Msyntax error at or near \"selec\"\0\0";
         assert_eq!(refusal_for(&flow, other), None);
+        flow.refusals.lock().expect("lock").insert(8, Refusal { sqlstate: "42501", message: "no".into() });
+        let elsewhere = b"SERROR\0C42703\0Mcolumn \"tessera_refused_8\" does not exist\0\0";
+        assert_eq!(refusal_for(&flow, elsewhere), None, "only the marker's own syntax error");
     }
 }

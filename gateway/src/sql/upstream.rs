@@ -119,6 +119,12 @@ pub struct Upstream {
     pub key: CancelKey,
     /// The server's ParameterStatus values after login (server_version, server_encoding, …).
     pub params: Vec<(String, String)>,
+    /// When the server started (`pg_postmaster_start_time()`, ISO 8601 in UTC): with the pid, names this
+    /// server session.
+    pub server_started: String,
+    /// Whether the session is idle and reset, fit for the next client. Cleared when a client takes it, set
+    /// again only by a successful reset; the pool drops a connection that comes back without it.
+    pub clean: bool,
     user: String,
 }
 
@@ -143,6 +149,11 @@ impl Upstream {
     pub async fn connect_checked(config: &UpstreamConfig) -> Result<Self, UpstreamError> {
         let mut upstream = Self::connect(config).await?;
         upstream.check_role().await?;
+        let started = upstream
+            .run("select to_char(pg_postmaster_start_time() at time zone 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"')")
+            .await?;
+        upstream.server_started =
+            started.first.ok_or_else(|| UpstreamError::Protocol("no server start time".into()))?;
         Ok(upstream)
     }
 
@@ -263,6 +274,8 @@ impl Upstream {
                         writer,
                         key,
                         params: server_params,
+                        server_started: String::new(),
+                        clean: true,
                         user: config.user.clone(),
                     });
                 }
@@ -426,8 +439,8 @@ pub async fn cancel(key: &CancelKey) -> io::Result<()> {
         .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "the cancel request was not answered"))?
 }
 
-/// The pool's manager: new connections log in; a connection comes back to the pool only after the session
-/// that used it was reset (see the session), so recycling has nothing left to check.
+/// The pool's manager: new connections log in and are checked; a connection is handed out again only if the
+/// session that used it reset it (a login abandoned half way, say, leaves it unclean, and it is closed).
 pub struct Manager {
     pub config: UpstreamConfig,
 }
@@ -442,10 +455,14 @@ impl deadpool::managed::Manager for Manager {
 
     async fn recycle(
         &self,
-        _conn: &mut Upstream,
+        conn: &mut Upstream,
         _metrics: &deadpool::managed::Metrics,
     ) -> deadpool::managed::RecycleResult<UpstreamError> {
-        Ok(())
+        if conn.clean {
+            Ok(())
+        } else {
+            Err(deadpool::managed::RecycleError::message("returned without a reset"))
+        }
     }
 }
 
