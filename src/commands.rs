@@ -808,7 +808,19 @@ async fn key_cmd(file: &FileConfig, action: KeyAction, modules: &[Arc<dyn Module
             session.close()?;
             for k in result? {
                 let state = if k.revoked_at.is_some() { "revoked" } else { "active" };
-                println!("{}\t{}\t{}\t{}\t{}", k.id, k.prefix, state, k.scopes.join(","), k.name);
+                let last_used = match k.last_used_at {
+                    Some(at) => at.format(&time::format_description::well_known::Rfc3339)?,
+                    None => "never used".to_owned(),
+                };
+                println!(
+                    "{}\t{}\t{}\t{}\t{}\t{}",
+                    k.id,
+                    k.prefix,
+                    state,
+                    k.scopes.join(","),
+                    last_used,
+                    k.name
+                );
             }
         }
         KeyAction::Revoke { target, tenant, key } => {

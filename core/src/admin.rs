@@ -141,6 +141,7 @@ pub struct KeyInfo {
     pub scopes: Vec<String>,
     pub created_at: OffsetDateTime,
     pub revoked_at: Option<OffsetDateTime>,
+    pub last_used_at: Option<OffsetDateTime>,
 }
 
 /// Mints an API key; the returned token is the only time the secret exists outside its hash.
@@ -198,7 +199,8 @@ pub async fn list_api_keys(client: &mut Client, tenant: TenantId) -> Result<Vec<
     bind(&tx, tenant).await?;
     let rows = tx
         .query(
-            "select id, name, prefix, scopes, created_at, revoked_at from core.api_keys order by created_at, id",
+            "select id, name, prefix, scopes, created_at, revoked_at, last_used_at from core.api_keys
+              order by created_at, id",
             &[],
         )
         .await?;
@@ -212,6 +214,7 @@ pub async fn list_api_keys(client: &mut Client, tenant: TenantId) -> Result<Vec<
             scopes: r.get(3),
             created_at: r.get(4),
             revoked_at: r.get(5),
+            last_used_at: r.get(6),
         })
         .collect())
 }

@@ -83,6 +83,18 @@ impl Database {
         Ok(())
     }
 
+    /// Notes when API keys (by prefix) were last used; an older time never replaces a newer one.
+    pub async fn touch_api_keys(
+        &self,
+        prefixes: &[String],
+        used_at: &[time::OffsetDateTime],
+    ) -> Result<(), ApiError> {
+        let client = self.pool.get().await.map_err(|e| ApiError::unavailable(&e))?;
+        let statement = client.prepare_cached("select core.touch_api_keys($1, $2)").await?;
+        client.query_one(&statement, &[&prefixes, &used_at]).await?;
+        Ok(())
+    }
+
     /// Deletes every tenant's idempotency keys older than a day; returns how many.
     pub async fn prune_idempotency_keys(&self) -> Result<i64, ApiError> {
         let client = self.pool.get().await.map_err(|e| ApiError::unavailable(&e))?;

@@ -3,7 +3,8 @@
 //! own with `GET /v1/usage?from=YYYY-MM-DD&to=YYYY-MM-DD` (scope `usage:read`).
 //!
 //! Counts not yet added are lost if the process dies (at most one flush interval's worth); a flush that
-//! fails keeps them for the next one.
+//! fails keeps them for the next one. The same flush stamps each API key used since the last one with the
+//! time of its latest successful request (`core.api_keys.last_used_at`, shown by `tessera key list`).
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -32,6 +33,8 @@ pub struct Usage {
     /// The names counted: the modules, and the platform's own APIs.
     apis: Vec<&'static str>,
     counts: Mutex<HashMap<(Uuid, &'static str, Date), i64>>,
+    /// The latest successful request of each API key (by prefix) since the last flush.
+    last_used: Mutex<HashMap<String, OffsetDateTime>>,
 }
 
 impl Usage {
@@ -39,7 +42,13 @@ impl Usage {
         let mut apis = modules.to_vec();
         apis.extend(tessera_core::module::PLATFORM_APIS);
         apis.push("dashboard");
-        Arc::new(Self { db, owners, apis, counts: Mutex::new(HashMap::new()) })
+        Arc::new(Self {
+            db,
+            owners,
+            apis,
+            counts: Mutex::new(HashMap::new()),
+            last_used: Mutex::new(HashMap::new()),
+        })
     }
 
     fn count(&self, tenant: Uuid, api: &'static str) {
@@ -47,8 +56,37 @@ impl Usage {
         *self.counts.lock().unwrap_or_else(|e| e.into_inner()).entry((tenant, api, day)).or_insert(0) += 1;
     }
 
-    /// Adds what was counted to `core.usage`.
+    fn used(&self, prefix: &str) {
+        let now = OffsetDateTime::now_utc();
+        self.last_used.lock().unwrap_or_else(|e| e.into_inner()).insert(prefix.to_owned(), now);
+    }
+
+    /// Adds what was counted to `core.usage`, and stamps the keys used.
     pub async fn flush(&self) -> Result<(), ApiError> {
+        let touched = self.flush_last_used().await;
+        let counted = self.flush_counts().await;
+        counted.and(touched)
+    }
+
+    async fn flush_last_used(&self) -> Result<(), ApiError> {
+        let taken = std::mem::take(&mut *self.last_used.lock().unwrap_or_else(|e| e.into_inner()));
+        if taken.is_empty() {
+            return Ok(());
+        }
+        let (prefixes, times): (Vec<String>, Vec<OffsetDateTime>) =
+            taken.iter().map(|(p, t)| (p.clone(), *t)).unzip();
+        let result = self.db.touch_api_keys(&prefixes, &times).await;
+        if result.is_err() {
+            // Kept for the next flush, unless a newer use arrived meanwhile.
+            let mut last_used = self.last_used.lock().unwrap_or_else(|e| e.into_inner());
+            for (prefix, at) in taken {
+                last_used.entry(prefix).or_insert(at);
+            }
+        }
+        result
+    }
+
+    async fn flush_counts(&self) -> Result<(), ApiError> {
         let taken = std::mem::take(&mut *self.counts.lock().unwrap_or_else(|e| e.into_inner()));
         if taken.is_empty() {
             return Ok(());
@@ -93,6 +131,10 @@ pub async fn layer(State(usage): State<Arc<Usage>>, mut request: Request, next: 
         && let Some(tenant) = usage.owners.owner(&key).await
     {
         usage.count(tenant, api);
+        // Login tokens have no prefix (and no row in core.api_keys).
+        if !key.prefix().is_empty() {
+            usage.used(key.prefix());
+        }
     }
     response
 }

@@ -111,7 +111,7 @@ async fn world() -> World {
 
 #[tokio::test]
 async fn each_tenant_sees_only_its_own_rows_through_tables_and_reporting_views() {
-    let w = world().await;
+    let mut w = world().await;
     let a = connect(w.addr, "acme", &w.report_a).await;
     let b = connect(w.addr, "globex", &w.report_b).await;
     assert_eq!(count(&a, "select count(*) from crm.deals").await, 2);
@@ -127,6 +127,16 @@ async fn each_tenant_sees_only_its_own_rows_through_tables_and_reporting_views()
     )
     .await;
     assert_eq!(joined, 2);
+    // The login stamped the key's last use.
+    let keys = tessera_core::admin::list_api_keys(
+        &mut w.app.owner,
+        tessera_core::tenant::TenantId::from_uuid(
+            a.query_one("select tenant_id from crm.deals limit 1", &[]).await.expect("id").get(0),
+        ),
+    )
+    .await
+    .expect("keys");
+    assert!(keys.iter().any(|k| k.prefix == w.report_a[4..16] && k.last_used_at.is_some()));
     // The tenant id may also name the tenant.
     let tenant_a: String =
         a.query_one("select tenant_id::text from crm.deals limit 1", &[]).await.expect("id").get(0);

@@ -61,3 +61,35 @@ async fn requests_are_counted_per_tenant_and_module_and_read_back_by_the_tenant(
     let other = app.get("/v1/usage", &reader_other).await;
     assert_eq!(other.body["data"], json!([]), "{}", other.body);
 }
+
+#[tokio::test]
+async fn keys_show_when_they_were_last_used() {
+    let mut app = TestApp::spawn().await;
+    let (acme, key) = app.tenant("acme").await;
+    let idle = app.key(acme, &["crm:read"]).await;
+    let owners = Arc::new(KeyOwners::new(app.pool.clone(), 1000));
+    let names: Vec<&'static str> = modules().iter().map(|m| m.name()).collect();
+    let usage = Usage::new(app.pool.clone(), owners, &names);
+    let layers = tessera_gateway::Layers { usage: Some(usage.clone()), ..Default::default() };
+    app.router = tessera_gateway::router_with_layers(app.pool.clone(), &modules(), BODY_LIMIT, layers);
+
+    let last_used = async |app: &mut TestApp| -> Vec<(String, Option<time::OffsetDateTime>)> {
+        tessera_core::admin::list_api_keys(&mut app.owner, acme)
+            .await
+            .expect("keys")
+            .into_iter()
+            .map(|k| (k.prefix, k.last_used_at))
+            .collect()
+    };
+    let before = time::OffsetDateTime::now_utc();
+    assert!(last_used(&mut app).await.iter().all(|(_, at)| at.is_none()), "no key used yet");
+    assert_eq!(app.get("/v1/crm/deals", &key).await.status, StatusCode::OK);
+    // A refused request is no use of the key.
+    app.get("/v1/crm/deals?limit=0", &idle).await.assert_problem(400, "invalid_parameter");
+    usage.flush().await.expect("flush");
+    let keys = last_used(&mut app).await;
+    let used: Vec<&str> = keys.iter().filter(|(_, at)| at.is_some()).map(|(p, _)| p.as_str()).collect();
+    assert_eq!(used, [&key[4..16]], "only the key that answered a request: {keys:?}");
+    let stamped = keys.iter().find_map(|(_, at)| *at).expect("stamped");
+    assert!(stamped >= before - time::Duration::seconds(1), "{stamped} is the time of the request");
+}
