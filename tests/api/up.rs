@@ -17,7 +17,7 @@ struct Running {
 impl Running {
     fn start(data_dir: &Path) -> Self {
         let mut child = Command::new(BIN)
-            .args(["up", "--listen", "127.0.0.1:0", "--data-dir"])
+            .args(["up", "--listen", "127.0.0.1:0", "--sql-listen", "127.0.0.1:0", "--data-dir"])
             .arg(data_dir)
             .env("TESSERA_LOG", "warn")
             .stdout(Stdio::piped())
@@ -87,6 +87,22 @@ async fn tessera_up_serves_the_demo_tenant_then_stops_cleanly_and_reuses_its_clu
         .expect("json");
     assert_eq!(deals["data"].as_array().expect("sample deals").len(), 3);
 
+    // The SQL endpoint, as the printed line says, with the same demo key.
+    let sql_line = first.value_after("SQL endpoint").expect("SQL endpoint line");
+    let port: u16 = sql_line
+        .split_whitespace()
+        .find_map(|w| w.strip_prefix("port="))
+        .and_then(|p| p.trim_matches('"').parse().ok())
+        .expect("the SQL endpoint's port");
+    let mut sql_config = tokio_postgres::Config::new();
+    sql_config.host("127.0.0.1").port(port).user("demo").password(&key).dbname("tessera");
+    let (reporting, connection) = sql_config.connect(tokio_postgres::NoTls).await.expect("SQL endpoint");
+    tokio::spawn(connection);
+    let sampled: i64 =
+        reporting.query_one("select count(*) from reporting.crm_deals", &[]).await.expect("query").get(0);
+    assert_eq!(sampled, 3);
+    drop(reporting);
+
     // The in-process CDC worker turns the committed change into an event.
     let psql = first.value_after("PostgreSQL").expect("psql line");
     let url = psql.trim_start_matches("psql ").trim_matches('"').to_owned();
@@ -116,7 +132,7 @@ async fn tessera_up_serves_the_demo_tenant_then_stops_cleanly_and_reuses_its_clu
 
     // A second `tessera up` on the same folder refuses instead of touching the running cluster.
     let second = Command::new(BIN)
-        .args(["up", "--listen", "127.0.0.1:0", "--data-dir"])
+        .args(["up", "--listen", "127.0.0.1:0", "--sql-listen", "127.0.0.1:0", "--data-dir"])
         .arg(&data_dir)
         .output()
         .expect("second up");
