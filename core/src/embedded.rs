@@ -292,6 +292,18 @@ impl Cluster {
         Ok(())
     }
 
+    /// Creates the (empty) data folder, private to the server's OS user, and returns its parent.
+    fn make_data_dir(&self) -> Result<&Path, LauncherError> {
+        let data = &self.options.data_dir;
+        let parent = data.parent().unwrap_or(Path::new("/"));
+        fs::create_dir_all(parent).map_err(io_err(format!("create {}", parent.display())))?;
+        fs::create_dir_all(data).map_err(io_err(format!("create {}", data.display())))?;
+        fs::set_permissions(data, fs::Permissions::from_mode(0o700))
+            .map_err(io_err(format!("restrict {}", data.display())))?;
+        self.give_to_server_user(data)?;
+        Ok(parent)
+    }
+
     /// Creates the cluster as a hot standby of the running `primary` (a base backup through the primary's
     /// local socket as its superuser, streaming from it once started): a read replica, for instance for the
     /// SQL endpoint. Does nothing when the data folder holds a cluster already.
@@ -300,12 +312,7 @@ impl Cluster {
             return Ok(());
         }
         let data = &self.options.data_dir;
-        let parent = data.parent().unwrap_or(Path::new("/"));
-        fs::create_dir_all(parent).map_err(io_err(format!("create {}", parent.display())))?;
-        fs::create_dir_all(data).map_err(io_err(format!("create {}", data.display())))?;
-        fs::set_permissions(data, fs::Permissions::from_mode(0o700))
-            .map_err(io_err(format!("restrict {}", data.display())))?;
-        self.give_to_server_user(data)?;
+        self.make_data_dir()?;
         let mut cmd = self.command("pg_basebackup");
         cmd.arg("-D")
             .arg(data)
@@ -327,12 +334,7 @@ impl Cluster {
             return Ok(());
         }
         let data = &self.options.data_dir;
-        let parent = data.parent().unwrap_or(Path::new("/"));
-        fs::create_dir_all(parent).map_err(io_err(format!("create {}", parent.display())))?;
-        fs::create_dir_all(data).map_err(io_err(format!("create {}", data.display())))?;
-        fs::set_permissions(data, fs::Permissions::from_mode(0o700))
-            .map_err(io_err(format!("restrict {}", data.display())))?;
-        self.give_to_server_user(data)?;
+        let parent = self.make_data_dir()?;
         if let Some(user) = &self.runas {
             // Checked as that user: every folder above the data folder must let it through.
             let reachable = Command::new("runuser")

@@ -417,6 +417,7 @@ where
             }
         };
         let binding = Binding { token };
+        stamp_key(shared, key.prefix()).await;
         let Some(seat) = Seat::take(
             &shared.tenant_sessions,
             &tenant_id.to_string(),
@@ -466,6 +467,17 @@ where
 /// A session's row in core.sql_sessions, by its token.
 struct Binding {
     token: String,
+}
+
+/// Notes the key's use (its last-used time), best effort.
+async fn stamp_key(shared: &Shared, prefix: &str) {
+    let (auth, prefixes) = (shared.auth.clone(), vec![prefix.to_owned()]);
+    let done = shared
+        .main
+        .spawn(async move { auth.touch_api_keys(&prefixes, &[time::OffsetDateTime::now_utc()]).await });
+    if !matches!(tokio::time::timeout(Duration::from_secs(2), done).await, Ok(Ok(Ok(())))) {
+        tracing::warn!("could not note an API key's last use");
+    }
 }
 
 /// Ends a binding, best effort: a row left behind binds nothing (no later session knows its token).
