@@ -863,22 +863,19 @@ where
                     break;
                 }
             }
-            if buf.len() >= 5 {
-                let tag = buf[0];
-                let len = i32::from_be_bytes([buf[1], buf[2], buf[3], buf[4]]);
-                let total = usize::try_from(len).unwrap_or(0).saturating_add(1);
-                if len < 4 {
-                    return Ended::Upstream(format!("invalid message length {len}"));
-                }
-                if matches!(tag, b'D' | b'd')
-                    && (stopped.is_some() || bytes + total as u64 > limits.max_bytes)
-                {
-                    stop(&mut stopped, &mut give_up, &mut cancelling, too_big());
-                    skip = total;
-                    continue;
-                }
-                if !matches!(tag, b'D' | b'd') && total > MAX_UPSTREAM_OTHER {
-                    return Ended::Upstream(format!("an oversized message ({total} bytes)"));
+            match wire::frame_header(&buf, usize::MAX) {
+                Err(e) => return Ended::Upstream(e.to_string()),
+                Ok(None) => {}
+                Ok(Some((tag, total))) => {
+                    let row = matches!(tag, b'D' | b'd');
+                    if row && (stopped.is_some() || bytes + total as u64 > limits.max_bytes) {
+                        stop(&mut stopped, &mut give_up, &mut cancelling, too_big());
+                        skip = total;
+                        continue;
+                    }
+                    if !row && total > MAX_UPSTREAM_OTHER {
+                        return Ended::Upstream(format!("an oversized message ({total} bytes)"));
+                    }
                 }
             }
             let frame = match wire::split_frame(&mut buf, usize::MAX) {

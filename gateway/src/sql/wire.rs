@@ -64,28 +64,38 @@ pub async fn read_frame<R: AsyncRead + Unpin>(
         Err(e) => return Err(e.into()),
     }
     reader.read_exact(&mut header[1..]).await?;
+    let (_, total) = header_length(header, max)?;
+    let mut bytes = BytesMut::with_capacity(total);
+    bytes.extend_from_slice(&header);
+    bytes.resize(total, 0);
+    reader.read_exact(&mut bytes[5..]).await?;
+    Ok(Some(Frame { bytes }))
+}
+
+/// The tag and whole length (tag included) of the message whose header starts `buf`, once its five header
+/// bytes are there; an error for a length below 4 or a body over `max`.
+pub fn frame_header(buf: &[u8], max: usize) -> Result<Option<(u8, usize)>, FrameError> {
+    match buf.get(..5) {
+        Some(&[tag, a, b, c, d]) => header_length([tag, a, b, c, d], max).map(Some),
+        _ => Ok(None),
+    }
+}
+
+/// The tag and whole length of a message from its five header bytes (see [`frame_header`]).
+fn header_length(header: [u8; 5], max: usize) -> Result<(u8, usize), FrameError> {
     let len = i32::from_be_bytes([header[1], header[2], header[3], header[4]]);
     if len < 4 || len as usize - 4 > max {
         return Err(FrameError::Length(len.into()));
     }
-    let mut bytes = BytesMut::with_capacity(len as usize + 1);
-    bytes.extend_from_slice(&header);
-    bytes.resize(len as usize + 1, 0);
-    reader.read_exact(&mut bytes[5..]).await?;
-    Ok(Some(Frame { bytes }))
+    Ok((header[0], len as usize + 1))
 }
 
 /// Takes one whole message off the front of `buf`, when it holds one. Cancel-safe reading: fill `buf` with
 /// `read_buf`, then split frames off it.
 pub fn split_frame(buf: &mut BytesMut, max: usize) -> Result<Option<Frame>, FrameError> {
-    if buf.len() < 5 {
+    let Some((_, total)) = frame_header(buf, max)? else {
         return Ok(None);
-    }
-    let len = i32::from_be_bytes([buf[1], buf[2], buf[3], buf[4]]);
-    if len < 4 || len as usize - 4 > max {
-        return Err(FrameError::Length(len.into()));
-    }
-    let total = len as usize + 1;
+    };
     if buf.len() < total {
         buf.reserve(total - buf.len());
         return Ok(None);
