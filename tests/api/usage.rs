@@ -10,17 +10,23 @@ use tessera_gateway::usage::Usage;
 
 use crate::support::{BODY_LIMIT, TestApp, modules};
 
+/// Puts the usage layer in front of the app's router, and returns it to flush.
+fn counted(app: &mut TestApp) -> Arc<Usage> {
+    let owners = Arc::new(KeyOwners::new(app.pool.clone(), 1000));
+    let names: Vec<&'static str> = modules().iter().map(|m| m.name()).collect();
+    let usage = Usage::new(app.pool.clone(), owners, &names);
+    let layers = tessera_gateway::Layers { usage: Some(usage.clone()), ..Default::default() };
+    app.router = tessera_gateway::router_with_layers(app.pool.clone(), &modules(), BODY_LIMIT, layers);
+    usage
+}
+
 #[tokio::test]
 async fn requests_are_counted_per_tenant_and_module_and_read_back_by_the_tenant() {
     let mut app = TestApp::spawn().await;
     let (acme, key_a) = app.tenant("acme").await;
     let (_, key_b) = app.tenant("globex").await;
     let reader_a = app.key(acme, &["usage:read"]).await;
-    let owners = Arc::new(KeyOwners::new(app.pool.clone(), 1000));
-    let names: Vec<&'static str> = modules().iter().map(|m| m.name()).collect();
-    let usage = Usage::new(app.pool.clone(), owners, &names);
-    let layers = tessera_gateway::Layers { usage: Some(usage.clone()), ..Default::default() };
-    app.router = tessera_gateway::router_with_layers(app.pool.clone(), &modules(), BODY_LIMIT, layers);
+    let usage = counted(&mut app);
 
     for _ in 0..3 {
         assert_eq!(app.get("/v1/crm/deals", &key_a).await.status, StatusCode::OK);
@@ -67,11 +73,7 @@ async fn keys_show_when_they_were_last_used() {
     let mut app = TestApp::spawn().await;
     let (acme, key) = app.tenant("acme").await;
     let idle = app.key(acme, &["crm:read"]).await;
-    let owners = Arc::new(KeyOwners::new(app.pool.clone(), 1000));
-    let names: Vec<&'static str> = modules().iter().map(|m| m.name()).collect();
-    let usage = Usage::new(app.pool.clone(), owners, &names);
-    let layers = tessera_gateway::Layers { usage: Some(usage.clone()), ..Default::default() };
-    app.router = tessera_gateway::router_with_layers(app.pool.clone(), &modules(), BODY_LIMIT, layers);
+    let usage = counted(&mut app);
 
     let last_used = async |app: &mut TestApp| -> Vec<(String, Option<time::OffsetDateTime>)> {
         tessera_core::admin::list_api_keys(&mut app.owner, acme)
