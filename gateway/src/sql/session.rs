@@ -907,11 +907,7 @@ where
                 }
                 // Settings changes, notices and notifications pass even while a statement is being stopped.
                 b'S' => {
-                    if let Some((name, rest)) = wire::cstr(frame.body())
-                        && let Some((value, _)) = wire::cstr(rest)
-                    {
-                        apply(params, vec![(name.to_owned(), value.to_owned())]);
-                    }
+                    apply(params, wire::parameter_status_of(frame.body()).into_iter().collect());
                     out.extend_from_slice(frame.bytes());
                 }
                 b'N' | b'A' => out.extend_from_slice(frame.bytes()),
@@ -1002,12 +998,11 @@ where
 /// The refusal behind a server error, when the error is exactly the syntax error of a refused statement's
 /// marker (so a client's own `select tessera_refused_3` cannot take another statement's refusal).
 fn refusal_for(flow: &Flow, body: &[u8]) -> Option<Refusal> {
-    let fields = wire::error_fields(body);
-    let field = |c: u8| fields.iter().find(|(code, _)| *code == c).map(|(_, v)| v.as_str());
-    if field(b'C') != Some("42601") {
+    let (code, message) = wire::error_code_and_message(body);
+    if code != "42601" {
         return None;
     }
-    let marker = field(b'M')?
+    let marker = message
         .strip_prefix("syntax error at or near \"")?
         .strip_suffix('"')?
         .strip_prefix(REFUSED_MARKER)?;

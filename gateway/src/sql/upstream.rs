@@ -248,24 +248,15 @@ impl Upstream {
                         writer.flush().await?;
                     }
                 }
-                b'S' => {
-                    if let Some((name, rest)) = wire::cstr(body)
-                        && let Some((value, _)) = wire::cstr(rest)
-                    {
-                        server_params.push((name.to_owned(), value.to_owned()));
-                    }
-                }
+                b'S' => server_params.extend(wire::parameter_status_of(body)),
                 b'K' if body.len() == 8 => {
                     let pid = i32::from_be_bytes([body[0], body[1], body[2], body[3]]);
                     let secret = i32::from_be_bytes([body[4], body[5], body[6], body[7]]);
                     key = Some(CancelKey { address: config.address.clone(), pid, secret });
                 }
                 b'E' => {
-                    let fields = wire::error_fields(body);
-                    let field = |c: u8| {
-                        fields.iter().find(|(k, _)| *k == c).map(|(_, v)| v.clone()).unwrap_or_default()
-                    };
-                    return Err(UpstreamError::Refused { code: field(b'C'), message: field(b'M') });
+                    let (code, message) = wire::error_code_and_message(body);
+                    return Err(UpstreamError::Refused { code, message });
                 }
                 b'Z' => {
                     let key = key.ok_or_else(|| UpstreamError::Protocol("no BackendKeyData".into()))?;
@@ -340,13 +331,7 @@ impl Upstream {
                     .await?
                     .ok_or_else(|| UpstreamError::Protocol("the server closed the connection".into()))?;
                 match frame.tag() {
-                    b'S' => {
-                        if let Some((name, rest)) = wire::cstr(frame.body())
-                            && let Some((value, _)) = wire::cstr(rest)
-                        {
-                            outcome.changed.push((name.to_owned(), value.to_owned()));
-                        }
-                    }
+                    b'S' => outcome.changed.extend(wire::parameter_status_of(frame.body())),
                     b'D' if outcome.first.is_none() => {
                         let body = frame.body();
                         // One or more columns; the first one's length, then its bytes.
@@ -358,13 +343,7 @@ impl Upstream {
                             }
                         }
                     }
-                    b'E' => {
-                        let fields = wire::error_fields(frame.body());
-                        let field = |c: u8| {
-                            fields.iter().find(|(k, _)| *k == c).map(|(_, v)| v.clone()).unwrap_or_default()
-                        };
-                        outcome.error = Some((field(b'C'), field(b'M')));
-                    }
+                    b'E' => outcome.error = Some(wire::error_code_and_message(frame.body())),
                     b'Z' => {
                         // Idle, not in a (failed) transaction block.
                         if frame.body() != b"I" {

@@ -152,19 +152,30 @@ pub fn parse_parts(frame: &Frame) -> Option<(&str, &str)> {
     (count >= 0 && rest.len() == count as usize * 4).then_some((name, sql))
 }
 
-/// The fields of an ErrorResponse or NoticeResponse body: (field code, value).
-pub fn error_fields(body: &[u8]) -> Vec<(u8, String)> {
-    let mut fields = Vec::new();
+/// The SQLSTATE and the message of an ErrorResponse body (each empty when absent).
+pub fn error_code_and_message(body: &[u8]) -> (String, String) {
+    let (mut code, mut message) = (String::new(), String::new());
     let mut rest = body;
-    while let Some((&code, tail)) = rest.split_first() {
-        if code == 0 {
+    while let Some((&field, tail)) = rest.split_first() {
+        if field == 0 {
             break;
         }
         let Some((value, tail)) = cstr(tail) else { break };
-        fields.push((code, value.to_owned()));
+        match field {
+            b'C' => code = value.to_owned(),
+            b'M' => message = value.to_owned(),
+            _ => {}
+        }
         rest = tail;
     }
-    fields
+    (code, message)
+}
+
+/// The name and value of a ParameterStatus body.
+pub fn parameter_status_of(body: &[u8]) -> Option<(String, String)> {
+    let (name, rest) = cstr(body)?;
+    let (value, _) = cstr(rest)?;
+    Some((name.to_owned(), value.to_owned()))
 }
 
 fn encode(message: PgWireBackendMessage, out: &mut BytesMut) {
