@@ -403,14 +403,9 @@ where
                 fatal(stream, "28P01", &failed).await;
                 return Ok(None);
             }
-            Ok(Err(e)) => {
-                tracing::error!(error = ?e, "could not check a SQL login");
-                fatal(stream, "57P03", "the SQL endpoint cannot check credentials right now; try again")
-                    .await;
-                return Ok(None);
-            }
-            Err(e) => {
-                tracing::error!(error = %e, "the login check stopped");
+            // The database failed, or the check's task did.
+            failure => {
+                tracing::error!(error = ?failure.map(|r| r.map(|_| ())), "could not check a SQL login");
                 fatal(stream, "57P03", "the SQL endpoint cannot check credentials right now; try again")
                     .await;
                 return Ok(None);
@@ -472,21 +467,32 @@ struct Binding {
 /// Notes the key's use (its last-used time), best effort.
 async fn stamp_key(shared: &Shared, prefix: &str) {
     let (auth, prefixes) = (shared.auth.clone(), vec![prefix.to_owned()]);
-    let done = shared
-        .main
-        .spawn(async move { auth.touch_api_keys(&prefixes, &[time::OffsetDateTime::now_utc()]).await });
-    if !matches!(tokio::time::timeout(Duration::from_secs(2), done).await, Ok(Ok(Ok(())))) {
-        tracing::warn!("could not note an API key's last use");
-    }
+    let now = [time::OffsetDateTime::now_utc()];
+    best_effort(
+        shared,
+        "note an API key's last use",
+        async move { auth.touch_api_keys(&prefixes, &now).await },
+    )
+    .await;
 }
 
 /// Ends a binding, best effort: a row left behind binds nothing (no later session knows its token).
 async fn unbind(shared: &Shared, binding: &Binding) {
     let (auth, token) = (shared.auth.clone(), binding.token.clone());
-    let done = shared.main.spawn(async move { auth.unbind_sql_session(&token).await });
-    match tokio::time::timeout(Duration::from_secs(2), done).await {
+    best_effort(shared, "end a SQL binding", async move { auth.unbind_sql_session(&token).await }).await;
+}
+
+/// Runs a write on the gateway's database (on the runtime that owns its connections), giving up after two
+/// seconds; a failure is logged, not returned.
+async fn best_effort<F>(shared: &Shared, what: &str, work: F)
+where
+    F: std::future::Future<Output = Result<(), tessera_core::ApiError>> + Send + 'static,
+{
+    match tokio::time::timeout(Duration::from_secs(2), shared.main.spawn(work)).await {
         Ok(Ok(Ok(()))) => {}
-        other => tracing::warn!(result = ?other.map(|r| r.map(|r| r.is_ok())), "could not end a SQL binding"),
+        Ok(Ok(Err(e))) => tracing::warn!(error = ?e, "could not {what}"),
+        Ok(Err(e)) => tracing::warn!(error = %e, "could not {what}"),
+        Err(_) => tracing::warn!("could not {what}: timed out"),
     }
 }
 
