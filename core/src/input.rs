@@ -566,11 +566,15 @@ mod tests {
 }
 
 /// One page of a list, Stripe-style: `has_more` and the cursor to pass as `after` for the next page.
-#[derive(Debug, serde::Serialize)]
+#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
 pub struct Page<T> {
+    /// Always `list`.
+    #[schema(value_type = String, example = "list")]
     pub object: &'static str,
     pub data: Vec<T>,
+    /// Whether more items follow this page.
     pub has_more: bool,
+    /// Pass as `after` for the next page; null on the last page.
     pub next_cursor: Option<String>,
 }
 

@@ -6,6 +6,7 @@
 //!   and binds its tenant inside Postgres, so row-level security does the filtering.
 //! - [`problem`]: RFC 9457 problem+json errors with stable codes, and the mapping of Postgres conditions.
 //! - [`input`]: strict JSON body and query parsing that names the offending field.
+//! - [`openapi`]: the shared parts of the API contract (OpenAPI 3.1), and the router that documents routes.
 //! - [`apikey`]: API key format, generation and hashing.
 //! - [`admin`]: operator actions (tenants, keys) run by the CLI as the migration owner.
 //! - [`migrate`] and [`roles`]: schema migrations with one history per schema, and the role script.
@@ -21,6 +22,7 @@ pub mod embedded;
 pub mod input;
 pub mod migrate;
 pub mod module;
+pub mod openapi;
 pub mod problem;
 pub mod roles;
 pub mod tenant;

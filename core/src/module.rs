@@ -17,8 +17,9 @@ pub trait Module: Send + Sync + 'static {
     /// The module's migrations (plain SQL under `sql/<name>/`), applied with their own history table.
     fn migrations(&self) -> refinery::Runner;
 
-    /// The module's REST routes, mounted under `/v1/<name>`.
-    fn routes(&self, db: ModuleDb) -> axum::Router;
+    /// The module's REST routes, mounted under `/v1/<name>`, each documented for the OpenAPI document
+    /// (see [`crate::openapi`]).
+    fn routes(&self, db: ModuleDb) -> crate::openapi::ApiRouter;
 
     /// SQL that fills the demo tenant with sample data; it runs with the demo tenant bound.
     fn demo_data(&self) -> Option<&'static str> {

@@ -23,14 +23,22 @@ pub struct ApiError {
     internal: Option<String>,
 }
 
-#[derive(Serialize)]
-struct ProblemBody<'a> {
+/// An error (RFC 9457 problem details, `application/problem+json`).
+#[derive(Serialize, utoipa::ToSchema)]
+#[schema(as = Problem)]
+pub(crate) struct ProblemBody<'a> {
+    /// A URI naming the kind of problem.
     #[serde(rename = "type")]
     kind: String,
+    /// A short summary of the kind of problem.
     title: &'a str,
+    /// The HTTP status.
     status: u16,
+    /// A stable machine-readable code (`not_found`, `invalid_value`, `rate_limited`, …).
     code: &'a str,
+    /// What went wrong in this request.
     detail: &'a str,
+    /// The request field (body member, query or path parameter) the error is about.
     #[serde(skip_serializing_if = "Option::is_none")]
     field: Option<&'a str>,
 }

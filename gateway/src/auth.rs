@@ -5,24 +5,57 @@
 //! `401 invalid_credentials`, after the same password hashing work, so the answer says nothing about which
 //! part was wrong. A suspended tenant answers `403 tenant_suspended` only after the password was right.
 
-use axum::Router;
 use axum::extract::State;
 use axum::response::{IntoResponse, Response};
-use axum::routing::post;
-use serde_json::json;
 use tessera_core::ApiError;
 use tessera_core::db::Database;
 use tessera_core::input::{Fields, JsonObject};
+use tessera_core::openapi::{ApiRouter, ToSchema, routes};
 use tessera_core::token::{self, Claims, TOKEN_TTL_SECONDS};
 
-pub fn router(db: Database) -> Router {
-    Router::new().route("/login", post(login)).with_state(db)
+pub fn router(db: Database) -> ApiRouter {
+    ApiRouter::new().routes(routes!(login)).with_state(db)
+}
+
+/// A user's credentials for one tenant.
+#[derive(ToSchema)]
+#[allow(dead_code)]
+struct Login {
+    /// The user's e-mail address.
+    #[schema(max_length = 254, pattern = r"^[^\u0000]*\S[^\u0000]*$")]
+    email: String,
+    /// The password, as set (1 to 1024 bytes, not trimmed).
+    #[schema(min_length = 1, max_length = 1024)]
+    password: String,
+    /// The tenant's slug.
+    #[schema(max_length = 63, pattern = r"^[^\u0000]*\S[^\u0000]*$")]
+    tenant: String,
+}
+
+/// A token bound to one tenant; send it as `Authorization: Bearer <token>`.
+#[derive(serde::Serialize, ToSchema)]
+struct Token {
+    /// Always `token`.
+    #[schema(value_type = String)]
+    object: &'static str,
+    token: String,
+    /// Always `Bearer`.
+    #[schema(value_type = String)]
+    token_type: &'static str,
+    /// Seconds until the token expires.
+    expires_in: i64,
+    tenant_id: uuid::Uuid,
+    /// The user's role in the tenant: `owner`, `admin` or `member`.
+    role: String,
 }
 
 fn refused() -> ApiError {
     ApiError::unauthenticated("invalid_credentials", "the e-mail, password or tenant is not right")
 }
 
+/// Logs a user in to one tenant: a short-lived token for that tenant.
+#[utoipa::path(post, path = "/login", tag = "auth", request_body = Login,
+    responses((status = 200, description = "The token", body = Token)))]
 async fn login(State(db): State<Database>, body: JsonObject) -> Result<Response, ApiError> {
     // The password as sent: not trimmed, unlike other text fields.
     let password = match body.0.get("password") {
@@ -62,13 +95,13 @@ async fn login(State(db): State<Database>, body: JsonObject) -> Result<Response,
         exp: now + TOKEN_TTL_SECONDS,
     };
     let signed = token::sign(&db.token_signing_key().await?, &claims);
-    Ok(axum::Json(json!({
-        "object": "token",
-        "token": signed,
-        "token_type": "Bearer",
-        "expires_in": TOKEN_TTL_SECONDS,
-        "tenant_id": tenant_id,
-        "role": role,
-    }))
+    Ok(axum::Json(Token {
+        object: "token",
+        token: signed,
+        token_type: "Bearer",
+        expires_in: TOKEN_TTL_SECONDS,
+        tenant_id,
+        role,
+    })
     .into_response())
 }

@@ -12,14 +12,13 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::Router;
 use axum::extract::{Path, State};
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
-use serde_json::{Map, Value, json};
+use serde_json::{Map, Value};
 use tessera_core::apikey::PresentedKey;
 use tessera_core::db::{Database, ModuleDb};
+use tessera_core::openapi::{ApiRouter, IdParam, ToSchema, routes};
 use tessera_core::{ApiError, Module};
 use uuid::Uuid;
 
@@ -30,13 +29,39 @@ struct Dashboards {
 }
 
 /// The routes under `/v1/dashboard`.
-pub fn router(db: &Database, modules: &[Arc<dyn Module>], budget: Duration) -> Router {
+pub fn router(db: &Database, modules: &[Arc<dyn Module>], budget: Duration) -> ApiRouter {
     let modules = modules.iter().map(|m| (m.clone(), db.for_module(m.name()))).collect();
-    Router::new()
-        .route("/companies/{id}", get(company))
-        .with_state(Dashboards { modules: Arc::new(modules), budget })
+    ApiRouter::new().routes(routes!(company)).with_state(Dashboards { modules: Arc::new(modules), budget })
 }
 
+/// What every module has to say about one CRM company.
+#[derive(serde::Serialize, ToSchema)]
+struct CompanyDashboard {
+    /// Always `company_dashboard`.
+    #[schema(value_type = String)]
+    object: &'static str,
+    company_id: Uuid,
+    /// Each module's part, by module name (e.g. `crm`: the company, its contacts and open deals;
+    /// `invoicing`: open and overdue invoices).
+    parts: Map<String, Value>,
+    /// The parts left out, and why.
+    unavailable: Vec<Unavailable>,
+}
+
+/// A module whose part is missing from a dashboard.
+#[derive(serde::Serialize, ToSchema)]
+struct Unavailable {
+    #[schema(value_type = String)]
+    module: &'static str,
+    /// The error's code, or `timeout` when the part ran out of time.
+    #[schema(value_type = String)]
+    code: &'static str,
+}
+
+/// A CRM company's dashboard: each module's part, fetched at once; a part that fails or is late is
+/// listed as unavailable and the rest still comes back. Never cached.
+#[utoipa::path(get, path = "/companies/{id}", tag = "dashboard", params(IdParam),
+    responses((status = 200, description = "The dashboard", body = CompanyDashboard)))]
 async fn company(
     State(dashboards): State<Dashboards>,
     key: PresentedKey,
@@ -62,20 +87,15 @@ async fn company(
                 if e.status().is_server_error() {
                     tracing::warn!(module, code = e.code(), "a dashboard part failed");
                 }
-                unavailable.push(json!({"module": module, "code": e.code()}));
+                unavailable.push(Unavailable { module, code: e.code() });
             }
             Err(_) => {
                 tracing::warn!(module, "a dashboard part ran out of time");
-                unavailable.push(json!({"module": module, "code": "timeout"}));
+                unavailable.push(Unavailable { module, code: "timeout" });
             }
         }
     }
-    let answer = json!({
-        "object": "company_dashboard",
-        "company_id": id,
-        "parts": Value::Object(body),
-        "unavailable": unavailable,
-    });
+    let answer = CompanyDashboard { object: "company_dashboard", company_id: id, parts: body, unavailable };
     let mut response = axum::Json(answer).into_response();
     response.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     Ok(response)

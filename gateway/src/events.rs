@@ -9,35 +9,46 @@
 
 use axum::Json;
 use axum::extract::{RawQuery, State};
-use axum::routing::get;
 use serde::Serialize;
 use tessera_core::ApiError;
 use tessera_core::apikey::{Access, PresentedKey, Scope};
 use tessera_core::db::ModuleDb;
 use tessera_core::input::QueryParams;
+use tessera_core::openapi::{ApiRouter, ToSchema, routes};
 
-pub fn router(db: ModuleDb) -> axum::Router {
-    axum::Router::new().route("/", get(list_events)).with_state(db)
+pub fn router(db: ModuleDb) -> ApiRouter {
+    ApiRouter::new().routes(routes!(list_events)).with_state(db)
 }
 
 /// Types asked for at once, at most.
 const MAX_TYPES: usize = 20;
 
-#[derive(Debug, Serialize)]
+/// A module event: a committed change (`crm.deals.update`) or a domain event derived from one
+/// (`deal.closed.won`).
+#[derive(Debug, Serialize, ToSchema)]
+#[schema(as = Event)]
 struct EventOut {
+    /// The same change always has the same id.
     id: uuid::Uuid,
+    /// The event's type.
     #[serde(rename = "type")]
     kind: String,
+    /// When the change was committed.
     #[serde(with = "time::serde::rfc3339")]
     commit_time: time::OffsetDateTime,
+    /// The change: `table`, `op`, `new` and `old` rows.
     data: serde_json::Value,
 }
 
-#[derive(Debug, Serialize)]
+/// A page of events, in the order they were committed.
+#[derive(Debug, Serialize, ToSchema)]
 struct EventPage {
+    /// Always `list`.
+    #[schema(value_type = String)]
     object: &'static str,
     data: Vec<EventOut>,
     has_more: bool,
+    /// Pass as `after` for the next page; null on the last page.
     next_cursor: Option<String>,
 }
 
@@ -69,6 +80,15 @@ fn readable_modules(scopes: &[String]) -> Vec<String> {
         .collect()
 }
 
+/// Lists the tenant's events in commit order, from the modules the key may read.
+#[utoipa::path(get, path = "/", tag = "events",
+    params(
+        ("limit" = Option<i64>, Query, minimum = 1, maximum = 100, description = "How many events (1 to 100, default 20)"),
+        ("after" = Option<uuid::Uuid>, Query, description = "The `next_cursor` of the previous page"),
+        ("types" = Option<String>, Query, pattern = r"^[a-z0-9_.]{1,100}(,[a-z0-9_.]{1,100}){0,19}$",
+            description = "Only these event types, comma-separated (at most 20)"),
+    ),
+    responses((status = 200, description = "A page of events", body = EventPage)))]
 async fn list_events(
     State(db): State<ModuleDb>,
     key: PresentedKey,

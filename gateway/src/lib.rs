@@ -29,6 +29,8 @@ mod dashboard;
 mod events;
 pub mod idempotency;
 pub mod metrics;
+pub mod openapi;
+mod openapi_page;
 pub mod owners;
 mod paths;
 pub mod ratelimit;
@@ -120,10 +122,17 @@ pub fn router_with_layers(
 ) -> Router {
     let Layers { cache, rate_limits, usage } = layers;
     let feed = db.for_api(tessera_core::module::EVENT_FEED_API, tessera_core::roles::EVENT_FEED);
+    let mut docs: Vec<(String, utoipa::openapi::OpenApi)> = Vec::new();
+    let mut split = |prefix: &str, routes: tessera_core::openapi::ApiRouter| {
+        let (router, doc) = routes.split_for_parts();
+        docs.push((format!("/v1{prefix}"), doc));
+        router
+    };
     let mut module_routes = Router::new();
     for module in modules {
-        let routes = module.routes(db.for_module(module.name()));
-        module_routes = module_routes.nest(&format!("/{}", module.name()), routes);
+        let prefix = format!("/{}", module.name());
+        let routes = split(&prefix, module.routes(db.for_module(module.name())));
+        module_routes = module_routes.nest(&prefix, routes);
     }
     if let Some(cache) = cache {
         let names: Arc<[&'static str]> = modules.iter().map(|m| m.name()).collect();
@@ -138,12 +147,25 @@ pub fn router_with_layers(
     module_routes =
         module_routes.layer(axum::middleware::from_fn_with_state(idempotency, idempotency::layer));
     let usage_db = db.for_api(tessera_core::module::USAGE_API, tessera_core::roles::EVENT_FEED);
+    let events = split("/events", events::router(feed));
+    let usage_routes = split("/usage", usage::router(usage_db));
+    let auth = split("/auth", auth::router(db.clone()));
+    let dashboard = split("/dashboard", dashboard::router(&db, modules, DASHBOARD_BUDGET));
+    docs.push((String::new(), probes_doc()));
+    let names: Vec<&str> = modules.iter().map(|m| m.name()).collect();
+    let document = openapi::ApiDocument::new(docs, &names);
     let mut api = Router::new()
-        .nest("/events", events::router(feed))
-        .nest("/usage", usage::router(usage_db))
-        .nest("/auth", auth::router(db.clone()))
-        .nest("/dashboard", dashboard::router(&db, modules, DASHBOARD_BUDGET))
-        .merge(module_routes);
+        .nest("/events", events)
+        .nest("/usage", usage_routes)
+        .nest("/auth", auth)
+        .nest("/dashboard", dashboard)
+        .merge(module_routes)
+        .merge(
+            Router::new()
+                .route("/openapi.json", get(openapi_json))
+                .route("/docs", get(openapi_page))
+                .with_state(document),
+        );
     if let Some(usage) = usage {
         api = api.layer(axum::middleware::from_fn_with_state(usage, usage::layer));
     }
@@ -193,13 +215,43 @@ impl MakeRequestId for RequestIds {
     }
 }
 
-async fn healthz() -> impl IntoResponse {
-    axum::Json(serde_json::json!({ "status": "ok" }))
+/// The document of the probes, which are not under `/v1` and not behind a credential.
+fn probes_doc() -> utoipa::openapi::OpenApi {
+    tessera_core::openapi::ApiRouter::<Database>::new()
+        .routes(tessera_core::openapi::routes!(healthz))
+        .routes(tessera_core::openapi::routes!(readyz))
+        .into_openapi()
 }
 
+async fn openapi_json(State(document): State<openapi::ApiDocument>) -> Response {
+    ([(axum::http::header::CONTENT_TYPE, "application/json")], document.json).into_response()
+}
+
+async fn openapi_page(State(document): State<openapi::ApiDocument>) -> Response {
+    ([(axum::http::header::CONTENT_TYPE, "text/html; charset=utf-8")], document.html).into_response()
+}
+
+/// The state of the process or the database, for probes.
+#[derive(serde::Serialize, tessera_core::openapi::ToSchema)]
+struct Health {
+    /// `ok` or `ready`.
+    #[schema(value_type = String)]
+    status: &'static str,
+}
+
+/// Whether the process is up.
+#[utoipa::path(get, path = "/healthz", tag = "operations",
+    responses((status = 200, description = "The process is up", body = Health)))]
+async fn healthz() -> impl IntoResponse {
+    axum::Json(Health { status: "ok" })
+}
+
+/// Whether the database answers.
+#[utoipa::path(get, path = "/readyz", tag = "operations",
+    responses((status = 200, description = "The database answers", body = Health)))]
 async fn readyz(State(db): State<Database>) -> Response {
     if db.is_ready().await {
-        axum::Json(serde_json::json!({ "status": "ready" })).into_response()
+        axum::Json(Health { status: "ready" }).into_response()
     } else {
         ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "not_ready", "the database does not answer")
             .into_response()

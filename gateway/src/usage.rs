@@ -10,16 +10,14 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use axum::Router;
 use axum::extract::{Request, State};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
-use serde_json::json;
 use tessera_core::ApiError;
 use tessera_core::apikey::{self, PresentedKey};
 use tessera_core::db::{Database, ModuleDb};
 use tessera_core::input::QueryParams;
+use tessera_core::openapi::{ApiRouter, ToSchema, routes};
 use time::{Date, OffsetDateTime};
 use uuid::Uuid;
 
@@ -140,10 +138,41 @@ pub async fn layer(State(usage): State<Arc<Usage>>, mut request: Request, next: 
 }
 
 /// `GET /v1/usage`.
-pub fn router(db: ModuleDb) -> Router {
-    Router::new().route("/", get(read)).with_state(db)
+pub fn router(db: ModuleDb) -> ApiRouter {
+    ApiRouter::new().routes(routes!(read)).with_state(db)
 }
 
+/// A tenant's requests per module and day (UTC).
+#[derive(serde::Serialize, ToSchema)]
+struct UsageReport {
+    /// Always `list`.
+    #[schema(value_type = String)]
+    object: &'static str,
+    data: Vec<UsageDay>,
+    /// The first day counted.
+    #[schema(value_type = String, format = Date)]
+    from: String,
+    /// The last day counted.
+    #[schema(value_type = String, format = Date)]
+    to: String,
+}
+
+/// One module's requests on one day.
+#[derive(serde::Serialize, ToSchema)]
+struct UsageDay {
+    module: String,
+    #[schema(value_type = String, format = Date)]
+    day: String,
+    requests: i64,
+}
+
+/// Reads the tenant's usage per module and day.
+#[utoipa::path(get, path = "/", tag = "usage",
+    params(
+        ("from" = Option<String>, Query, format = Date, description = "First day (default: 30 days before `to`)"),
+        ("to" = Option<String>, Query, format = Date, description = "Last day (default: today); at most 366 days after `from`"),
+    ),
+    responses((status = 200, description = "Requests per module and day", body = UsageReport)))]
 async fn read(State(db): State<ModuleDb>, key: PresentedKey, request: Request) -> Result<Response, ApiError> {
     let mut q = QueryParams::parse(request.uri().query())?;
     let today = OffsetDateTime::now_utc().date();
@@ -175,10 +204,10 @@ async fn read(State(db): State<ModuleDb>, key: PresentedKey, request: Request) -
                 .await?)
         })
         .await?;
-    let data: Vec<serde_json::Value> = rows
+    let data = rows
         .iter()
-        .map(|r| json!({"module": r.get::<_, String>(0), "day": r.get::<_, Date>(1).to_string(), "requests": r.get::<_, i64>(2)}))
+        .map(|r| UsageDay { module: r.get(0), day: r.get::<_, Date>(1).to_string(), requests: r.get(2) })
         .collect();
-    Ok(axum::Json(json!({"object": "list", "data": data, "from": from.to_string(), "to": to.to_string()}))
+    Ok(axum::Json(UsageReport { object: "list", data, from: from.to_string(), to: to.to_string() })
         .into_response())
 }

@@ -211,7 +211,8 @@ async fn a_slow_load_racing_a_change_leaves_no_stale_entry() {
     let pool = app.pool.clone();
     let _gateway = cached(&mut app, move |cache| {
         let crm = modules().into_iter().find(|m| m.name() == "crm").expect("crm");
-        let routes = Router::new().nest("/crm", crm.routes(pool.for_module("crm"))).layer(from_fn(delay));
+        let routes =
+            Router::new().nest("/crm", crm.routes(pool.for_module("crm")).into()).layer(from_fn(delay));
         let layer = CacheLayer { cache, modules: Arc::from(vec!["crm"]) };
         Router::new().nest("/v1", routes.layer(from_fn_with_state(layer, cache::layer)))
     })

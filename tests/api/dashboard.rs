@@ -111,8 +111,8 @@ impl Module for PartOnly {
     fn migrations(&self) -> refinery::Runner {
         refinery::Runner::new(&[])
     }
-    fn routes(&self, _: ModuleDb) -> axum::Router {
-        axum::Router::new()
+    fn routes(&self, _: ModuleDb) -> tessera_core::openapi::ApiRouter {
+        tessera_core::openapi::ApiRouter::new()
     }
     fn company_dashboard<'a>(
         &'a self,

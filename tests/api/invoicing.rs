@@ -367,6 +367,39 @@ async fn an_empty_invoice_cannot_be_issued_and_burns_no_number() {
     assert_eq!(issue(&app, &key, &good).await.body["number"], "INV-000001", "no number was burnt");
 }
 
+/// Found by the contract test: dates that pass year 9999 (a due date computed on issue, a payment time in UTC)
+/// are refused as input, not stored for readers to fail on.
+#[tokio::test]
+async fn dates_past_year_9999_are_refused_not_stored() {
+    let mut app = TestApp::spawn().await;
+    let (_, key) = app.tenant("acme").await;
+    let acme = customer(&app, &key, "Acme").await;
+    let r = app
+        .post(
+            "/v1/invoicing/invoices",
+            &key,
+            json!({"customer_id": acme, "issue_date": "9999-12-20", "lines": [{"description": "x", "unit_price": "1"}]}),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.body);
+    let late = id(&r.body);
+    let r = issue(&app, &key, &late).await;
+    r.assert_problem(422, "invalid_value");
+    assert_eq!(r.field(), "due_date");
+    let still = app.get(&format!("/v1/invoicing/invoices/{late}"), &key).await;
+    assert_eq!(still.body["status"], "draft", "{}", still.body);
+
+    let fine = id(&draft(&app, &key, &acme, json!([{"description": "x", "unit_price": "10"}])).await);
+    assert_eq!(issue(&app, &key, &fine).await.status, StatusCode::OK);
+    let payments = format!("/v1/invoicing/invoices/{fine}/payments");
+    let r = app.post(&payments, &key, json!({"amount": "1", "paid_at": "9999-12-31T23:00:00-02:00"})).await;
+    r.assert_problem(422, "invalid_value");
+    assert_eq!(r.field(), "paid_at");
+    let r = app.post(&payments, &key, json!({"amount": "1", "paid_at": "9999-12-31T23:00:00+02:00"})).await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.body);
+    assert_eq!(app.get(&payments, &key).await.body["data"].as_array().map(Vec::len), Some(1));
+}
+
 #[tokio::test]
 async fn a_rolled_back_issue_gives_its_number_back() {
     let mut app = TestApp::spawn().await;

@@ -5,6 +5,7 @@ mod cache;
 mod catalog;
 mod cdc_decoding;
 mod cdc_worker;
+mod contract;
 mod crud;
 mod dashboard;
 mod events;

@@ -43,7 +43,7 @@ async fn concurrent_migration_runs_apply_each_migration_once() {
     assert_eq!(applied_total, planned, "every migration applied by exactly one run");
 
     let client = connect("tessera_owner", &db).await;
-    for (schema, versions) in [("core", 14), ("events", 6), ("crm", 3), ("invoicing", 4), ("hr", 2)] {
+    for (schema, versions) in [("core", 14), ("events", 6), ("crm", 3), ("invoicing", 5), ("hr", 2)] {
         let n: i64 = client
             .query_one(&format!("select count(*) from migrations.{schema}_history"), &[])
             .await
@@ -73,8 +73,8 @@ async fn migrating_without_the_roles_says_what_to_do() {
         fn migrations(&self) -> refinery::Runner {
             refinery::Runner::new(&[])
         }
-        fn routes(&self, _: tessera_core::db::ModuleDb) -> axum::Router {
-            axum::Router::new()
+        fn routes(&self, _: tessera_core::db::ModuleDb) -> tessera_core::openapi::ApiRouter {
+            tessera_core::openapi::ApiRouter::new()
         }
     }
     let mut with_ghost = refs.clone();

@@ -86,6 +86,22 @@ async fn tessera_up_serves_the_demo_tenant_then_stops_cleanly_and_reuses_its_clu
         .await
         .expect("json");
     assert_eq!(deals["data"].as_array().expect("sample deals").len(), 3);
+    // The API contract and its page, as the README shows them, with no credential.
+    let doc: serde_json::Value = http
+        .get(format!("{base}/v1/openapi.json"))
+        .send()
+        .await
+        .expect("request")
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(
+        (doc["openapi"].as_str(), doc["info"]["title"].as_str()),
+        (Some("3.1.0"), Some("Tessera API"))
+    );
+    let page = http.get(format!("{base}/v1/docs")).send().await.expect("request");
+    assert_eq!(page.status(), 200);
+    assert!(page.text().await.expect("page").contains("<code>/v1/crm/deals</code>"));
 
     // The SQL endpoint, as the printed line says, with the same demo key.
     let sql_line = first.value_after("SQL endpoint").expect("SQL endpoint line");

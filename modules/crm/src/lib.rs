@@ -29,7 +29,7 @@ impl Module for Crm {
         embedded::migrations::runner()
     }
 
-    fn routes(&self, db: ModuleDb) -> axum::Router {
+    fn routes(&self, db: ModuleDb) -> tessera_core::openapi::ApiRouter {
         routes::router(db)
     }
 

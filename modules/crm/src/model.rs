@@ -3,14 +3,17 @@
 use serde::Serialize;
 use tessera_core::ApiError;
 use tessera_core::input::{Cursor, Fields, JsonObject, Patch};
+use tessera_core::openapi::ToSchema;
 use time::{Date, OffsetDateTime};
 use tokio_postgres::Row;
 use uuid::Uuid;
 
 pub const STAGES: &[&str] = &["lead", "qualified", "proposal", "negotiation", "won", "lost"];
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
 pub struct Company {
+    /// Always `company`.
+    #[schema(value_type = String)]
     pub object: &'static str,
     pub id: Uuid,
     pub name: String,
@@ -40,8 +43,10 @@ impl Company {
     }
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
 pub struct Contact {
+    /// Always `contact`.
+    #[schema(value_type = String)]
     pub object: &'static str,
     pub id: Uuid,
     pub company_id: Option<Uuid>,
@@ -77,18 +82,22 @@ impl Contact {
     }
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
 pub struct Deal {
+    /// Always `deal`.
+    #[schema(value_type = String)]
     pub object: &'static str,
     pub id: Uuid,
     pub company_id: Option<Uuid>,
     pub contact_id: Option<Uuid>,
     pub title: String,
+    #[schema(value_type = DealStage)]
     pub stage: String,
     /// A decimal string ("12000.00"): exact, unlike a JSON number.
     pub amount: String,
     pub currency: String,
     pub owner_email: Option<String>,
+    #[schema(value_type = Option<String>, format = Date)]
     pub expected_close_date: Option<Date>,
     #[serde(with = "time::serde::rfc3339")]
     pub created_at: OffsetDateTime,
@@ -254,4 +263,115 @@ impl DealInput {
             ("currency", self.currency == Patch::Null),
         ])
     }
+}
+
+// The request bodies, as the OpenAPI document describes them. `*Input::parse` is what enforces them; the
+// contract test (tests/api/contract.rs) sends bodies generated from these schemas and checks the two agree.
+
+/// An amount of money: up to 16 digits before the point and 2 after.
+fn money() -> tessera_core::openapi::Schema {
+    tessera_core::openapi::decimal(16, 2)
+}
+
+tessera_core::string_enum_schema!(
+    /// A deal's pipeline stage.
+    DealStage = STAGES
+);
+
+/// A new company.
+#[derive(ToSchema)]
+#[allow(dead_code)]
+pub struct NewCompany {
+    /// The company's name, 1 to 200 characters (trimmed).
+    #[schema(max_length = 200, pattern = r"^[^\u0000]*\S[^\u0000]*$")]
+    name: String,
+    /// Its web domain (a host name, stored lowercased); unique within the tenant.
+    #[schema(max_length = 253, pattern = r"^[A-Za-z0-9]([A-Za-z0-9.-]*[A-Za-z0-9])?$")]
+    domain: Option<String>,
+}
+
+/// Changes to a company: only the members sent change; `null` clears an optional member.
+#[derive(ToSchema)]
+#[allow(dead_code)]
+pub struct CompanyChanges {
+    #[schema(max_length = 200, pattern = r"^[^\u0000]*\S[^\u0000]*$", required = false)]
+    name: String,
+    #[schema(max_length = 253, pattern = r"^[A-Za-z0-9]([A-Za-z0-9.-]*[A-Za-z0-9])?$", required = false)]
+    domain: Option<String>,
+}
+
+/// A new contact.
+#[derive(ToSchema)]
+#[allow(dead_code)]
+pub struct NewContact {
+    /// The company the contact works for.
+    company_id: Option<uuid::Uuid>,
+    #[schema(max_length = 100, pattern = r"^[^\u0000]*\S[^\u0000]*$")]
+    first_name: String,
+    #[schema(max_length = 100, pattern = r"^[^\u0000]*\S[^\u0000]*$")]
+    last_name: Option<String>,
+    /// Unique within the tenant; stored lowercased.
+    #[schema(max_length = 254, format = Email)]
+    email: Option<String>,
+    #[schema(max_length = 50, pattern = r"^[^\u0000]*\S[^\u0000]*$")]
+    phone: Option<String>,
+}
+
+/// Changes to a contact: only the members sent change; `null` clears an optional member.
+#[derive(ToSchema)]
+#[allow(dead_code)]
+pub struct ContactChanges {
+    #[schema(required = false)]
+    company_id: Option<uuid::Uuid>,
+    #[schema(max_length = 100, pattern = r"^[^\u0000]*\S[^\u0000]*$", required = false)]
+    first_name: String,
+    #[schema(max_length = 100, pattern = r"^[^\u0000]*\S[^\u0000]*$", required = false)]
+    last_name: Option<String>,
+    #[schema(max_length = 254, format = Email, required = false)]
+    email: Option<String>,
+    #[schema(max_length = 50, pattern = r"^[^\u0000]*\S[^\u0000]*$", required = false)]
+    phone: Option<String>,
+}
+
+/// A new deal. `stage` defaults to `lead`, `amount` to 0 and `currency` to `USD`.
+#[derive(ToSchema)]
+#[allow(dead_code)]
+pub struct NewDeal {
+    company_id: Option<uuid::Uuid>,
+    contact_id: Option<uuid::Uuid>,
+    #[schema(max_length = 200, pattern = r"^[^\u0000]*\S[^\u0000]*$")]
+    title: String,
+    #[schema(required = false)]
+    stage: DealStage,
+    #[schema(schema_with = money, required = false)]
+    amount: String,
+    /// An ISO 4217 code.
+    #[schema(pattern = "^[A-Z]{3}$", required = false)]
+    currency: String,
+    #[schema(max_length = 254, format = Email)]
+    owner_email: Option<String>,
+    #[schema(value_type = Option<String>, format = Date)]
+    expected_close_date: Option<Date>,
+}
+
+/// Changes to a deal: only the members sent change; `null` clears an optional member.
+#[derive(ToSchema)]
+#[allow(dead_code)]
+pub struct DealChanges {
+    #[schema(required = false)]
+    company_id: Option<uuid::Uuid>,
+    #[schema(required = false)]
+    contact_id: Option<uuid::Uuid>,
+    #[schema(max_length = 200, pattern = r"^[^\u0000]*\S[^\u0000]*$", required = false)]
+    title: String,
+    #[schema(required = false)]
+    stage: DealStage,
+    #[schema(schema_with = money, required = false)]
+    amount: String,
+    #[schema(pattern = "^[A-Z]{3}$", required = false)]
+    currency: String,
+    #[schema(max_length = 254, format = Email, required = false)]
+    owner_email: Option<String>,
+    #[schema(value_type = Option<String>, format = Date, required = false)]
+    expected_close_date: Option<Date>,
 }

@@ -7,26 +7,29 @@ use axum::Json;
 use axum::extract::{RawQuery, State};
 use axum::http::StatusCode;
 use axum::response::Response;
-use axum::routing::get;
 use serde::Serialize;
 use tessera_core::ApiError;
 use tessera_core::apikey::PresentedKey;
 use tessera_core::db::ModuleDb;
 use tessera_core::input::{IdPath, JsonObject, Page, QueryParams};
+use tessera_core::openapi::{ApiRouter, IdParam, PageParams, routes};
 use tessera_core::problem::Constraint;
 use uuid::Uuid;
 
-use crate::model::{Company, CompanyInput, Contact, ContactInput, Deal, DealInput, STAGES};
+use crate::model::{
+    Company, CompanyChanges, CompanyInput, Contact, ContactChanges, ContactInput, Deal, DealChanges,
+    DealInput, DealStage, NewCompany, NewContact, NewDeal, STAGES,
+};
 use crate::store::{self, DealFilter, Window};
 
-pub fn router(db: ModuleDb) -> axum::Router {
-    axum::Router::new()
-        .route("/companies", get(list_companies).post(create_company))
-        .route("/companies/{id}", get(get_company).patch(update_company).delete(delete_company))
-        .route("/contacts", get(list_contacts).post(create_contact))
-        .route("/contacts/{id}", get(get_contact).patch(update_contact).delete(delete_contact))
-        .route("/deals", get(list_deals).post(create_deal))
-        .route("/deals/{id}", get(get_deal).patch(update_deal).delete(delete_deal))
+pub fn router(db: ModuleDb) -> ApiRouter {
+    ApiRouter::new()
+        .routes(routes!(list_companies, create_company))
+        .routes(routes!(get_company, update_company, delete_company))
+        .routes(routes!(list_contacts, create_contact))
+        .routes(routes!(get_contact, update_contact, delete_contact))
+        .routes(routes!(list_deals, create_deal))
+        .routes(routes!(get_deal, update_deal, delete_deal))
         .with_state(db)
 }
 
@@ -64,6 +67,11 @@ fn created<T: Serialize>(collection: &str, id: Uuid, body: T) -> Response {
 
 // Companies
 
+/// Lists companies, oldest first.
+#[utoipa::path(get, path = "/companies", tag = "crm", params(PageParams,
+        ("domain" = Option<String>, Query, min_length = 1, max_length = 253, pattern = r"^[^\u0000]*$",
+            description = "Only the company with this domain")),
+    responses((status = 200, description = "A page of companies", body = Page<Company>)))]
 async fn list_companies(
     State(db): State<ModuleDb>,
     key: PresentedKey,
@@ -79,6 +87,9 @@ async fn list_companies(
     Ok(Json(Page::from_items(items, window.limit, Company::cursor)))
 }
 
+/// Gets a company.
+#[utoipa::path(get, path = "/companies/{id}", tag = "crm", params(IdParam),
+    responses((status = 200, description = "The company", body = Company)))]
 async fn get_company(
     State(db): State<ModuleDb>,
     key: PresentedKey,
@@ -88,6 +99,10 @@ async fn get_company(
     Ok(Json(company.ok_or_else(|| ApiError::not_found("company"))?))
 }
 
+/// Creates a company.
+#[utoipa::path(post, path = "/companies", tag = "crm", request_body = NewCompany,
+    responses((status = 201, description = "The new company", body = Company,
+        headers(("Location" = String, description = "The new company's URL")))))]
 async fn create_company(
     State(db): State<ModuleDb>,
     key: PresentedKey,
@@ -103,6 +118,9 @@ async fn create_company(
     Ok(created("companies", company.id, company))
 }
 
+/// Changes a company's members that the body names.
+#[utoipa::path(patch, path = "/companies/{id}", tag = "crm", params(IdParam), request_body = CompanyChanges,
+    responses((status = 200, description = "The changed company", body = Company)))]
 async fn update_company(
     State(db): State<ModuleDb>,
     key: PresentedKey,
@@ -122,6 +140,9 @@ async fn update_company(
     Ok(Json(company))
 }
 
+/// Deletes a company.
+#[utoipa::path(delete, path = "/companies/{id}", tag = "crm", params(IdParam),
+    responses((status = 204, description = "Deleted")))]
 async fn delete_company(
     State(db): State<ModuleDb>,
     key: PresentedKey,
@@ -138,6 +159,12 @@ async fn delete_company(
 
 // Contacts
 
+/// Lists contacts, oldest first.
+#[utoipa::path(get, path = "/contacts", tag = "crm", params(PageParams,
+        ("company_id" = Option<uuid::Uuid>, Query, description = "Only contacts of this company"),
+        ("email" = Option<String>, Query, min_length = 1, max_length = 254, pattern = r"^[^\u0000]*$",
+            description = "Only the contact with this e-mail address")),
+    responses((status = 200, description = "A page of contacts", body = Page<Contact>)))]
 async fn list_contacts(
     State(db): State<ModuleDb>,
     key: PresentedKey,
@@ -157,6 +184,9 @@ async fn list_contacts(
     Ok(Json(Page::from_items(items, window.limit, Contact::cursor)))
 }
 
+/// Gets a contact.
+#[utoipa::path(get, path = "/contacts/{id}", tag = "crm", params(IdParam),
+    responses((status = 200, description = "The contact", body = Contact)))]
 async fn get_contact(
     State(db): State<ModuleDb>,
     key: PresentedKey,
@@ -166,6 +196,10 @@ async fn get_contact(
     Ok(Json(contact.ok_or_else(|| ApiError::not_found("contact"))?))
 }
 
+/// Creates a contact.
+#[utoipa::path(post, path = "/contacts", tag = "crm", request_body = NewContact,
+    responses((status = 201, description = "The new contact", body = Contact,
+        headers(("Location" = String, description = "The new contact's URL")))))]
 async fn create_contact(
     State(db): State<ModuleDb>,
     key: PresentedKey,
@@ -181,6 +215,9 @@ async fn create_contact(
     Ok(created("contacts", contact.id, contact))
 }
 
+/// Changes a contact's members that the body names.
+#[utoipa::path(patch, path = "/contacts/{id}", tag = "crm", params(IdParam), request_body = ContactChanges,
+    responses((status = 200, description = "The changed contact", body = Contact)))]
 async fn update_contact(
     State(db): State<ModuleDb>,
     key: PresentedKey,
@@ -200,6 +237,9 @@ async fn update_contact(
     Ok(Json(contact))
 }
 
+/// Deletes a contact.
+#[utoipa::path(delete, path = "/contacts/{id}", tag = "crm", params(IdParam),
+    responses((status = 204, description = "Deleted")))]
 async fn delete_contact(
     State(db): State<ModuleDb>,
     key: PresentedKey,
@@ -214,6 +254,13 @@ async fn delete_contact(
 
 // Deals
 
+/// Lists deals, oldest first.
+#[utoipa::path(get, path = "/deals", tag = "crm", params(PageParams,
+        ("stage" = Option<DealStage>, Query, description = "Only deals in this stage"),
+        ("company_id" = Option<uuid::Uuid>, Query, description = "Only deals with this company"),
+        ("owner_email" = Option<String>, Query, min_length = 1, max_length = 254,
+            pattern = r"^[^\u0000]*$", description = "Only deals this person owns")),
+    responses((status = 200, description = "A page of deals", body = Page<Deal>)))]
 async fn list_deals(
     State(db): State<ModuleDb>,
     key: PresentedKey,
@@ -232,6 +279,9 @@ async fn list_deals(
     Ok(Json(Page::from_items(items, window.limit, Deal::cursor)))
 }
 
+/// Gets a deal.
+#[utoipa::path(get, path = "/deals/{id}", tag = "crm", params(IdParam),
+    responses((status = 200, description = "The deal", body = Deal)))]
 async fn get_deal(
     State(db): State<ModuleDb>,
     key: PresentedKey,
@@ -241,6 +291,10 @@ async fn get_deal(
     Ok(Json(deal.ok_or_else(|| ApiError::not_found("deal"))?))
 }
 
+/// Creates a deal.
+#[utoipa::path(post, path = "/deals", tag = "crm", request_body = NewDeal,
+    responses((status = 201, description = "The new deal", body = Deal,
+        headers(("Location" = String, description = "The new deal's URL")))))]
 async fn create_deal(
     State(db): State<ModuleDb>,
     key: PresentedKey,
@@ -257,6 +311,9 @@ async fn create_deal(
     Ok(created("deals", deal.id, deal))
 }
 
+/// Changes a deal's members that the body names.
+#[utoipa::path(patch, path = "/deals/{id}", tag = "crm", params(IdParam), request_body = DealChanges,
+    responses((status = 200, description = "The changed deal", body = Deal)))]
 async fn update_deal(
     State(db): State<ModuleDb>,
     key: PresentedKey,
@@ -276,6 +333,9 @@ async fn update_deal(
     Ok(Json(deal))
 }
 
+/// Deletes a deal.
+#[utoipa::path(delete, path = "/deals/{id}", tag = "crm", params(IdParam),
+    responses((status = 204, description = "Deleted")))]
 async fn delete_deal(
     State(db): State<ModuleDb>,
     key: PresentedKey,

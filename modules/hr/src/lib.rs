@@ -31,7 +31,7 @@ impl Module for Hr {
         embedded::migrations::runner()
     }
 
-    fn routes(&self, db: ModuleDb) -> axum::Router {
+    fn routes(&self, db: ModuleDb) -> tessera_core::openapi::ApiRouter {
         routes::router(db)
     }
 

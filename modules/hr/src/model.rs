@@ -3,6 +3,7 @@
 use serde::Serialize;
 use tessera_core::ApiError;
 use tessera_core::input::{Cursor, Fields, JsonObject, Patch};
+use tessera_core::openapi::ToSchema;
 use time::{Date, OffsetDateTime};
 use tokio_postgres::Row;
 use uuid::Uuid;
@@ -10,13 +11,18 @@ use uuid::Uuid;
 pub const EMPLOYEE_STATUSES: &[&str] = &["active", "inactive"];
 pub const COMMISSION_STATUSES: &[&str] = &["booked", "paid"];
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
 pub struct Employee {
+    /// Always `employee`.
+    #[schema(value_type = String)]
     pub object: &'static str,
     pub id: Uuid,
     pub name: String,
+    /// Unique within the tenant (case-insensitively); matched against a CRM deal's `owner_email`.
     pub email: String,
     pub title: Option<String>,
+    /// An inactive employee keeps their history but earns no new commissions.
+    #[schema(value_type = EmployeeStatus)]
     pub status: String,
     #[serde(with = "time::serde::rfc3339")]
     pub created_at: OffsetDateTime,
@@ -45,13 +51,17 @@ impl Employee {
     }
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
 pub struct CommissionPlan {
+    /// Always `commission_plan`.
+    #[schema(value_type = String)]
     pub object: &'static str,
     pub id: Uuid,
     pub employee_id: Uuid,
     /// A decimal string with four places ("0.1000"): 0.1 is 10 %.
     pub rate: String,
+    /// The first day the plan is in force (until the employee's next plan takes effect).
+    #[schema(value_type = String, format = Date)]
     pub effective_from: Date,
     #[serde(with = "time::serde::rfc3339")]
     pub created_at: OffsetDateTime,
@@ -76,8 +86,10 @@ impl CommissionPlan {
     }
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
 pub struct Commission {
+    /// Always `commission`.
+    #[schema(value_type = String)]
     pub object: &'static str,
     pub id: Uuid,
     pub employee_id: Uuid,
@@ -87,9 +99,11 @@ pub struct Commission {
     /// Decimal strings, exact: the deal's amount when it was won, the rate then in force, and
     /// `round(deal_amount * rate, 2)`.
     pub deal_amount: String,
+    /// The deal's ISO 4217 currency code; `amount` is in it too.
     pub currency: String,
     pub rate: String,
     pub amount: String,
+    #[schema(value_type = CommissionStatus)]
     pub status: String,
     /// The `deal.closed.won` event that booked it.
     pub source_event_id: Uuid,
@@ -197,6 +211,75 @@ fn rate_at_most_one(rate: &str) -> bool {
         "1" => frac.bytes().all(|b| b == b'0'),
         _ => false,
     }
+}
+
+// The request bodies, as the OpenAPI document describes them. `EmployeeInput::parse` and `PlanInput::parse`
+// are what enforce them; the contract test (tests/api/contract.rs) sends bodies generated from these schemas
+// and checks the two agree.
+
+tessera_core::string_enum_schema!(
+    /// An employee's status.
+    EmployeeStatus = EMPLOYEE_STATUSES
+);
+
+tessera_core::string_enum_schema!(
+    /// A commission's status.
+    CommissionStatus = COMMISSION_STATUSES
+);
+
+/// A new employee. `status` defaults to `active`.
+#[derive(ToSchema)]
+#[allow(dead_code)]
+pub struct NewEmployee {
+    /// 1 to 200 characters (trimmed).
+    #[schema(max_length = 200, pattern = r"^[^\u0000]*\S[^\u0000]*$")]
+    name: String,
+    /// Unique within the tenant (case-insensitively); stored lowercased.
+    #[schema(max_length = 254, format = Email)]
+    email: String,
+    /// 1 to 200 characters (trimmed).
+    #[schema(max_length = 200, pattern = r"^[^\u0000]*\S[^\u0000]*$")]
+    title: Option<String>,
+    #[schema(required = false)]
+    status: EmployeeStatus,
+}
+
+/// Changes to an employee: only the members sent change; `null` clears an optional member.
+#[derive(ToSchema)]
+#[allow(dead_code)]
+pub struct EmployeeChanges {
+    #[schema(max_length = 200, pattern = r"^[^\u0000]*\S[^\u0000]*$", required = false)]
+    name: String,
+    /// Unique within the tenant (case-insensitively); stored lowercased.
+    #[schema(max_length = 254, format = Email, required = false)]
+    email: String,
+    #[schema(max_length = 200, pattern = r"^[^\u0000]*\S[^\u0000]*$", required = false)]
+    title: Option<String>,
+    #[schema(required = false)]
+    status: EmployeeStatus,
+}
+
+/// A commission rate: 0 to 1, up to four places.
+fn rate() -> tessera_core::openapi::Schema {
+    tessera_core::openapi::decimal_matching(
+        r"^(0(\.[0-9]{1,4})?|1(\.0{1,4})?)$".to_owned(),
+        tessera_core::openapi::Maximum::AtMost(1.0),
+        "A rate from 0 to 1 with up to four places (0.1 is 10 %), as a string (exact) or a number".to_owned(),
+    )
+}
+
+/// A new commission plan: every member is required. Plans are never edited; a new rate is a new plan.
+#[derive(ToSchema)]
+#[allow(dead_code)]
+pub struct NewCommissionPlan {
+    /// An existing employee of the tenant.
+    employee_id: Uuid,
+    /// From 0 to 1 with up to four places ("0.1" is 10 %).
+    #[schema(schema_with = rate)]
+    rate: String,
+    /// The first day the plan is in force; at most one plan per employee and day.
+    #[schema(value_type = String, format = Date)]
+    effective_from: Date,
 }
 
 #[cfg(test)]

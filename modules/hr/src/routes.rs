@@ -9,28 +9,29 @@ use axum::Json;
 use axum::extract::{RawQuery, State};
 use axum::http::StatusCode;
 use axum::response::Response;
-use axum::routing::get;
 use serde::Serialize;
 use tessera_core::ApiError;
 use tessera_core::apikey::PresentedKey;
 use tessera_core::db::ModuleDb;
 use tessera_core::input::{IdPath, JsonObject, Page, QueryParams};
+use tessera_core::openapi::{ApiRouter, IdParam, PageParams, routes};
 use tessera_core::problem::Constraint;
 use uuid::Uuid;
 
 use crate::model::{
-    COMMISSION_STATUSES, Commission, CommissionPlan, EMPLOYEE_STATUSES, Employee, EmployeeInput, PlanInput,
+    COMMISSION_STATUSES, Commission, CommissionPlan, CommissionStatus, EMPLOYEE_STATUSES, Employee,
+    EmployeeChanges, EmployeeInput, EmployeeStatus, NewCommissionPlan, NewEmployee, PlanInput,
 };
 use crate::store::{self, CommissionFilter, EmployeeFilter, Window};
 
-pub fn router(db: ModuleDb) -> axum::Router {
-    axum::Router::new()
-        .route("/employees", get(list_employees).post(create_employee))
-        .route("/employees/{id}", get(get_employee).patch(update_employee).delete(delete_employee))
-        .route("/commission-plans", get(list_plans).post(create_plan))
-        .route("/commission-plans/{id}", get(get_plan).delete(delete_plan))
-        .route("/commissions", get(list_commissions))
-        .route("/commissions/{id}", get(get_commission))
+pub fn router(db: ModuleDb) -> ApiRouter {
+    ApiRouter::new()
+        .routes(routes!(list_employees, create_employee))
+        .routes(routes!(get_employee, update_employee, delete_employee))
+        .routes(routes!(list_plans, create_plan))
+        .routes(routes!(get_plan, delete_plan))
+        .routes(routes!(list_commissions))
+        .routes(routes!(get_commission))
         .with_state(db)
 }
 
@@ -60,6 +61,12 @@ fn created<T: Serialize>(collection: &str, id: Uuid, body: T) -> Response {
 
 // Employees
 
+/// Lists employees, oldest first.
+#[utoipa::path(get, path = "/employees", tag = "hr", params(PageParams,
+        ("email" = Option<String>, Query, min_length = 1, max_length = 254, pattern = r"^[^\u0000]*$",
+            description = "Only the employee with this e-mail address (compared case-insensitively)"),
+        ("status" = Option<EmployeeStatus>, Query, description = "Only employees with this status")),
+    responses((status = 200, description = "A page of employees", body = Page<Employee>)))]
 async fn list_employees(
     State(db): State<ModuleDb>,
     key: PresentedKey,
@@ -78,6 +85,9 @@ async fn list_employees(
     Ok(Json(Page::from_items(items, window.limit, Employee::cursor)))
 }
 
+/// Gets an employee.
+#[utoipa::path(get, path = "/employees/{id}", tag = "hr", params(IdParam),
+    responses((status = 200, description = "The employee", body = Employee)))]
 async fn get_employee(
     State(db): State<ModuleDb>,
     key: PresentedKey,
@@ -87,6 +97,10 @@ async fn get_employee(
     Ok(Json(employee.ok_or_else(|| ApiError::not_found("employee"))?))
 }
 
+/// Creates an employee.
+#[utoipa::path(post, path = "/employees", tag = "hr", request_body = NewEmployee,
+    responses((status = 201, description = "The new employee", body = Employee,
+        headers(("Location" = String, description = "The new employee's URL")))))]
 async fn create_employee(
     State(db): State<ModuleDb>,
     key: PresentedKey,
@@ -104,6 +118,9 @@ async fn create_employee(
     Ok(created("employees", employee.id, employee))
 }
 
+/// Changes an employee's members that the body names.
+#[utoipa::path(patch, path = "/employees/{id}", tag = "hr", params(IdParam), request_body = EmployeeChanges,
+    responses((status = 200, description = "The changed employee", body = Employee)))]
 async fn update_employee(
     State(db): State<ModuleDb>,
     key: PresentedKey,
@@ -123,6 +140,9 @@ async fn update_employee(
     Ok(Json(employee))
 }
 
+/// Deletes an employee and their commission plans (refused while commissions refer to them).
+#[utoipa::path(delete, path = "/employees/{id}", tag = "hr", params(IdParam),
+    responses((status = 204, description = "Deleted")))]
 async fn delete_employee(
     State(db): State<ModuleDb>,
     key: PresentedKey,
@@ -139,6 +159,10 @@ async fn delete_employee(
 
 // Commission plans
 
+/// Lists commission plans, oldest first.
+#[utoipa::path(get, path = "/commission-plans", tag = "hr", params(PageParams,
+        ("employee_id" = Option<uuid::Uuid>, Query, description = "Only this employee's plans")),
+    responses((status = 200, description = "A page of commission plans", body = Page<CommissionPlan>)))]
 async fn list_plans(
     State(db): State<ModuleDb>,
     key: PresentedKey,
@@ -153,6 +177,9 @@ async fn list_plans(
     Ok(Json(Page::from_items(items, window.limit, CommissionPlan::cursor)))
 }
 
+/// Gets a commission plan.
+#[utoipa::path(get, path = "/commission-plans/{id}", tag = "hr", params(IdParam),
+    responses((status = 200, description = "The commission plan", body = CommissionPlan)))]
 async fn get_plan(
     State(db): State<ModuleDb>,
     key: PresentedKey,
@@ -162,6 +189,10 @@ async fn get_plan(
     Ok(Json(plan.ok_or_else(|| ApiError::not_found("commission plan"))?))
 }
 
+/// Creates a commission plan (plans are never edited: a new rate is a new plan).
+#[utoipa::path(post, path = "/commission-plans", tag = "hr", request_body = NewCommissionPlan,
+    responses((status = 201, description = "The new commission plan", body = CommissionPlan,
+        headers(("Location" = String, description = "The new commission plan's URL")))))]
 async fn create_plan(
     State(db): State<ModuleDb>,
     key: PresentedKey,
@@ -176,6 +207,9 @@ async fn create_plan(
     Ok(created("commission-plans", plan.id, plan))
 }
 
+/// Deletes a commission plan (commissions booked under it keep their rate).
+#[utoipa::path(delete, path = "/commission-plans/{id}", tag = "hr", params(IdParam),
+    responses((status = 204, description = "Deleted")))]
 async fn delete_plan(
     State(db): State<ModuleDb>,
     key: PresentedKey,
@@ -190,6 +224,12 @@ async fn delete_plan(
 
 // Commissions
 
+/// Lists commissions, oldest first.
+#[utoipa::path(get, path = "/commissions", tag = "hr", params(PageParams,
+        ("employee_id" = Option<uuid::Uuid>, Query, description = "Only this employee's commissions"),
+        ("deal_id" = Option<uuid::Uuid>, Query, description = "Only commissions on this CRM deal"),
+        ("status" = Option<CommissionStatus>, Query, description = "Only commissions with this status")),
+    responses((status = 200, description = "A page of commissions", body = Page<Commission>)))]
 async fn list_commissions(
     State(db): State<ModuleDb>,
     key: PresentedKey,
@@ -209,6 +249,9 @@ async fn list_commissions(
     Ok(Json(Page::from_items(items, window.limit, Commission::cursor)))
 }
 
+/// Gets a commission.
+#[utoipa::path(get, path = "/commissions/{id}", tag = "hr", params(IdParam),
+    responses((status = 200, description = "The commission", body = Commission)))]
 async fn get_commission(
     State(db): State<ModuleDb>,
     key: PresentedKey,

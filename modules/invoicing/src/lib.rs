@@ -36,7 +36,7 @@ impl Module for Invoicing {
         embedded::migrations::runner()
     }
 
-    fn routes(&self, db: ModuleDb) -> axum::Router {
+    fn routes(&self, db: ModuleDb) -> tessera_core::openapi::ApiRouter {
         routes::router(db)
     }
 

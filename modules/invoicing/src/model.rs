@@ -1,11 +1,12 @@
 //! The invoicing module's wire types: what the API returns, and request bodies parsed into typed input.
 //! Amounts travel as decimal strings ("1200.50"): exact, unlike JSON numbers; bodies may send them as
-//! strings or numbers.
+//! strings or numbers (the OpenAPI document describes only the strings).
 
 use serde::Serialize;
 use serde_json::Value;
 use tessera_core::ApiError;
 use tessera_core::input::{Cursor, Fields, JsonObject, Patch};
+use tessera_core::openapi::ToSchema;
 use time::{Date, OffsetDateTime};
 use tokio_postgres::Row;
 use uuid::Uuid;
@@ -15,11 +16,14 @@ pub const STATUSES: &[&str] = &["draft", "issued", "paid", "void"];
 /// The most lines a draft may be created with in one request (more can be added one by one).
 pub const MAX_LINES_PER_REQUEST: usize = 100;
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
 pub struct Customer {
+    /// Always `customer`.
+    #[schema(value_type = String)]
     pub object: &'static str,
     pub id: Uuid,
     pub name: String,
+    /// Stored lowercased.
     pub email: Option<String>,
     /// The CRM company this customer mirrors, if any.
     pub crm_company_id: Option<Uuid>,
@@ -49,28 +53,38 @@ impl Customer {
     }
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
 pub struct Invoice {
+    /// Always `invoice`.
+    #[schema(value_type = String)]
     pub object: &'static str,
     pub id: Uuid,
     pub customer_id: Uuid,
     /// `draft`, `issued`, `paid` or `void`.
+    #[schema(value_type = InvoiceStatus)]
     pub status: String,
     /// `INV-000001`…, assigned when issued.
     pub number: Option<String>,
     /// The customer's name as billed, fixed when issued.
     pub customer_name: Option<String>,
+    /// An ISO 4217 code.
     pub currency: String,
+    /// Set when issued, if the draft did not set it.
+    #[schema(value_type = Option<String>, format = Date)]
     pub issue_date: Option<Date>,
+    /// Set when issued (30 days after `issue_date`), if the draft did not set it.
+    #[schema(value_type = Option<String>, format = Date)]
     pub due_date: Option<Date>,
-    /// The sum of the lines' amounts.
+    /// The sum of the lines' amounts, a decimal string ("1200.50").
     pub total: String,
     /// The sum of the payments recorded.
     pub amount_paid: String,
     /// What is left to pay (zero once paid or void).
     pub amount_due: String,
     pub memo: Option<String>,
+    /// The CRM deal this invoice bills, if any.
     pub deal_id: Option<Uuid>,
+    /// The event this invoice was drafted from (a won CRM deal), if any.
     pub source_event_id: Option<Uuid>,
     #[serde(with = "time::serde::rfc3339::option")]
     pub issued_at: Option<OffsetDateTime>,
@@ -84,6 +98,7 @@ pub struct Invoice {
     pub updated_at: OffsetDateTime,
     /// The lines, in the order they were added: present on a single invoice, left out of lists.
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Vec<InvoiceLine>)]
     pub lines: Option<Vec<InvoiceLine>>,
 }
 
@@ -129,16 +144,19 @@ impl Invoice {
     }
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
 pub struct InvoiceLine {
+    /// Always `invoice_line`.
+    #[schema(value_type = String)]
     pub object: &'static str,
     pub id: Uuid,
     pub invoice_id: Uuid,
     pub description: String,
     /// A decimal string without trailing zeros ("2", "1.5").
     pub quantity: String,
+    /// A decimal string ("99.90").
     pub unit_price: String,
-    /// quantity × unit_price, rounded to the cent.
+    /// quantity × unit_price, rounded to the cent (a decimal string).
     pub amount: String,
     #[serde(with = "time::serde::rfc3339")]
     pub created_at: OffsetDateTime,
@@ -162,12 +180,16 @@ impl InvoiceLine {
     }
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
 pub struct Payment {
+    /// Always `payment`.
+    #[schema(value_type = String)]
     pub object: &'static str,
     pub id: Uuid,
     pub invoice_id: Uuid,
+    /// A decimal string ("1200.50"), above zero.
     pub amount: String,
+    /// When the money was received (the time it was recorded, unless the body said otherwise).
     #[serde(with = "time::serde::rfc3339")]
     pub paid_at: OffsetDateTime,
     pub reference: Option<String>,
@@ -366,10 +388,14 @@ impl PaymentInput {
     }
 }
 
+/// An RFC 3339 timestamp whose year is 1 to 9999 as written and in UTC (Postgres and clients agree on those;
+/// `9999-12-31T23:00:00-02:00` is in year 10000 in UTC).
 fn parse_timestamp(s: &str) -> Option<OffsetDateTime> {
+    let in_range = |t: &OffsetDateTime| (1..=9999).contains(&t.year());
     OffsetDateTime::parse(s, &time::format_description::well_known::Rfc3339)
         .ok()
-        .filter(|t| (1..=9999).contains(&t.year()))
+        .filter(in_range)
+        .filter(|t| t.checked_to_offset(time::UtcOffset::UTC).as_ref().is_some_and(in_range))
 }
 
 /// Whether a decimal text that [`Fields::decimal`] accepted is zero ("0", "0.00").
@@ -394,6 +420,131 @@ fn refuse_nulls(fields: &[(&str, bool)]) -> Result<(), ApiError> {
         }
         None => Ok(()),
     }
+}
+
+// The request bodies, as the OpenAPI document describes them. The parsers above are what enforce them; the
+// contract test sends bodies generated from these schemas and checks the two agree.
+
+/// An amount of money: up to 16 digits before the point and 2 after.
+fn money() -> tessera_core::openapi::Schema {
+    tessera_core::openapi::decimal(16, 2)
+}
+
+/// A line's quantity: up to 9 digits before the point and 3 after.
+fn quantity() -> tessera_core::openapi::Schema {
+    tessera_core::openapi::decimal(9, 3)
+}
+
+tessera_core::string_enum_schema!(
+    /// An invoice's status: `draft → issued → paid`, `draft | issued → void`.
+    InvoiceStatus = STATUSES
+);
+
+const _: () = assert!(MAX_LINES_PER_REQUEST == 100, "NewInvoice documents this limit");
+
+/// A new customer.
+#[derive(ToSchema)]
+#[allow(dead_code)]
+pub struct NewCustomer {
+    /// The customer's name, 1 to 200 characters (trimmed).
+    #[schema(max_length = 200, pattern = r"^[^\u0000]*\S[^\u0000]*$")]
+    name: String,
+    /// Stored lowercased.
+    #[schema(max_length = 254, format = Email)]
+    email: Option<String>,
+    /// The CRM company this customer mirrors; at most one customer per company.
+    crm_company_id: Option<uuid::Uuid>,
+}
+
+/// Changes to a customer: only the members sent change; `null` clears an optional member.
+#[derive(ToSchema)]
+#[allow(dead_code)]
+pub struct CustomerChanges {
+    #[schema(max_length = 200, pattern = r"^[^\u0000]*\S[^\u0000]*$", required = false)]
+    name: String,
+    #[schema(max_length = 254, format = Email, required = false)]
+    email: Option<String>,
+    #[schema(required = false)]
+    crm_company_id: Option<uuid::Uuid>,
+}
+
+/// A new draft invoice, with the lines it starts with (if any). `currency` defaults to `USD`.
+#[derive(ToSchema)]
+#[allow(dead_code)]
+pub struct NewInvoice {
+    /// The customer billed.
+    customer_id: uuid::Uuid,
+    /// An ISO 4217 code.
+    #[schema(pattern = "^[A-Z]{3}$", required = false)]
+    currency: String,
+    /// Left empty, it becomes the day of issue when the invoice is issued.
+    #[schema(value_type = Option<String>, format = Date)]
+    issue_date: Option<Date>,
+    /// Not before `issue_date`. Left empty, it becomes 30 days after `issue_date` when the invoice is
+    /// issued.
+    #[schema(value_type = Option<String>, format = Date)]
+    due_date: Option<Date>,
+    #[schema(max_length = 2000, pattern = r"^[^\u0000]*\S[^\u0000]*$")]
+    memo: Option<String>,
+    /// The CRM deal this invoice bills.
+    deal_id: Option<uuid::Uuid>,
+    /// The draft's first lines, at most 100 (more can be added one by one). The lines' amounts and the
+    /// invoice's total must each stay below 10^16.
+    #[schema(max_items = 100)]
+    lines: Option<Vec<NewInvoiceLine>>,
+}
+
+/// Changes to a draft: only the members sent change; `null` clears an optional member.
+#[derive(ToSchema)]
+#[allow(dead_code)]
+pub struct InvoiceChanges {
+    #[schema(required = false)]
+    customer_id: uuid::Uuid,
+    /// An ISO 4217 code.
+    #[schema(pattern = "^[A-Z]{3}$", required = false)]
+    currency: String,
+    #[schema(value_type = Option<String>, format = Date, required = false)]
+    issue_date: Option<Date>,
+    /// Not before `issue_date`.
+    #[schema(value_type = Option<String>, format = Date, required = false)]
+    due_date: Option<Date>,
+    #[schema(max_length = 2000, pattern = r"^[^\u0000]*\S[^\u0000]*$", required = false)]
+    memo: Option<String>,
+    #[schema(required = false)]
+    deal_id: Option<uuid::Uuid>,
+}
+
+/// A line of a draft. Its amount (quantity × unit_price, rounded to the cent) and the invoice's total must
+/// stay below 10^16.
+#[derive(ToSchema)]
+#[allow(dead_code)]
+pub struct NewInvoiceLine {
+    /// 1 to 500 characters (trimmed).
+    #[schema(max_length = 500, pattern = r"^[^\u0000]*\S[^\u0000]*$")]
+    description: String,
+    /// Above zero, with up to 9 digits before the point and 3 after ("1.5"); defaults to 1.
+    #[schema(schema_with = quantity, required = false)]
+    quantity: String,
+    /// Up to 16 digits before the point and 2 after ("99.90").
+    #[schema(schema_with = money)]
+    unit_price: String,
+}
+
+/// A payment received against an issued invoice.
+#[derive(ToSchema)]
+#[allow(dead_code)]
+pub struct NewPayment {
+    /// Above zero, with up to 16 digits before the point and 2 after ("1200.50"); at most what is left to
+    /// pay on the invoice.
+    #[schema(schema_with = money)]
+    amount: String,
+    /// When the money was received, an RFC 3339 timestamp ("2027-01-31T12:00:00Z") in the years 1 to 9999
+    /// (in UTC too); defaults to now.
+    #[schema(value_type = Option<String>, format = DateTime)]
+    paid_at: Option<OffsetDateTime>,
+    /// 1 to 200 characters (trimmed), such as a bank transfer's reference.
+    #[schema(max_length = 200, pattern = r"^[^\u0000]*\S[^\u0000]*$")]
+    reference: Option<String>,
 }
 
 #[cfg(test)]

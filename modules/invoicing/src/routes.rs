@@ -23,31 +23,33 @@ use axum::extract::{FromRequestParts, Path, RawQuery, State};
 use axum::http::StatusCode;
 use axum::http::request::Parts;
 use axum::response::{IntoResponse, Response};
-use axum::routing::{delete, get, post};
 use serde::Serialize;
 use tessera_core::ApiError;
 use tessera_core::apikey::PresentedKey;
 use tessera_core::db::{ModuleDb, TenantTx};
 use tessera_core::input::{IdPath, JsonObject, Page, QueryParams};
+use tessera_core::openapi::{ApiRouter, IdParam, PageParams, routes};
 use tessera_core::problem::Constraint;
 use uuid::Uuid;
 
 use crate::model::{
-    Customer, CustomerInput, Invoice, InvoiceInput, LineInput, Payment, PaymentInput, STATUSES, nested,
+    Customer, CustomerChanges, CustomerInput, Invoice, InvoiceChanges, InvoiceInput, InvoiceLine,
+    InvoiceStatus, LineInput, NewCustomer, NewInvoice, NewInvoiceLine, NewPayment, Payment, PaymentInput,
+    STATUSES, nested,
 };
 use crate::store::{self, InvoiceFilter, Window};
 
-pub fn router(db: ModuleDb) -> axum::Router {
-    axum::Router::new()
-        .route("/customers", get(list_customers).post(create_customer))
-        .route("/customers/{id}", get(get_customer).patch(update_customer).delete(delete_customer))
-        .route("/invoices", get(list_invoices).post(create_invoice))
-        .route("/invoices/{id}", get(get_invoice).patch(update_invoice).delete(delete_invoice))
-        .route("/invoices/{id}/lines", post(add_line))
-        .route("/invoices/{id}/lines/{line_id}", delete(delete_line))
-        .route("/invoices/{id}/issue", post(issue_invoice))
-        .route("/invoices/{id}/void", post(void_invoice))
-        .route("/invoices/{id}/payments", get(list_payments).post(record_payment))
+pub fn router(db: ModuleDb) -> ApiRouter {
+    ApiRouter::new()
+        .routes(routes!(list_customers, create_customer))
+        .routes(routes!(get_customer, update_customer, delete_customer))
+        .routes(routes!(list_invoices, create_invoice))
+        .routes(routes!(get_invoice, update_invoice, delete_invoice))
+        .routes(routes!(add_line))
+        .routes(routes!(delete_line))
+        .routes(routes!(issue_invoice))
+        .routes(routes!(void_invoice))
+        .routes(routes!(list_payments, record_payment))
         .with_state(db)
 }
 
@@ -59,6 +61,8 @@ const CONSTRAINTS: &[Constraint] = &[
     Constraint::reference("invoices_customer_fk", "customer_id", "customer"),
     Constraint::field("invoices_currency_format", "currency"),
     Constraint::field("invoices_due_after_issue", "due_date"),
+    // Only a due date computed on issue can pass 9999: every date a body sends is at most 9999-12-31.
+    Constraint::field("invoices_dates_in_range", "due_date"),
     Constraint::field("invoices_memo_length", "memo"),
     Constraint::field("invoice_lines_description_length", "description"),
     Constraint::field("invoice_lines_quantity_positive", "quantity"),
@@ -177,6 +181,11 @@ impl<S: Send + Sync> FromRequestParts<S> for LinePath {
 
 // Customers
 
+/// Lists customers, oldest first.
+#[utoipa::path(get, path = "/customers", tag = "invoicing", params(PageParams,
+        ("crm_company_id" = Option<uuid::Uuid>, Query,
+            description = "Only the customer mirroring this CRM company")),
+    responses((status = 200, description = "A page of customers", body = Page<Customer>)))]
 async fn list_customers(
     State(db): State<ModuleDb>,
     key: PresentedKey,
@@ -192,6 +201,9 @@ async fn list_customers(
     Ok(Json(Page::from_items(items, window.limit, Customer::cursor)))
 }
 
+/// Gets a customer.
+#[utoipa::path(get, path = "/customers/{id}", tag = "invoicing", params(IdParam),
+    responses((status = 200, description = "The customer", body = Customer)))]
 async fn get_customer(
     State(db): State<ModuleDb>,
     key: PresentedKey,
@@ -201,6 +213,10 @@ async fn get_customer(
     Ok(Json(customer.ok_or_else(|| ApiError::not_found("customer"))?))
 }
 
+/// Creates a customer.
+#[utoipa::path(post, path = "/customers", tag = "invoicing", request_body = NewCustomer,
+    responses((status = 201, description = "The new customer", body = Customer,
+        headers(("Location" = String, description = "The new customer's URL")))))]
 async fn create_customer(
     State(db): State<ModuleDb>,
     key: PresentedKey,
@@ -216,6 +232,10 @@ async fn create_customer(
     Ok(created(Some(format!("/v1/invoicing/customers/{}", customer.id)), customer))
 }
 
+/// Changes a customer's members that the body names.
+#[utoipa::path(patch, path = "/customers/{id}", tag = "invoicing", params(IdParam),
+    request_body = CustomerChanges,
+    responses((status = 200, description = "The changed customer", body = Customer)))]
 async fn update_customer(
     State(db): State<ModuleDb>,
     key: PresentedKey,
@@ -235,6 +255,9 @@ async fn update_customer(
     Ok(Json(customer))
 }
 
+/// Deletes a customer that no invoice bills.
+#[utoipa::path(delete, path = "/customers/{id}", tag = "invoicing", params(IdParam),
+    responses((status = 204, description = "Deleted")))]
 async fn delete_customer(
     State(db): State<ModuleDb>,
     key: PresentedKey,
@@ -251,6 +274,12 @@ async fn delete_customer(
 
 // Invoices
 
+/// Lists invoices, oldest first, without their lines.
+#[utoipa::path(get, path = "/invoices", tag = "invoicing", params(PageParams,
+        ("status" = Option<InvoiceStatus>, Query, description = "Only invoices in this status"),
+        ("customer_id" = Option<uuid::Uuid>, Query, description = "Only invoices billing this customer"),
+        ("deal_id" = Option<uuid::Uuid>, Query, description = "Only invoices billing this CRM deal")),
+    responses((status = 200, description = "A page of invoices (without `lines`)", body = Page<Invoice>)))]
 async fn list_invoices(
     State(db): State<ModuleDb>,
     key: PresentedKey,
@@ -269,6 +298,9 @@ async fn list_invoices(
     Ok(Json(Page::from_items(items, window.limit, Invoice::cursor)))
 }
 
+/// Gets an invoice with its lines.
+#[utoipa::path(get, path = "/invoices/{id}", tag = "invoicing", params(IdParam),
+    responses((status = 200, description = "The invoice, with its lines", body = Invoice)))]
 async fn get_invoice(
     State(db): State<ModuleDb>,
     key: PresentedKey,
@@ -277,6 +309,10 @@ async fn get_invoice(
     Ok(Json(db.read(&key, async |tx| invoice_or_404(tx, id).await).await?))
 }
 
+/// Creates a draft invoice, with or without lines.
+#[utoipa::path(post, path = "/invoices", tag = "invoicing", request_body = NewInvoice,
+    responses((status = 201, description = "The new draft, with its lines", body = Invoice,
+        headers(("Location" = String, description = "The new invoice's URL")))))]
 async fn create_invoice(
     State(db): State<ModuleDb>,
     key: PresentedKey,
@@ -298,6 +334,10 @@ async fn create_invoice(
     Ok(created(Some(format!("/v1/invoicing/invoices/{}", invoice.id)), invoice))
 }
 
+/// Changes a draft's members that the body names.
+#[utoipa::path(patch, path = "/invoices/{id}", tag = "invoicing", params(IdParam),
+    request_body = InvoiceChanges,
+    responses((status = 200, description = "The changed draft, with its lines", body = Invoice)))]
 async fn update_invoice(
     State(db): State<ModuleDb>,
     key: PresentedKey,
@@ -315,6 +355,9 @@ async fn update_invoice(
     Ok(Json(invoice))
 }
 
+/// Deletes a draft.
+#[utoipa::path(delete, path = "/invoices/{id}", tag = "invoicing", params(IdParam),
+    responses((status = 204, description = "Deleted")))]
 async fn delete_invoice(
     State(db): State<ModuleDb>,
     key: PresentedKey,
@@ -328,6 +371,10 @@ async fn delete_invoice(
     .await
 }
 
+/// Adds a line to a draft.
+#[utoipa::path(post, path = "/invoices/{id}/lines", tag = "invoicing", params(IdParam),
+    request_body = NewInvoiceLine,
+    responses((status = 201, description = "The new line", body = InvoiceLine)))]
 async fn add_line(
     State(db): State<ModuleDb>,
     key: PresentedKey,
@@ -344,6 +391,11 @@ async fn add_line(
     Ok(created(None, line))
 }
 
+/// Removes a line from a draft.
+#[utoipa::path(delete, path = "/invoices/{id}/lines/{line_id}", tag = "invoicing",
+    params(("id" = uuid::Uuid, Path, description = "The invoice's id"),
+        ("line_id" = uuid::Uuid, Path, description = "The line's id")),
+    responses((status = 204, description = "Deleted")))]
 async fn delete_line(
     State(db): State<ModuleDb>,
     key: PresentedKey,
@@ -358,6 +410,8 @@ async fn delete_line(
 }
 
 /// Issues a draft: the database numbers it, dates it and freezes it.
+#[utoipa::path(post, path = "/invoices/{id}/issue", tag = "invoicing", params(IdParam),
+    responses((status = 200, description = "The issued invoice, with its lines", body = Invoice)))]
 async fn issue_invoice(
     State(db): State<ModuleDb>,
     key: PresentedKey,
@@ -373,6 +427,9 @@ async fn issue_invoice(
     Ok(Json(invoice))
 }
 
+/// Voids a draft, or an issued invoice that has no payments.
+#[utoipa::path(post, path = "/invoices/{id}/void", tag = "invoicing", params(IdParam),
+    responses((status = 200, description = "The voided invoice, with its lines", body = Invoice)))]
 async fn void_invoice(
     State(db): State<ModuleDb>,
     key: PresentedKey,
@@ -400,6 +457,9 @@ async fn void_invoice(
 
 // Payments
 
+/// Lists an invoice's payments, oldest first.
+#[utoipa::path(get, path = "/invoices/{id}/payments", tag = "invoicing", params(IdParam, PageParams),
+    responses((status = 200, description = "A page of the invoice's payments", body = Page<Payment>)))]
 async fn list_payments(
     State(db): State<ModuleDb>,
     key: PresentedKey,
@@ -421,6 +481,9 @@ async fn list_payments(
 }
 
 /// Records a payment; the one that completes the total marks the invoice paid in the same transaction.
+#[utoipa::path(post, path = "/invoices/{id}/payments", tag = "invoicing", params(IdParam),
+    request_body = NewPayment,
+    responses((status = 201, description = "The recorded payment", body = Payment)))]
 async fn record_payment(
     State(db): State<ModuleDb>,
     key: PresentedKey,
