@@ -12,8 +12,8 @@ use tessera_core::admin::{self, DEMO_SLUG};
 use tessera_core::apikey::Scope;
 use tessera_core::bootstrap::{self, DATABASE};
 use tessera_core::config::{
-    DEFAULT_BODY_LIMIT, DEFAULT_EVENT_RETENTION_DAYS, DEFAULT_LISTEN, DEFAULT_POOL_SIZE, DEFAULT_SQL_LISTEN,
-    FileConfig, Secret, Settings, SqlSettings,
+    DEFAULT_BODY_LIMIT, DEFAULT_EVENT_RETENTION_DAYS, DEFAULT_LISTEN, DEFAULT_POOL_SIZE,
+    DEFAULT_QUEUE_TIMEOUT_MS, DEFAULT_SQL_LISTEN, FileConfig, Secret, Settings, SqlSettings,
 };
 use tessera_core::db::Database;
 use tessera_core::embedded::{Cluster, ClusterOptions, Endpoint, PgBinaries};
@@ -275,6 +275,7 @@ async fn doctor_cmd(settings: Settings, modules: &[Arc<dyn Module>]) -> anyhow::
 
 /// Flags over environment (clap merges those two) over the file over defaults; then validated.
 fn settings(file: &FileConfig, target: &Target, serving: Option<&Serving>) -> anyhow::Result<Settings> {
+    let pool_size = serving.and_then(|s| s.pool_size).or(file.pool_size).unwrap_or(DEFAULT_POOL_SIZE);
     let settings = Settings {
         data_dir: target
             .data_dir
@@ -287,7 +288,7 @@ fn settings(file: &FileConfig, target: &Target, serving: Option<&Serving>) -> an
         },
         database_url: target.database_url.clone().map(Secret::new).or_else(|| file.database_url.clone()),
         pg_bindir: target.pg_bindir.clone().or_else(|| file.pg_bindir.clone()),
-        pool_size: serving.and_then(|s| s.pool_size).or(file.pool_size).unwrap_or(DEFAULT_POOL_SIZE),
+        pool_size,
         body_limit_bytes: file.body_limit_bytes.unwrap_or(DEFAULT_BODY_LIMIT),
         response_cache: !serving.is_some_and(|s| s.no_cache) && file.response_cache.unwrap_or(true),
         rate_limit_ip: serving.and_then(|s| s.rate_limit_ip).or(file.rate_limit_ip).unwrap_or(1000),
@@ -296,6 +297,11 @@ fn settings(file: &FileConfig, target: &Target, serving: Option<&Serving>) -> an
             .and_then(|s| s.rate_limit_tenant)
             .or(file.rate_limit_tenant)
             .unwrap_or(1000),
+        max_in_flight: serving.and_then(|s| s.max_in_flight).or(file.max_in_flight).unwrap_or(2 * pool_size),
+        queue_timeout_ms: serving
+            .and_then(|s| s.queue_timeout_ms)
+            .or(file.queue_timeout_ms)
+            .unwrap_or(DEFAULT_QUEUE_TIMEOUT_MS),
         trusted_proxies: file.trusted_proxies.clone().unwrap_or_default(),
         rate_limit_plans: file.rate_limit_plans.clone().unwrap_or_default(),
         event_retention_days: match file.event_retention_days.unwrap_or(DEFAULT_EVENT_RETENTION_DAYS) {
@@ -544,6 +550,7 @@ async fn up_serving(
         metrics: Some(event_metrics(endpoint.pg_config(REPLICATION, DATABASE), modules)),
         cache: settings.response_cache.then(tessera_gateway::cache::CacheConfig::default),
         rate_limits: Some(rate_limits(settings)),
+        admission: admission(settings),
     };
     let upstream = match &sql.upstream_url {
         Some(url) => url.expose().parse()?,
@@ -619,6 +626,7 @@ async fn serve(settings: Settings, modules: &[Arc<dyn Module>]) -> anyhow::Resul
         // Serves only while a CDC worker (`tessera cdc`) keeps the log current; off otherwise.
         cache: settings.response_cache.then(tessera_gateway::cache::CacheConfig::default),
         rate_limits: Some(rate_limits(&settings)),
+        admission: admission(&settings),
     };
     let app = Application::build(&gateway, db, modules)
         .await
@@ -840,6 +848,15 @@ async fn key_cmd(file: &FileConfig, action: KeyAction, modules: &[Arc<dyn Module
 }
 
 /// The gateway's rate limits from the settings (0 switches one off).
+fn admission(settings: &Settings) -> Option<tessera_gateway::overload::AdmissionConfig> {
+    (settings.max_in_flight > 0).then(|| {
+        tessera_gateway::overload::AdmissionConfig::new(
+            settings.max_in_flight,
+            std::time::Duration::from_millis(settings.queue_timeout_ms),
+        )
+    })
+}
+
 fn rate_limits(settings: &Settings) -> tessera_gateway::ratelimit::RateLimitConfig {
     use tessera_gateway::ratelimit::{PlanRates, Rate, RateLimitConfig};
     let rate = |n: u32| (n > 0).then(|| Rate::per_second(n));

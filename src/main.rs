@@ -64,6 +64,15 @@ pub struct Serving {
     /// Requests per second per tenant; 0 = no limit [default: 1000]
     #[arg(long, env = "TESSERA_RATE_LIMIT_TENANT", value_name = "N")]
     pub rate_limit_tenant: Option<u32>,
+
+    /// Requests the gateway runs at once; past them a request waits up to --queue-timeout-ms, then gets
+    /// 503 overloaded. 0 = no shedding [default: 2 × pool size]
+    #[arg(long, env = "TESSERA_MAX_IN_FLIGHT", value_name = "N")]
+    pub max_in_flight: Option<usize>,
+
+    /// How long a request waits for a place before 503 overloaded [default: 50]
+    #[arg(long, env = "TESSERA_QUEUE_TIMEOUT_MS", value_name = "MS")]
+    pub queue_timeout_ms: Option<u64>,
 }
 
 /// The SQL endpoint for reporting tools (also settable in the `[sql]` table of the configuration file).

@@ -58,6 +58,10 @@ pub struct FileConfig {
     pub rate_limit_ip: Option<u32>,
     pub rate_limit_key: Option<u32>,
     pub rate_limit_tenant: Option<u32>,
+    /// Requests the gateway runs at once before it sheds load (0: no shedding) [default: 2 × pool_size].
+    pub max_in_flight: Option<usize>,
+    /// How long a request may wait for a place before it is refused with 503 [default: 50].
+    pub queue_timeout_ms: Option<u64>,
     /// Proxies whose X-Forwarded-For names the client.
     pub trusted_proxies: Option<Vec<std::net::IpAddr>>,
     /// Rate limits per plan (`[rate_limit_plans.gold]` with `key` and `tenant` requests per second).
@@ -200,6 +204,9 @@ pub struct Settings {
     pub rate_limit_ip: u32,
     pub rate_limit_key: u32,
     pub rate_limit_tenant: u32,
+    /// Requests run at once before load is shed; 0 is no shedding.
+    pub max_in_flight: usize,
+    pub queue_timeout_ms: u64,
     pub trusted_proxies: Vec<std::net::IpAddr>,
     pub rate_limit_plans: std::collections::BTreeMap<String, PlanLimits>,
     /// `None` keeps events forever.
@@ -211,11 +218,18 @@ pub const DEFAULT_EVENT_RETENTION_DAYS: u32 = 30;
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
 pub const DEFAULT_POOL_SIZE: usize = 16;
 pub const DEFAULT_BODY_LIMIT: usize = 64 * 1024;
+pub const DEFAULT_QUEUE_TIMEOUT_MS: u64 = 50;
 
 impl Settings {
     pub fn validate(&self) -> Result<(), ConfigError> {
         if !(1..=1000).contains(&self.pool_size) {
             return Err(ConfigError::Invalid(format!("pool_size must be 1 to 1000, got {}", self.pool_size)));
+        }
+        if !(1..=60_000).contains(&self.queue_timeout_ms) {
+            return Err(ConfigError::Invalid(format!(
+                "queue_timeout_ms must be 1 to 60000, got {}",
+                self.queue_timeout_ms
+            )));
         }
         if !(1024..=64 * 1024 * 1024).contains(&self.body_limit_bytes) {
             return Err(ConfigError::Invalid(format!(

@@ -77,7 +77,7 @@ impl Database {
         days: &[time::Date],
         counts: &[i64],
     ) -> Result<(), ApiError> {
-        let client = self.pool.get().await.map_err(|e| ApiError::unavailable(&e))?;
+        let client = checkout(&self.pool).await?;
         let statement = client.prepare_cached("select core.record_usage($1, $2, $3, $4)").await?;
         client.query_one(&statement, &[&tenants, &apis, &days, &counts]).await?;
         Ok(())
@@ -89,7 +89,7 @@ impl Database {
         prefixes: &[String],
         used_at: &[time::OffsetDateTime],
     ) -> Result<(), ApiError> {
-        let client = self.pool.get().await.map_err(|e| ApiError::unavailable(&e))?;
+        let client = checkout(&self.pool).await?;
         let statement = client.prepare_cached("select core.touch_api_keys($1, $2)").await?;
         client.query_one(&statement, &[&prefixes, &used_at]).await?;
         Ok(())
@@ -97,13 +97,13 @@ impl Database {
 
     /// Deletes every tenant's idempotency keys older than a day; returns how many.
     pub async fn prune_idempotency_keys(&self) -> Result<i64, ApiError> {
-        let client = self.pool.get().await.map_err(|e| ApiError::unavailable(&e))?;
+        let client = checkout(&self.pool).await?;
         Ok(client.query_one("select core.prune_idempotency_keys()", &[]).await?.get(0))
     }
 
     /// The tenant's plan (`standard` unless set), or `None` for no such tenant.
     pub async fn tenant_plan(&self, tenant: uuid::Uuid) -> Result<Option<String>, ApiError> {
-        let client = self.pool.get().await.map_err(|e| ApiError::unavailable(&e))?;
+        let client = checkout(&self.pool).await?;
         let statement = client.prepare_cached("select core.tenant_plan($1)").await?;
         Ok(client.query_one(&statement, &[&tenant]).await?.get(0))
     }
@@ -129,7 +129,7 @@ impl Database {
             },
             None => None,
         };
-        let client = self.pool.get().await.map_err(|e| ApiError::unavailable(&e))?;
+        let client = checkout(&self.pool).await?;
         let row = match &claims {
             Some(claims) => {
                 let authenticate = client.prepare_cached(AUTHENTICATE_MEMBER).await?;
@@ -155,7 +155,7 @@ impl Database {
         email: &str,
         tenant_slug: &str,
     ) -> Result<Option<LoginRecord>, ApiError> {
-        let client = self.pool.get().await.map_err(|e| ApiError::unavailable(&e))?;
+        let client = checkout(&self.pool).await?;
         let statement = client
             .prepare_cached(
                 "select user_id, password_hash, tenant_id, role, tenant_status from core.login_lookup($1, $2)",
@@ -183,7 +183,7 @@ impl Database {
         pid: i32,
         server_started: &str,
     ) -> Result<Option<(uuid::Uuid, String)>, ApiError> {
-        let client = self.pool.get().await.map_err(|e| ApiError::unavailable(&e))?;
+        let client = checkout(&self.pool).await?;
         let statement = client
             .prepare_cached(
                 "select tenant_id, token from core.bind_sql_session($1, $2, $3, $4, $5::text::timestamptz)",
@@ -197,7 +197,7 @@ impl Database {
 
     /// Ends a binding made by [`Self::bind_sql_session`], by its token.
     pub async fn unbind_sql_session(&self, token: &str) -> Result<(), ApiError> {
-        let client = self.pool.get().await.map_err(|e| ApiError::unavailable(&e))?;
+        let client = checkout(&self.pool).await?;
         let statement = client.prepare_cached("select core.unbind_sql_session($1)").await?;
         client.execute(&statement, &[&token]).await?;
         Ok(())
@@ -332,10 +332,24 @@ fn grant_of(row: &Row, member: bool, module: &str) -> KeyGrant {
     }
 }
 
+/// A connection from the pool, or 503. A pool still exhausted after its wait is saturation: answered at once
+/// and visible in the pool metrics, not logged per request (under load that would add to the load). Any other
+/// failure to get a connection is logged with its cause.
+async fn checkout(pool: &Pool) -> Result<Object, ApiError> {
+    pool.get().await.map_err(|e| match e {
+        deadpool_postgres::PoolError::Timeout(deadpool_postgres::TimeoutType::Wait) => ApiError::new(
+            axum::http::StatusCode::SERVICE_UNAVAILABLE,
+            "service_unavailable",
+            "the service is temporarily unavailable; retry later",
+        ),
+        e => ApiError::unavailable(&e),
+    })
+}
+
 async fn signing_key(pool: &Pool, cell: &tokio::sync::OnceCell<Vec<u8>>) -> Result<Vec<u8>, ApiError> {
     let key = cell
         .get_or_try_init(|| async {
-            let client = pool.get().await.map_err(|e| ApiError::unavailable(&e))?;
+            let client = checkout(pool).await?;
             let row = client.query_one("select core.token_signing_key()", &[]).await?;
             Ok::<_, ApiError>(row.get::<_, Vec<u8>>(0))
         })
@@ -483,7 +497,7 @@ impl ModuleDb {
     }
 
     async fn connect(&self) -> Result<TenantTx, ApiError> {
-        let client = self.pool.get().await.map_err(|e| ApiError::unavailable(&e))?;
+        let client = checkout(&self.pool).await?;
         Ok(TenantTx { client: Some(client) })
     }
 

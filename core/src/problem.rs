@@ -215,7 +215,9 @@ impl From<tokio_postgres::Error> for ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        if self.status.is_server_error() {
+        // Only failures with a cause: a 5xx the gateway answers on purpose (overloaded, not ready) is no
+        // error of its own, and under load one line per answer would add to the load.
+        if self.status.is_server_error() && self.internal.is_some() {
             tracing::error!(
                 code = self.code,
                 cause = self.internal.as_deref().unwrap_or(""),

@@ -31,6 +31,7 @@ pub mod idempotency;
 pub mod metrics;
 pub mod openapi;
 mod openapi_page;
+pub mod overload;
 pub mod owners;
 mod paths;
 pub mod ratelimit;
@@ -50,6 +51,8 @@ pub struct GatewayConfig {
     pub cache: Option<cache::CacheConfig>,
     /// Limits request rates under `/v1` when set (see [`ratelimit`]).
     pub rate_limits: Option<ratelimit::RateLimitConfig>,
+    /// Sheds load past this under `/v1` when set (see [`overload`]).
+    pub admission: Option<overload::AdmissionConfig>,
 }
 
 /// The future a [`MetricsSource`] returns: the Prometheus text, or why there is none.
@@ -111,6 +114,7 @@ pub struct Layers {
     pub cache: Option<Arc<cache::ResponseCache>>,
     pub rate_limits: Option<Arc<ratelimit::RateLimits>>,
     pub usage: Option<Arc<usage::Usage>>,
+    pub admission: Option<Arc<overload::Admission>>,
 }
 
 /// The same, with any of the optional layers.
@@ -120,7 +124,7 @@ pub fn router_with_layers(
     body_limit_bytes: usize,
     layers: Layers,
 ) -> Router {
-    let Layers { cache, rate_limits, usage } = layers;
+    let Layers { cache, rate_limits, usage, admission } = layers;
     let feed = db.for_api(tessera_core::module::EVENT_FEED_API, tessera_core::roles::EVENT_FEED);
     let mut docs: Vec<(String, utoipa::openapi::OpenApi)> = Vec::new();
     let mut split = |prefix: &str, routes: tessera_core::openapi::ApiRouter| {
@@ -173,6 +177,10 @@ pub fn router_with_layers(
     if let Some(limits) = rate_limits {
         api = api.layer(axum::middleware::from_fn_with_state(limits, ratelimit::layer));
     }
+    // Outermost: a request refused for load costs nothing else.
+    if let Some(admission) = admission {
+        api = api.layer(axum::middleware::from_fn_with_state(admission, overload::layer));
+    }
     Router::new()
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
@@ -184,12 +192,26 @@ pub fn router_with_layers(
         .layer(CatchPanicLayer::custom(|_| {
             ApiError::internal(&std::io::Error::other("a request handler panicked")).into_response()
         }))
-        .layer(TraceLayer::new_for_http().make_span_with(|req: &axum::http::Request<_>| {
-            let id = req.headers().get(&REQUEST_ID).and_then(|v| v.to_str().ok()).unwrap_or("");
-            tracing::info_span!("request", method = %req.method(), path = %req.uri().path(), request_id = %id)
-        }))
+        .layer(
+            TraceLayer::new_for_http()
+                .make_span_with(|req: &axum::http::Request<_>| {
+                    let id = req.headers().get(&REQUEST_ID).and_then(|v| v.to_str().ok()).unwrap_or("");
+                    tracing::info_span!("request", method = %req.method(), path = %req.uri().path(), request_id = %id)
+                })
+                .on_failure(log_failure),
+        )
         .layer(PropagateRequestIdLayer::new(REQUEST_ID))
         .layer(SetRequestIdLayer::new(REQUEST_ID, RequestIds::new()))
+}
+
+/// Server errors in the request log, except 503: a shed request is counted (`tessera_shed_total`), not logged
+/// one line each while the gateway is overloaded, and a database that is unavailable is logged with its
+/// cause where the error is made.
+fn log_failure(class: tower_http::classify::ServerErrorsFailureClass, latency: Duration, _: &tracing::Span) {
+    use tower_http::classify::ServerErrorsFailureClass;
+    if !matches!(class, ServerErrorsFailureClass::StatusCode(StatusCode::SERVICE_UNAVAILABLE)) {
+        tracing::error!(classification = %class, latency = ?latency, "response failed");
+    }
 }
 
 /// Request ids: a random per-process prefix and a counter, unique across gateway processes without a
@@ -309,8 +331,10 @@ impl Application {
         let usage = usage::Usage::new(db.clone(), owners, &names);
         let usage_flusher = tokio::spawn(usage.clone().run(Duration::from_secs(5)));
         let pruner = tokio::spawn(prune_idempotency_keys(db.clone()));
-        let gateway_metrics = metrics::GatewayMetrics::new(db.clone(), cache.clone(), limits.clone());
-        let layers = Layers { cache, rate_limits: limits, usage: Some(usage.clone()) };
+        let admission = config.admission.clone().map(overload::Admission::new);
+        let gateway_metrics =
+            metrics::GatewayMetrics::new(db.clone(), cache.clone(), limits.clone(), admission.clone());
+        let layers = Layers { cache, rate_limits: limits, usage: Some(usage.clone()), admission };
         let router = router_with_layers(db, modules, config.body_limit_bytes, layers)
             .layer(axum::middleware::from_fn_with_state(gateway_metrics.clone(), metrics::layer));
         let router = Router::new()

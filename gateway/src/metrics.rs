@@ -16,6 +16,7 @@ use axum::response::Response;
 use tessera_core::db::Database;
 
 use crate::cache::ResponseCache;
+use crate::overload::Admission;
 use crate::ratelimit::RateLimits;
 
 /// Upper bounds of the latency buckets, in seconds.
@@ -41,6 +42,7 @@ pub struct GatewayMetrics {
     db: Database,
     cache: Option<Arc<ResponseCache>>,
     limits: Option<Arc<RateLimits>>,
+    admission: Option<Arc<Admission>>,
 }
 
 impl GatewayMetrics {
@@ -48,8 +50,9 @@ impl GatewayMetrics {
         db: Database,
         cache: Option<Arc<ResponseCache>>,
         limits: Option<Arc<RateLimits>>,
+        admission: Option<Arc<Admission>>,
     ) -> Arc<Self> {
-        Arc::new(Self { recorded: Mutex::new(Recorded::default()), db, cache, limits })
+        Arc::new(Self { recorded: Mutex::new(Recorded::default()), db, cache, limits, admission })
     }
 
     fn record(&self, path: &str, method: &str, status: u16, seconds: f64) {
@@ -144,6 +147,14 @@ impl GatewayMetrics {
             for (limit, n) in limits.refusals() {
                 let _ = writeln!(out, "tessera_rate_limited_total{{limit=\"{limit}\"}} {n}");
             }
+        }
+        if let Some(admission) = &self.admission {
+            out.push_str("# HELP tessera_requests_in_flight Requests under /v1 running now.\n");
+            out.push_str("# TYPE tessera_requests_in_flight gauge\n");
+            let _ = writeln!(out, "tessera_requests_in_flight {}", admission.in_flight());
+            out.push_str("# HELP tessera_shed_total Requests refused with 503 overloaded.\n");
+            out.push_str("# TYPE tessera_shed_total counter\n");
+            let _ = writeln!(out, "tessera_shed_total {}", admission.shed_total());
         }
         let (size, idle, waiting) = self.db.pool_status();
         out.push_str("# HELP tessera_db_pool_connections The gateway's database connections, by state.\n");

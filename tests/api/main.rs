@@ -15,6 +15,7 @@ mod idempotency;
 mod invoicing;
 mod isolation;
 mod migrations;
+mod overload;
 mod ratelimit;
 mod restart;
 mod sql_endpoint;

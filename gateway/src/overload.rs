@@ -1,0 +1,272 @@
+//! Load shedding: at most `max_in_flight` requests under `/v1` run at once; one that finds them all taken
+//! waits at most `queue_timeout` for a place, and otherwise answers `503 overloaded` with `Retry-After`
+//! straight away, before any other work is spent on it (authentication, rate limits, the body).
+//!
+//! The queue adapts as CoDel does: a burst may wait the whole queue timeout, but once a request has been
+//! refused for waiting too long (the queue is standing, not draining), waits are cut to a tenth of it until
+//! no request has been refused for [`CALM`]. So past what the machine can serve, the requests it takes keep
+//! their latency (a few milliseconds of waiting, then a run with the database pool not oversubscribed), the
+//! rest are refused cheaply and at once, and memory is bounded (at most `max_waiting` requests wait; beyond
+//! that they are refused without waiting). Shedding is counted (`tessera_shed_total`) and logged at most
+//! once every ten seconds, never once per request.
+//! `/healthz`, `/readyz` and `/metrics` are outside it: probes must answer while the gateway sheds.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use axum::extract::{Request, State};
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use tessera_core::ApiError;
+use tokio::sync::Semaphore;
+
+/// How much the gateway takes on at once.
+#[derive(Debug, Clone)]
+pub struct AdmissionConfig {
+    /// Requests running at once.
+    pub max_in_flight: usize,
+    /// How long a request may wait for a place before it is refused.
+    pub queue_timeout: Duration,
+    /// Requests waiting at once; more are refused without waiting.
+    pub max_waiting: usize,
+}
+
+impl AdmissionConfig {
+    /// `max_in_flight` and `queue_timeout` as configured (`tessera up` runs twice its pool size: enough to
+    /// keep every connection busy while other requests are parsed and answered, few enough that the pool's
+    /// own queue stays short), with room for 1024 waiting.
+    pub fn new(max_in_flight: usize, queue_timeout: Duration) -> Self {
+        Self { max_in_flight, queue_timeout, max_waiting: 1024 }
+    }
+}
+
+/// How long after the last refusal the queue stays short.
+const CALM: Duration = Duration::from_millis(100);
+
+/// The admission state, shared by every request.
+pub struct Admission {
+    places: Semaphore,
+    waiting: AtomicUsize,
+    shed: AtomicU64,
+    /// Milliseconds since `epoch` of the last refusal after a wait, and of the last log line.
+    last_refusal: AtomicU64,
+    last_log: AtomicU64,
+    epoch: Instant,
+    config: AdmissionConfig,
+}
+
+impl Admission {
+    pub fn new(config: AdmissionConfig) -> Arc<Self> {
+        Arc::new(Self {
+            places: Semaphore::new(config.max_in_flight.max(1)),
+            waiting: AtomicUsize::new(0),
+            shed: AtomicU64::new(0),
+            last_refusal: AtomicU64::new(0),
+            last_log: AtomicU64::new(0),
+            epoch: Instant::now(),
+            config,
+        })
+    }
+
+    /// Requests running now (for metrics).
+    pub fn in_flight(&self) -> usize {
+        self.config.max_in_flight.max(1) - self.places.available_permits()
+    }
+
+    /// Requests refused so far (for metrics).
+    pub fn shed_total(&self) -> u64 {
+        self.shed.load(Ordering::Relaxed)
+    }
+
+    fn now_ms(&self) -> u64 {
+        u64::try_from(self.epoch.elapsed().as_millis()).unwrap_or(u64::MAX)
+    }
+
+    /// How long a request may wait now: the whole queue timeout, or a tenth of it while the queue stands.
+    fn wait_budget(&self) -> Duration {
+        let last = self.last_refusal.load(Ordering::Relaxed);
+        let standing = last > 0 && self.now_ms().saturating_sub(last) < CALM.as_millis() as u64;
+        if standing { self.config.queue_timeout / 10 } else { self.config.queue_timeout }
+    }
+
+    fn overloaded(&self, waited: bool) -> Response {
+        let shed = self.shed.fetch_add(1, Ordering::Relaxed) + 1;
+        let now = self.now_ms().max(1);
+        if waited {
+            self.last_refusal.store(now, Ordering::Relaxed);
+        }
+        let logged = self.last_log.load(Ordering::Relaxed);
+        if (logged == 0 || now.saturating_sub(logged) >= 10_000)
+            && self.last_log.compare_exchange(logged, now, Ordering::Relaxed, Ordering::Relaxed).is_ok()
+        {
+            tracing::warn!(
+                shed_total = shed,
+                in_flight = self.in_flight(),
+                "at capacity: shedding load (503)"
+            );
+        }
+        overloaded()
+    }
+}
+
+fn overloaded() -> Response {
+    let mut response = ApiError::new(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "overloaded",
+        "the gateway is at capacity; retry shortly",
+    )
+    .into_response();
+    response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+    response
+}
+
+/// Decrements the waiting count however the wait ends (a client that goes away drops the future).
+struct Waiting<'a>(&'a AtomicUsize);
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+pub async fn layer(State(admission): State<Arc<Admission>>, request: Request, next: Next) -> Response {
+    let place = match admission.places.try_acquire() {
+        Ok(place) => place,
+        Err(_) => {
+            if admission.waiting.fetch_add(1, Ordering::Relaxed) >= admission.config.max_waiting {
+                admission.waiting.fetch_sub(1, Ordering::Relaxed);
+                return admission.overloaded(false);
+            }
+            let _waiting = Waiting(&admission.waiting);
+            match tokio::time::timeout(admission.wait_budget(), admission.places.acquire()).await {
+                Ok(Ok(place)) => place,
+                _ => return admission.overloaded(true),
+            }
+        }
+    };
+    let response = next.run(request).await;
+    drop(place);
+    response
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use axum::Router;
+    use axum::body::Body;
+    use axum::routing::get;
+    use tower::ServiceExt;
+
+    /// A handler that holds its place until the test adds a permit to `release`.
+    fn app(admission: Arc<Admission>, release: Arc<Semaphore>) -> Router {
+        Router::new()
+            .route(
+                "/",
+                get(move || {
+                    let release = release.clone();
+                    async move {
+                        release.acquire().await.expect("open").forget();
+                        "done"
+                    }
+                }),
+            )
+            .layer(axum::middleware::from_fn_with_state(admission, layer))
+    }
+
+    async fn status(router: Router) -> (StatusCode, Option<HeaderValue>) {
+        let response =
+            router.oneshot(Request::get("/").body(Body::empty()).expect("request")).await.expect("ok");
+        (response.status(), response.headers().get(header::RETRY_AFTER).cloned())
+    }
+
+    #[tokio::test]
+    async fn past_capacity_requests_wait_briefly_then_are_refused_and_places_come_back() {
+        let config =
+            AdmissionConfig { max_in_flight: 2, queue_timeout: Duration::from_millis(30), max_waiting: 1 };
+        let admission = Admission::new(config);
+        let release = Arc::new(Semaphore::new(0));
+        let router = app(admission.clone(), release.clone());
+        let running: Vec<_> = (0..2).map(|_| tokio::spawn(status(router.clone()))).collect();
+        while admission.in_flight() < 2 {
+            tokio::task::yield_now().await;
+        }
+        // The third waits its 30 ms and is refused; while it waits, a fourth finds the queue full.
+        let waiter = tokio::spawn(status(router.clone()));
+        while admission.waiting.load(Ordering::Relaxed) < 1 {
+            tokio::task::yield_now().await;
+        }
+        let started = std::time::Instant::now();
+        assert_eq!(
+            status(router.clone()).await,
+            (StatusCode::SERVICE_UNAVAILABLE, Some(HeaderValue::from_static("1")))
+        );
+        assert!(started.elapsed() < Duration::from_millis(30), "a full queue refuses without waiting");
+        assert_eq!(waiter.await.expect("task").0, StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(admission.waiting.load(Ordering::Relaxed), 0);
+        assert_eq!(admission.shed_total(), 2);
+        // The running two finish normally, and their places are free again.
+        release.add_permits(2);
+        for r in running {
+            assert_eq!(r.await.expect("task").0, StatusCode::OK);
+        }
+        assert_eq!(admission.in_flight(), 0);
+        let next = tokio::spawn(status(router.clone()));
+        while admission.in_flight() < 1 {
+            tokio::task::yield_now().await;
+        }
+        release.add_permits(1);
+        assert_eq!(next.await.expect("task").0, StatusCode::OK);
+    }
+
+    #[tokio::test]
+    async fn a_standing_queue_cuts_the_wait_until_it_calms() {
+        let config =
+            AdmissionConfig { max_in_flight: 1, queue_timeout: Duration::from_millis(200), max_waiting: 8 };
+        let admission = Admission::new(config);
+        let release = Arc::new(Semaphore::new(0));
+        let router = app(admission.clone(), release.clone());
+        assert_eq!(admission.wait_budget(), Duration::from_millis(200), "a burst may wait it all");
+        let holder = tokio::spawn(status(router.clone()));
+        while admission.in_flight() < 1 {
+            tokio::task::yield_now().await;
+        }
+        let started = Instant::now();
+        assert_eq!(status(router.clone()).await.0, StatusCode::SERVICE_UNAVAILABLE);
+        assert!(started.elapsed() >= Duration::from_millis(200));
+        // Refused after a full wait: the queue stands, so the next waits a tenth.
+        assert_eq!(admission.wait_budget(), Duration::from_millis(20));
+        let started = Instant::now();
+        assert_eq!(status(router.clone()).await.0, StatusCode::SERVICE_UNAVAILABLE);
+        assert!(started.elapsed() < Duration::from_millis(150), "{:?}", started.elapsed());
+        tokio::time::sleep(CALM + Duration::from_millis(20)).await;
+        assert_eq!(admission.wait_budget(), Duration::from_millis(200), "calm again");
+        release.add_permits(1);
+        assert_eq!(holder.await.expect("task").0, StatusCode::OK);
+    }
+
+    #[tokio::test]
+    async fn a_request_that_waits_gets_the_place_a_finished_one_frees() {
+        let config =
+            AdmissionConfig { max_in_flight: 1, queue_timeout: Duration::from_secs(5), max_waiting: 8 };
+        let admission = Admission::new(config);
+        let release = Arc::new(Semaphore::new(0));
+        let router = app(admission.clone(), release.clone());
+        let first = tokio::spawn(status(router.clone()));
+        while admission.in_flight() < 1 {
+            tokio::task::yield_now().await;
+        }
+        let second = tokio::spawn(status(router.clone()));
+        while admission.waiting.load(Ordering::Relaxed) < 1 {
+            tokio::task::yield_now().await;
+        }
+        release.add_permits(1);
+        assert_eq!(first.await.expect("task").0, StatusCode::OK);
+        while admission.waiting.load(Ordering::Relaxed) > 0 {
+            tokio::task::yield_now().await;
+        }
+        release.add_permits(1);
+        assert_eq!(second.await.expect("task").0, StatusCode::OK);
+    }
+}

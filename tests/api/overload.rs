@@ -1,0 +1,64 @@
+//! Load shedding through the gateway's router: with every place taken, a request under `/v1` waits its
+//! queue time and is refused with `503 overloaded` and `Retry-After`, while the probes still answer; the
+//! place comes back when the request holding it finishes.
+
+use std::time::Duration;
+
+use axum::body::Body;
+use axum::http::{Method, Request, StatusCode};
+use serde_json::json;
+use tessera_gateway::overload::{Admission, AdmissionConfig};
+use tower::ServiceExt;
+
+use crate::support::{BODY_LIMIT, TestApp, cluster, connect, modules};
+
+#[tokio::test]
+async fn a_full_gateway_refuses_fast_with_503_and_probes_still_answer() {
+    let mut app = TestApp::spawn().await;
+    let (_, key) = app.tenant("acme").await;
+    let company = app.create("companies", &key, json!({"name": "Acme"})).await;
+    let admission = Admission::new(AdmissionConfig::new(1, Duration::from_millis(20)));
+    let layers = tessera_gateway::Layers { admission: Some(admission.clone()), ..Default::default() };
+    app.router = tessera_gateway::router_with_layers(app.pool.clone(), &modules(), BODY_LIMIT, layers);
+
+    // Hold the company's row so that a PATCH through the gateway blocks inside its transaction, keeping the
+    // only place (as the cluster's superuser: row security would hide the row from the owner role).
+    let mut holder = connect(&cluster().superuser, &app.db.name).await;
+    let lock = holder.transaction().await.expect("begin");
+    let locked = lock
+        .execute("select 1 from crm.companies where id = $1::text::uuid for update", &[&company])
+        .await
+        .expect("lock the row");
+    assert_eq!(locked, 1);
+    let path = format!("/v1/crm/companies/{company}");
+    let held = {
+        let router = app.router.clone();
+        let (path, key) = (path.clone(), key.clone());
+        tokio::spawn(async move {
+            let request = Request::patch(&path)
+                .header("authorization", format!("Bearer {key}"))
+                .header("content-type", "application/json")
+                .body(Body::from(json!({"name": "Acme Corp"}).to_string()))
+                .expect("request");
+            router.oneshot(request).await.expect("infallible").status()
+        })
+    };
+    while admission.in_flight() < 1 {
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+
+    let started = std::time::Instant::now();
+    let refused = app.get(&path, &key).await;
+    refused.assert_problem(503, "overloaded");
+    assert_eq!(refused.headers["retry-after"], "1");
+    assert!(started.elapsed() < Duration::from_secs(2), "refused after its queue time, not held");
+    // Probes are outside the shedding.
+    assert_eq!(app.call(Method::GET, "/healthz", None, None).await.status, StatusCode::OK);
+    assert_eq!(app.call(Method::GET, "/readyz", None, None).await.status, StatusCode::OK);
+    assert_eq!(admission.shed_total(), 1);
+
+    lock.rollback().await.expect("release");
+    assert_eq!(held.await.expect("task"), StatusCode::OK);
+    assert_eq!(admission.in_flight(), 0);
+    assert_eq!(app.get(&path, &key).await.body["name"], "Acme Corp");
+}
