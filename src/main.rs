@@ -9,6 +9,11 @@ use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand};
 
+/// mimalloc instead of glibc's malloc: under load the gateway's threads contended on glibc's arena locks
+/// (see BENCHMARKS.md, "REST: GET one deal by id").
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// Tessera: a multi-tenant business platform on one PostgreSQL.
 #[derive(Debug, Parser)]
 #[command(name = "tessera", version, about, long_about = None)]
