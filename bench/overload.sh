@@ -67,7 +67,11 @@ sample_rss() {
   done
 }
 
-# One overloaded run: prints loadgen's line with the peak RSS and the RSS after the run appended.
+# Resident memory of the gateway now, in MiB.
+rss_mib() { echo $(( $(awk '/^VmRSS/ {print $2}' "/proc/$PID/status") / 1024 )); }
+
+# One overloaded run: prints loadgen's line with the RSS before (just after start), the peak and the RSS
+# after the run appended.
 run() {
   echo 0 >"$OUT/overload-rss"
   sample_rss &
@@ -79,15 +83,15 @@ run() {
   after=$(awk '/^VmRSS/ {print $2}' "/proc/$PID/status")
   # Still serving afterwards: nothing crashed.
   curl -sf -o /dev/null "$URL" -H "Authorization: Bearer $KEY" || { echo "the gateway no longer serves" >&2; exit 1; }
-  echo "$line peak_rss_mib=$(( $(cat "$OUT/overload-rss") / 1024 )) rss_after_mib=$(( after / 1024 ))"
+  echo "$line idle_rss_mib=$IDLE_RSS peak_rss_mib=$(( $(cat "$OUT/overload-rss") / 1024 )) rss_after_mib=$(( after / 1024 ))"
 }
 
 start
+IDLE_RSS=$(rss_mib)
 echo "warming up" >&2
 wrk -t2 -c"$CONNS" -d3s -H "Authorization: Bearer $KEY" "$URL" >/dev/null
 CAPACITY=$(wrk -t2 -c"$CONNS" -d10s -H "Authorization: Bearer $KEY" "$URL" | awk '/Requests\/sec/ {printf "%d", $2}')
 RATE=$(( CAPACITY * FACTOR ))
-IDLE_RSS=$(( $(awk '/^VmRSS/ {print $2}' "/proc/$PID/status") / 1024 ))
 echo "capacity (wrk, $CONNS connections, closed loop): $CAPACITY req/s; offering $RATE req/s open-loop" >&2
 
 echo "shedding on (as shipped)" >&2
@@ -96,6 +100,7 @@ echo "$SHED" >&2
 stop
 
 start --max-in-flight 0
+IDLE_RSS=$(rss_mib)
 wrk -t2 -c"$CONNS" -d3s -H "Authorization: Bearer $KEY" "$URL" >/dev/null
 echo "baseline: shedding off" >&2
 BASE=$(run)
@@ -105,7 +110,7 @@ stop
 field() { echo "$1" | tr ' ' '\n' | awk -F= -v k="$2" '$1 == k {print $2}'; }
 row() {
   local name=$1 line=$2
-  echo "| $name | $RATE | $(field "$line" ok_rate) | $(field "$line" unavailable) / $(field "$line" too_many) / $(field "$line" errors) / $(field "$line" not_sent) | $(field "$line" ok_p50_ms) / $(field "$line" ok_p99_ms) / $(field "$line" ok_max_ms) | $(field "$line" refused_p50_ms) / $(field "$line" refused_p99_ms) | $IDLE_RSS → $(field "$line" peak_rss_mib) ($(field "$line" rss_after_mib) after) |"
+  echo "| $name | $RATE | $(field "$line" ok_rate) | $(field "$line" unavailable) / $(field "$line" too_many) / $(field "$line" other) / $(field "$line" errors) / $(field "$line" not_sent) | $(field "$line" ok_p50_ms) / $(field "$line" ok_p99_ms) / $(field "$line" ok_max_ms) | $(field "$line" refused_p50_ms) / $(field "$line" refused_p99_ms) | $(field "$line" idle_rss_mib) → $(field "$line" peak_rss_mib) ($(field "$line" rss_after_mib) after) |"
 }
 P99=$(field "$SHED" ok_p99_ms)
 BASE_P99=$(field "$BASE" ok_p99_ms)
@@ -113,9 +118,11 @@ echo
 echo "machine: $(nproc) cores, $(awk '/MemTotal/ {printf "%.0f GiB", $2/1048576}' /proc/meminfo); build $(git rev-parse --short HEAD)"
 echo "capacity: $CAPACITY req/s (wrk -c$CONNS); offered: $RATE req/s for ${DURATION} s"
 echo
-echo "| run | offered req/s | accepted (2xx) req/s | 503 / 429 / errors / not sent | accepted p50 / p99 / max ms | refused p50 / p99 ms | RSS MiB idle → peak |"
+echo "| run | offered req/s | accepted (2xx) req/s | 503 / 429 / other status / errors / not sent | accepted p50 / p99 / max ms | refused p50 / p99 ms | RSS MiB after start → peak |"
 echo "|---|---|---|---|---|---|---|"
 row "shedding on" "$SHED"
 row "shedding off (baseline)" "$BASE"
 echo
-echo "accepted p99 / 100 ms target: $(echo "scale=2; $P99 / 100" | bc -l)   accepted p99 shedding on / off: $(echo "scale=2; $P99 / $BASE_P99" | bc -l)"
+ratio() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.2f", a / b }'; }
+echo "accepted p99 / 100 ms target: $(ratio "$P99" 100)   accepted p99 shedding on / off: $(ratio "$P99" "$BASE_P99")"
+echo "accepted rate / capacity: shedding on $(ratio "$(field "$SHED" ok_rate)" "$CAPACITY"), off $(ratio "$(field "$BASE" ok_rate)" "$CAPACITY")"

@@ -847,7 +847,7 @@ async fn key_cmd(file: &FileConfig, action: KeyAction, modules: &[Arc<dyn Module
     Ok(())
 }
 
-/// The gateway's rate limits from the settings (0 switches one off).
+/// The gateway's load shedding from the settings (`max_in_flight = 0` switches it off).
 fn admission(settings: &Settings) -> Option<tessera_gateway::overload::AdmissionConfig> {
     (settings.max_in_flight > 0).then(|| {
         tessera_gateway::overload::AdmissionConfig::new(
@@ -857,6 +857,7 @@ fn admission(settings: &Settings) -> Option<tessera_gateway::overload::Admission
     })
 }
 
+/// The gateway's rate limits from the settings (0 switches one off).
 fn rate_limits(settings: &Settings) -> tessera_gateway::ratelimit::RateLimitConfig {
     use tessera_gateway::ratelimit::{PlanRates, Rate, RateLimitConfig};
     let rate = |n: u32| (n > 0).then(|| Rate::per_second(n));

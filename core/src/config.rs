@@ -225,6 +225,12 @@ impl Settings {
         if !(1..=1000).contains(&self.pool_size) {
             return Err(ConfigError::Invalid(format!("pool_size must be 1 to 1000, got {}", self.pool_size)));
         }
+        if self.max_in_flight > 100_000 {
+            return Err(ConfigError::Invalid(format!(
+                "max_in_flight must be 0 (no shedding) to 100000, got {}",
+                self.max_in_flight
+            )));
+        }
         if !(1..=60_000).contains(&self.queue_timeout_ms) {
             return Err(ConfigError::Invalid(format!(
                 "queue_timeout_ms must be 1 to 60000, got {}",

@@ -332,16 +332,29 @@ fn grant_of(row: &Row, member: bool, module: &str) -> KeyGrant {
     }
 }
 
-/// A connection from the pool, or 503. A pool still exhausted after its wait is saturation: answered at once
-/// and visible in the pool metrics, not logged per request (under load that would add to the load). Any other
-/// failure to get a connection is logged with its cause.
+/// A connection from the pool, or 503. A pool still exhausted after its wait is logged once every ten
+/// seconds (and shows in the pool metrics), not once per request: under load that would add to the load.
+/// Any other failure to get a connection is logged with its cause.
 async fn checkout(pool: &Pool) -> Result<Object, ApiError> {
+    static EXHAUSTED: crate::problem::LogThrottle = crate::problem::LogThrottle::new();
     pool.get().await.map_err(|e| match e {
-        deadpool_postgres::PoolError::Timeout(deadpool_postgres::TimeoutType::Wait) => ApiError::new(
-            axum::http::StatusCode::SERVICE_UNAVAILABLE,
-            "service_unavailable",
-            "the service is temporarily unavailable; retry later",
-        ),
+        deadpool_postgres::PoolError::Timeout(deadpool_postgres::TimeoutType::Wait) => {
+            // Saturation, or connections stuck (a hung database, a pile-up on a lock): worth a line, not
+            // one per request.
+            if EXHAUSTED.allow(Duration::from_secs(10)) {
+                let status = pool.status();
+                tracing::warn!(
+                    size = status.size,
+                    waiting = status.waiting,
+                    "database pool exhausted: answering 503"
+                );
+            }
+            ApiError::new(
+                axum::http::StatusCode::SERVICE_UNAVAILABLE,
+                "service_unavailable",
+                "the service is temporarily unavailable; retry later",
+            )
+        }
         e => ApiError::unavailable(&e),
     })
 }

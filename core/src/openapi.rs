@@ -66,10 +66,11 @@ macro_rules! string_enum_schema {
 
 /// A non-negative decimal as [`crate::input::Fields::decimal`] takes it: a string with at most `int_digits`
 /// digits before the point and `frac_digits` after (`"1200.50"`, exact; answers always use this form), or
-/// a JSON number in range with no more decimals than that.
+/// a JSON number in range (whose decimals the description limits: a schema cannot say it exactly).
 pub fn decimal(int_digits: u8, frac_digits: u8) -> Schema {
     decimal_matching(
-        format!("^[0-9]{{1,{int_digits}}}(\\.[0-9]{{1,{frac_digits}}})?$"),
+        digits_pattern(int_digits, frac_digits),
+        false,
         Maximum::Below(10f64.powi(i32::from(int_digits))),
         format!(
             "A non-negative decimal with up to {int_digits} digits before the point and {frac_digits} after, \
@@ -78,17 +79,37 @@ pub fn decimal(int_digits: u8, frac_digits: u8) -> Schema {
     )
 }
 
+/// The same, above zero (a quantity, a payment); the string form's pattern does not say so, the
+/// description does.
+pub fn positive_decimal(int_digits: u8, frac_digits: u8) -> Schema {
+    decimal_matching(
+        digits_pattern(int_digits, frac_digits),
+        true,
+        Maximum::Below(10f64.powi(i32::from(int_digits))),
+        format!(
+            "A decimal above zero with up to {int_digits} digits before the point and {frac_digits} after, as a \
+             string (exact) or a number"
+        ),
+    )
+}
+
+fn digits_pattern(int_digits: u8, frac_digits: u8) -> String {
+    format!("^[0-9]{{1,{int_digits}}}(\\.[0-9]{{1,{frac_digits}}})?$")
+}
+
 /// The largest number a decimal may be.
 pub enum Maximum {
     Below(f64),
     AtMost(f64),
 }
 
-/// A decimal sent as a string matching `pattern` or as a number from 0 to `maximum`.
-pub fn decimal_matching(pattern: String, maximum: Maximum, description: String) -> Schema {
+/// A decimal sent as a string matching `pattern` or as a number from 0 (or above 0, when `positive`) to
+/// `maximum`.
+pub fn decimal_matching(pattern: String, positive: bool, maximum: Maximum, description: String) -> Schema {
     use utoipa::openapi::schema::{AnyOfBuilder, ObjectBuilder, Type};
     let text = ObjectBuilder::new().schema_type(Type::String).pattern(Some(pattern));
-    let number = ObjectBuilder::new().schema_type(Type::Number).minimum(Some(0.0));
+    let number = ObjectBuilder::new().schema_type(Type::Number);
+    let number = if positive { number.exclusive_minimum(Some(0.0)) } else { number.minimum(Some(0.0)) };
     let number = match maximum {
         Maximum::Below(max) => number.exclusive_maximum(Some(max)),
         Maximum::AtMost(max) => number.maximum(Some(max)),

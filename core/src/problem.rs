@@ -207,6 +207,32 @@ impl Constraint {
     }
 }
 
+/// Lets a log line through at most once per interval: for conditions that, under load, would otherwise be
+/// logged once per request (and add to the load).
+#[derive(Debug, Default)]
+pub struct LogThrottle {
+    /// Milliseconds since the Unix epoch of the last line let through; 0 before the first.
+    last: std::sync::atomic::AtomicU64,
+}
+
+impl LogThrottle {
+    pub const fn new() -> Self {
+        Self { last: std::sync::atomic::AtomicU64::new(0) }
+    }
+
+    /// Whether a line may be logged now (and if so, the next one only after `every`).
+    pub fn allow(&self, every: std::time::Duration) -> bool {
+        use std::sync::atomic::Ordering;
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(1, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
+        let last = self.last.load(Ordering::Relaxed);
+        let every = u64::try_from(every.as_millis()).unwrap_or(u64::MAX);
+        (last == 0 || now.saturating_sub(last) >= every)
+            && self.last.compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed).is_ok()
+    }
+}
+
 impl From<tokio_postgres::Error> for ApiError {
     fn from(err: tokio_postgres::Error) -> Self {
         Self::from_db(err, &[])
@@ -244,5 +270,18 @@ impl IntoResponse for ApiError {
                 .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer realm=\"tessera\""));
         }
         response
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_throttle_lets_one_line_through_per_interval() {
+        let throttle = LogThrottle::new();
+        assert!(throttle.allow(std::time::Duration::from_secs(60)));
+        assert!(!throttle.allow(std::time::Duration::from_secs(60)));
+        assert!(throttle.allow(std::time::Duration::ZERO));
     }
 }

@@ -56,7 +56,11 @@ fn refused() -> ApiError {
 /// Logs a user in to one tenant: a short-lived token for that tenant.
 #[utoipa::path(post, path = "/login", tag = "auth", request_body = Login,
     responses((status = 200, description = "The token", body = Token)))]
-async fn login(State(db): State<Database>, body: JsonObject) -> Result<Response, ApiError> {
+async fn login(
+    State(db): State<Database>,
+    place: Option<axum::Extension<crate::overload::Place>>,
+    body: JsonObject,
+) -> Result<Response, ApiError> {
     // The password as sent: not trimmed, unlike other text fields.
     let password = match body.0.get("password") {
         Some(serde_json::Value::String(p)) if !p.is_empty() && p.len() <= 1024 => p.clone(),
@@ -78,9 +82,13 @@ async fn login(State(db): State<Database>, body: JsonObject) -> Result<Response,
     let record = db.login_lookup(&email, &tenant).await?;
     let stored = record.as_ref().map_or(token::DUMMY_HASH.to_owned(), |r| r.password_hash.clone());
     // Off the async threads: Argon2 is slow on purpose.
-    let matches = tokio::task::spawn_blocking(move || token::verify_password(&password, &stored))
-        .await
-        .unwrap_or(false);
+    // The hash keeps the request's place under load shedding even if the client goes away meanwhile.
+    let matches = tokio::task::spawn_blocking(move || {
+        let _place = place;
+        token::verify_password(&password, &stored)
+    })
+    .await
+    .unwrap_or(false);
     let Some(record) = record.filter(|_| matches) else { return Err(refused()) };
     let (Some(tenant_id), Some(role)) = (record.tenant_id, record.role) else { return Err(refused()) };
     if !record.tenant_active {

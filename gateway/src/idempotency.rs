@@ -235,8 +235,11 @@ pub async fn layer(State(state): State<IdempotencyLayer>, mut request: Request, 
             // keep its answer from being recorded (every retry would then be refused).
             let db = db.clone();
             let held = IdempotentRequest { key: Arc::from(idempotency_key.as_str()), claim: claim_id };
+            // The task keeps the request's place under load shedding for as long as it runs.
+            let place = parts.extensions.get::<crate::overload::Place>().cloned();
             let request = Request::from_parts(parts, Body::from(bytes));
             let task = tokio::spawn(async move {
+                let _place = place;
                 let response = IDEMPOTENCY_KEY.scope(held, next.run(request)).await;
                 let (parts, body) = response.into_parts();
                 let body: Option<Bytes> = axum::body::to_bytes(body, MAX_RECORDED).await.ok();

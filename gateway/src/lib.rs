@@ -174,12 +174,12 @@ pub fn router_with_layers(
         api = api.layer(axum::middleware::from_fn_with_state(usage, usage::layer));
     }
     // Outside the usage count: a refused request is not usage.
-    if let Some(limits) = rate_limits {
-        api = api.layer(axum::middleware::from_fn_with_state(limits, ratelimit::layer));
-    }
-    // Outermost: a request refused for load costs nothing else.
     if let Some(admission) = admission {
         api = api.layer(axum::middleware::from_fn_with_state(admission, overload::layer));
+    }
+    // Outermost: a request over a rate limit is refused before it can queue for a place.
+    if let Some(limits) = rate_limits {
+        api = api.layer(axum::middleware::from_fn_with_state(limits, ratelimit::layer));
     }
     Router::new()
         .route("/healthz", get(healthz))
@@ -275,6 +275,8 @@ async fn readyz(State(db): State<Database>) -> Response {
     if db.is_ready().await {
         axum::Json(Health { status: "ready" }).into_response()
     } else {
+        // At the probe's own pace: worth a line each time.
+        tracing::warn!("not ready: the database does not answer");
         ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "not_ready", "the database does not answer")
             .into_response()
     }
@@ -331,7 +333,12 @@ impl Application {
         let usage = usage::Usage::new(db.clone(), owners, &names);
         let usage_flusher = tokio::spawn(usage.clone().run(Duration::from_secs(5)));
         let pruner = tokio::spawn(prune_idempotency_keys(db.clone()));
-        let admission = config.admission.clone().map(overload::Admission::new);
+        let admission = config.admission.clone().map(|admission| {
+            overload::Admission::new(overload::AdmissionConfig {
+                body_limit_bytes: config.body_limit_bytes,
+                ..admission
+            })
+        });
         let gateway_metrics =
             metrics::GatewayMetrics::new(db.clone(), cache.clone(), limits.clone(), admission.clone());
         let layers = Layers { cache, rate_limits: limits, usage: Some(usage.clone()), admission };

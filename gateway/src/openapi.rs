@@ -86,10 +86,12 @@ not enabled answers 403 `module_not_enabled`.
 **Writes.** POST takes an `Idempotency-Key`: the same key and body replay the first answer, another body \
 answers 422, a request still running 409. PATCH changes only the members sent.
 
-**Caching.** GET answers carry a strong `ETag`; `If-None-Match` answers 304 when nothing changed.
+**Caching.** With the response cache on (the default), module GETs carry a strong `ETag` and \
+`If-None-Match` answers 304 when nothing changed.
 
 **Limits.** Requests are limited per address, key and tenant (`RateLimit-*` headers, 429 with \
-`Retry-After`). When the database pool is exhausted the gateway answers 503 at once rather than queueing. \
+`Retry-After`). Past its capacity the gateway sheds load: a request that finds no place within a short, \
+bounded wait (50 ms by default), or no database connection within 250 ms, gets 503 with `Retry-After`. \
 Every answer carries `X-Request-Id`.";
 
 /// Adds what every route shares: info, the credential, the shared parameters and error answers.
@@ -256,7 +258,13 @@ fn finish_operation(path: &str, method: &str, op: &mut Map<String, Value>, modul
     if path.starts_with("/v1/") {
         add("429", "Over a rate limit; see Retry-After");
     }
-    add("503", "Overloaded or the database is unavailable; retry later");
+    // The liveness probe answers whenever the process does.
+    if path != "/healthz" {
+        add("503", "Overloaded or the database is unavailable; retry later");
+    }
+    if path.starts_with("/v1/") && has_body {
+        add("408", "The body did not arrive in time");
+    }
     if !public {
         op.insert("security".into(), json!([{"bearer": []}]));
     }

@@ -1,6 +1,12 @@
 //! Load shedding: at most `max_in_flight` requests under `/v1` run at once; one that finds them all taken
 //! waits at most `queue_timeout` for a place, and otherwise answers `503 overloaded` with `Retry-After`
-//! straight away, before any other work is spent on it (authentication, rate limits, the body).
+//! straight away, before any other work is spent on it (authentication, the handler, the database).
+//!
+//! A request's body is read in full before it asks for a place (within `body_timeout`, or `408`), so a
+//! client that sends its body slowly holds its own connection and nothing the other tenants share. The rate
+//! limits run before this layer: a request they refuse never queues here. Work a request leaves running
+//! after its client has gone (an idempotent write finishing on its own task, a login's password hash)
+//! keeps the place until it ends ([`Place`]).
 //!
 //! The queue adapts as CoDel does: a burst may wait the whole queue timeout, but once a request has been
 //! refused for waiting too long (the queue is standing, not draining), waits are cut to a tenth of it until
@@ -31,6 +37,10 @@ pub struct AdmissionConfig {
     pub queue_timeout: Duration,
     /// Requests waiting at once; more are refused without waiting.
     pub max_waiting: usize,
+    /// The largest body read before admission (the gateway's body limit).
+    pub body_limit_bytes: usize,
+    /// How long a body may take to arrive.
+    pub body_timeout: Duration,
 }
 
 impl AdmissionConfig {
@@ -38,7 +48,13 @@ impl AdmissionConfig {
     /// keep every connection busy while other requests are parsed and answered, few enough that the pool's
     /// own queue stays short), with room for 1024 waiting.
     pub fn new(max_in_flight: usize, queue_timeout: Duration) -> Self {
-        Self { max_in_flight, queue_timeout, max_waiting: 1024 }
+        Self {
+            max_in_flight,
+            queue_timeout,
+            max_waiting: 1024,
+            body_limit_bytes: 64 * 1024,
+            body_timeout: Duration::from_secs(10),
+        }
     }
 }
 
@@ -47,12 +63,12 @@ const CALM: Duration = Duration::from_millis(100);
 
 /// The admission state, shared by every request.
 pub struct Admission {
-    places: Semaphore,
+    places: Arc<Semaphore>,
     waiting: AtomicUsize,
     shed: AtomicU64,
-    /// Milliseconds since `epoch` of the last refusal after a wait, and of the last log line.
+    /// Milliseconds since `epoch` of the last refusal after a wait.
     last_refusal: AtomicU64,
-    last_log: AtomicU64,
+    log: tessera_core::problem::LogThrottle,
     epoch: Instant,
     config: AdmissionConfig,
 }
@@ -60,11 +76,11 @@ pub struct Admission {
 impl Admission {
     pub fn new(config: AdmissionConfig) -> Arc<Self> {
         Arc::new(Self {
-            places: Semaphore::new(config.max_in_flight.max(1)),
+            places: Arc::new(Semaphore::new(config.max_in_flight.max(1))),
             waiting: AtomicUsize::new(0),
             shed: AtomicU64::new(0),
             last_refusal: AtomicU64::new(0),
-            last_log: AtomicU64::new(0),
+            log: tessera_core::problem::LogThrottle::new(),
             epoch: Instant::now(),
             config,
         })
@@ -97,10 +113,7 @@ impl Admission {
         if waited {
             self.last_refusal.store(now, Ordering::Relaxed);
         }
-        let logged = self.last_log.load(Ordering::Relaxed);
-        if (logged == 0 || now.saturating_sub(logged) >= 10_000)
-            && self.last_log.compare_exchange(logged, now, Ordering::Relaxed, Ordering::Relaxed).is_ok()
-        {
+        if self.log.allow(Duration::from_secs(10)) {
             tracing::warn!(
                 shed_total = shed,
                 in_flight = self.in_flight(),
@@ -122,6 +135,56 @@ fn overloaded() -> Response {
     response
 }
 
+/// A request's place, in its extensions: work that outlives the request (a task it spawned) holds a clone,
+/// and the place is free again when the last holder lets go.
+#[derive(Clone)]
+pub struct Place(#[allow(dead_code)] Arc<tokio::sync::OwnedSemaphorePermit>);
+
+/// Reads the body of a request that has one, so that waiting for a slow client holds no place.
+async fn buffered(request: Request, config: &AdmissionConfig) -> Result<Request, Response> {
+    let has_body = request.headers().contains_key(header::TRANSFER_ENCODING)
+        || request
+            .headers()
+            .get(header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.trim() != "0");
+    if !has_body {
+        return Ok(request);
+    }
+    let (parts, body) = request.into_parts();
+    match tokio::time::timeout(config.body_timeout, axum::body::to_bytes(body, config.body_limit_bytes)).await
+    {
+        Ok(Ok(bytes)) => Ok(Request::from_parts(parts, axum::body::Body::from(bytes))),
+        Ok(Err(e)) if is_too_large(&e) => Err(ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "body_too_large",
+            "the request body is too large",
+        )
+        .into_response()),
+        Ok(Err(_)) => {
+            Err(ApiError::new(StatusCode::BAD_REQUEST, "invalid_body", "the request body could not be read")
+                .into_response())
+        }
+        Err(_) => Err(ApiError::new(
+            StatusCode::REQUEST_TIMEOUT,
+            "request_timeout",
+            "the request body did not arrive in time",
+        )
+        .into_response()),
+    }
+}
+
+fn is_too_large(e: &axum::Error) -> bool {
+    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(s) = source {
+        if s.is::<http_body_util::LengthLimitError>() {
+            return true;
+        }
+        source = s.source();
+    }
+    false
+}
+
 /// Decrements the waiting count however the wait ends (a client that goes away drops the future).
 struct Waiting<'a>(&'a AtomicUsize);
 
@@ -132,7 +195,11 @@ impl Drop for Waiting<'_> {
 }
 
 pub async fn layer(State(admission): State<Arc<Admission>>, request: Request, next: Next) -> Response {
-    let place = match admission.places.try_acquire() {
+    let mut request = match buffered(request, &admission.config).await {
+        Ok(request) => request,
+        Err(refusal) => return refusal,
+    };
+    let place = match admission.places.clone().try_acquire_owned() {
         Ok(place) => place,
         Err(_) => {
             if admission.waiting.fetch_add(1, Ordering::Relaxed) >= admission.config.max_waiting {
@@ -140,12 +207,16 @@ pub async fn layer(State(admission): State<Arc<Admission>>, request: Request, ne
                 return admission.overloaded(false);
             }
             let _waiting = Waiting(&admission.waiting);
-            match tokio::time::timeout(admission.wait_budget(), admission.places.acquire()).await {
+            match tokio::time::timeout(admission.wait_budget(), admission.places.clone().acquire_owned())
+                .await
+            {
                 Ok(Ok(place)) => place,
                 _ => return admission.overloaded(true),
             }
         }
     };
+    let place = Place(Arc::new(place));
+    request.extensions_mut().insert(place.clone());
     let response = next.run(request).await;
     drop(place);
     response
@@ -170,7 +241,8 @@ mod tests {
                         release.acquire().await.expect("open").forget();
                         "done"
                     }
-                }),
+                })
+                .post(|| async { "posted" }),
             )
             .layer(axum::middleware::from_fn_with_state(admission, layer))
     }
@@ -183,8 +255,7 @@ mod tests {
 
     #[tokio::test]
     async fn past_capacity_requests_wait_briefly_then_are_refused_and_places_come_back() {
-        let config =
-            AdmissionConfig { max_in_flight: 2, queue_timeout: Duration::from_millis(30), max_waiting: 1 };
+        let config = AdmissionConfig { max_waiting: 1, ..AdmissionConfig::new(2, Duration::from_millis(30)) };
         let admission = Admission::new(config);
         let release = Arc::new(Semaphore::new(0));
         let router = app(admission.clone(), release.clone());
@@ -221,9 +292,44 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_standing_queue_cuts_the_wait_until_it_calms() {
+    async fn a_body_that_arrives_slowly_holds_no_place_and_times_out() {
+        let config = AdmissionConfig {
+            body_timeout: Duration::from_millis(300),
+            ..AdmissionConfig::new(1, Duration::from_millis(10))
+        };
+        let admission = Admission::new(config);
+        let release = Arc::new(Semaphore::new(0));
+        let router = app(admission.clone(), release.clone());
+        let slow = Request::post("/")
+            .header(header::CONTENT_LENGTH, "10")
+            .body(Body::from_stream(futures_util::stream::pending::<Result<bytes::Bytes, std::io::Error>>()))
+            .expect("request");
+        let slow = tokio::spawn(router.clone().oneshot(slow));
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert_eq!(admission.in_flight(), 0, "a body still arriving takes no place");
+        // So the one place serves someone else meanwhile.
+        let other = tokio::spawn(status(router.clone()));
+        while admission.in_flight() < 1 {
+            tokio::task::yield_now().await;
+        }
+        release.add_permits(1);
+        assert_eq!(other.await.expect("task").0, StatusCode::OK);
+        let slow = slow.await.expect("task").expect("infallible");
+        assert_eq!(slow.status(), StatusCode::REQUEST_TIMEOUT);
+        // A body over the limit is refused before any place is taken, too.
         let config =
-            AdmissionConfig { max_in_flight: 1, queue_timeout: Duration::from_millis(200), max_waiting: 8 };
+            AdmissionConfig { body_limit_bytes: 4, ..AdmissionConfig::new(1, Duration::from_millis(10)) };
+        let router = app(Admission::new(config), release);
+        let big = Request::post("/")
+            .header(header::CONTENT_LENGTH, "8")
+            .body(Body::from("12345678"))
+            .expect("request");
+        assert_eq!(router.oneshot(big).await.expect("infallible").status(), StatusCode::PAYLOAD_TOO_LARGE);
+    }
+
+    #[tokio::test]
+    async fn a_standing_queue_cuts_the_wait_until_it_calms() {
+        let config = AdmissionConfig::new(1, Duration::from_millis(200));
         let admission = Admission::new(config);
         let release = Arc::new(Semaphore::new(0));
         let router = app(admission.clone(), release.clone());
@@ -248,8 +354,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_request_that_waits_gets_the_place_a_finished_one_frees() {
-        let config =
-            AdmissionConfig { max_in_flight: 1, queue_timeout: Duration::from_secs(5), max_waiting: 8 };
+        let config = AdmissionConfig::new(1, Duration::from_secs(5));
         let admission = Admission::new(config);
         let release = Arc::new(Semaphore::new(0));
         let router = app(admission.clone(), release.clone());

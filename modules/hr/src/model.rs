@@ -263,6 +263,7 @@ pub struct EmployeeChanges {
 fn rate() -> tessera_core::openapi::Schema {
     tessera_core::openapi::decimal_matching(
         r"^(0(\.[0-9]{1,4})?|1(\.0{1,4})?)$".to_owned(),
+        false,
         tessera_core::openapi::Maximum::AtMost(1.0),
         "A rate from 0 to 1 with up to four places (0.1 is 10 %), as a string (exact) or a number".to_owned(),
     )

@@ -1,6 +1,6 @@
 //! The invoicing module's wire types: what the API returns, and request bodies parsed into typed input.
 //! Amounts travel as decimal strings ("1200.50"): exact, unlike JSON numbers; bodies may send them as
-//! strings or numbers (the OpenAPI document describes only the strings).
+//! strings or numbers (the OpenAPI document describes both).
 
 use serde::Serialize;
 use serde_json::Value;
@@ -430,9 +430,14 @@ fn money() -> tessera_core::openapi::Schema {
     tessera_core::openapi::decimal(16, 2)
 }
 
-/// A line's quantity: up to 9 digits before the point and 3 after.
+/// A line's quantity: above zero, up to 9 digits before the point and 3 after.
 fn quantity() -> tessera_core::openapi::Schema {
-    tessera_core::openapi::decimal(9, 3)
+    tessera_core::openapi::positive_decimal(9, 3)
+}
+
+/// A payment: above zero, up to 16 digits before the point and 2 after.
+fn payment() -> tessera_core::openapi::Schema {
+    tessera_core::openapi::positive_decimal(16, 2)
 }
 
 tessera_core::string_enum_schema!(
@@ -536,7 +541,7 @@ pub struct NewInvoiceLine {
 pub struct NewPayment {
     /// Above zero, with up to 16 digits before the point and 2 after ("1200.50"); at most what is left to
     /// pay on the invoice.
-    #[schema(schema_with = money)]
+    #[schema(schema_with = payment)]
     amount: String,
     /// When the money was received, an RFC 3339 timestamp ("2027-01-31T12:00:00Z") in the years 1 to 9999
     /// (in UTC too); defaults to now.
