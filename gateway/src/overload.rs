@@ -22,7 +22,7 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use axum::extract::{Request, State};
-use axum::http::{HeaderValue, StatusCode, header};
+use axum::http::{HeaderValue, Method, StatusCode, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use tessera_core::ApiError;
@@ -215,6 +215,13 @@ pub async fn layer(State(admission): State<Arc<Admission>>, request: Request, ne
             }
         }
     };
+    // Only writes leave work behind them (an idempotent POST's task, a login's hash): reads keep their place
+    // here and skip the allocations of sharing it.
+    if matches!(*request.method(), Method::GET | Method::HEAD) {
+        let response = next.run(request).await;
+        drop(place);
+        return response;
+    }
     let place = Place(Arc::new(place));
     request.extensions_mut().insert(place.clone());
     let response = next.run(request).await;
