@@ -335,6 +335,45 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn work_a_write_leaves_running_keeps_its_place_after_the_client_goes() {
+        let admission = Admission::new(AdmissionConfig::new(1, Duration::from_millis(10)));
+        let release = Arc::new(Semaphore::new(0));
+        let held = release.clone();
+        // As the idempotency layer does: the write finishes on a task of its own, holding the place.
+        let router = Router::new()
+            .route(
+                "/",
+                axum::routing::post(move |axum::Extension(place): axum::Extension<Place>| {
+                    let held = held.clone();
+                    async move {
+                        let task = tokio::spawn(async move {
+                            let _place = place;
+                            held.acquire().await.expect("open").forget();
+                        });
+                        let _ = task.await;
+                        "written"
+                    }
+                }),
+            )
+            .layer(axum::middleware::from_fn_with_state(admission.clone(), layer));
+        let request = Request::post("/").body(Body::empty()).expect("request");
+        let client = tokio::spawn(router.clone().oneshot(request));
+        while admission.in_flight() < 1 {
+            tokio::task::yield_now().await;
+        }
+        client.abort();
+        let _ = client.await;
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        assert_eq!(admission.in_flight(), 1, "the write still runs, so its place is still taken");
+        release.add_permits(1);
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while admission.in_flight() > 0 {
+            assert!(Instant::now() < deadline, "the place came back when the write ended");
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+    }
+
+    #[tokio::test]
     async fn a_standing_queue_cuts_the_wait_until_it_calms() {
         let config = AdmissionConfig::new(1, Duration::from_millis(200));
         let admission = Admission::new(config);
