@@ -569,6 +569,7 @@ async fn up_serving(
 
     println!("Tessera is up.");
     println!("  REST gateway  http://{addr}");
+    println!("  API docs      http://{addr}/v1/docs  (OpenAPI 3.1: http://{addr}/v1/openapi.json)");
     println!(
         "  SQL endpoint  psql \"host={} port={} user={DEMO_SLUG}\"  (password: an API key with reporting:read)",
         sql_addr.ip(),

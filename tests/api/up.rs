@@ -86,7 +86,9 @@ async fn tessera_up_serves_the_demo_tenant_then_stops_cleanly_and_reuses_its_clu
         .await
         .expect("json");
     assert_eq!(deals["data"].as_array().expect("sample deals").len(), 3);
-    // The API contract and its page, as the README shows them, with no credential.
+    // The API contract and its page, where the startup lines say, as the README shows them, with no credential.
+    let docs_line = first.value_after("API docs").expect("the docs line");
+    assert!(docs_line.starts_with(&format!("{base}/v1/docs ")), "{docs_line}");
     let doc: serde_json::Value = http
         .get(format!("{base}/v1/openapi.json"))
         .send()
