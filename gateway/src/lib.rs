@@ -173,11 +173,15 @@ pub fn router_with_layers(
     if let Some(usage) = usage {
         api = api.layer(axum::middleware::from_fn_with_state(usage, usage::layer));
     }
-    // Outside the usage count: a refused request is not usage.
+    // Outside the usage count: a refused request is not usage. The rate limits come in two parts around
+    // load shedding: what needs no database (the address, and keys whose owner is known) is checked before
+    // a request may queue for a place; a key whose owner must be looked up is checked once it holds one.
+    if let Some(limits) = &rate_limits {
+        api = api.layer(axum::middleware::from_fn_with_state(limits.clone(), ratelimit::after_admission));
+    }
     if let Some(admission) = admission {
         api = api.layer(axum::middleware::from_fn_with_state(admission, overload::layer));
     }
-    // Outermost: a request over a rate limit is refused before it can queue for a place.
     if let Some(limits) = rate_limits {
         api = api.layer(axum::middleware::from_fn_with_state(limits, ratelimit::layer));
     }

@@ -3,8 +3,10 @@
 //! straight away, before any other work is spent on it (authentication, the handler, the database).
 //!
 //! A request's body is read in full before it asks for a place (within `body_timeout`, or `408`), so a
-//! client that sends its body slowly holds its own connection and nothing the other tenants share. The rate
-//! limits run before this layer: a request they refuse never queues here. Work a request leaves running
+//! client that sends its body slowly holds its own connection and nothing the other tenants share (each
+//! connection buffers at most the body limit; the number of connections is not bounded here). The rate
+//! limits that need no database run before this layer (a request they refuse never queues here); a key
+//! whose owner must be looked up is limited once it holds a place. Work a request leaves running
 //! after its client has gone (an idempotent write finishing on its own task, a login's password hash)
 //! keeps the place until it ends ([`Place`]).
 //!
@@ -12,7 +14,7 @@
 //! refused for waiting too long (the queue is standing, not draining), waits are cut to a tenth of it until
 //! no request has been refused for [`CALM`]. So past what the machine can serve, the requests it takes keep
 //! their latency (a few milliseconds of waiting, then a run with the database pool not oversubscribed), the
-//! rest are refused cheaply and at once, and memory is bounded (at most `max_waiting` requests wait; beyond
+//! rest are refused cheaply and at once, and the queue is bounded (at most `max_waiting` requests wait; beyond
 //! that they are refused without waiting). Shedding is counted (`tessera_shed_total`) and logged at most
 //! once every ten seconds, never once per request.
 //! `/healthz`, `/readyz` and `/metrics` are outside it: probes must answer while the gateway sheds.
@@ -142,13 +144,7 @@ pub struct Place(#[allow(dead_code)] Arc<tokio::sync::OwnedSemaphorePermit>);
 
 /// Reads the body of a request that has one, so that waiting for a slow client holds no place.
 async fn buffered(request: Request, config: &AdmissionConfig) -> Result<Request, Response> {
-    let has_body = request.headers().contains_key(header::TRANSFER_ENCODING)
-        || request
-            .headers()
-            .get(header::CONTENT_LENGTH)
-            .and_then(|v| v.to_str().ok())
-            .is_some_and(|v| v.trim() != "0");
-    if !has_body {
+    if http_body::Body::is_end_stream(request.body()) {
         return Ok(request);
     }
     let (parts, body) = request.into_parts();

@@ -12,7 +12,12 @@ use uuid::Uuid;
 pub struct KeyOwners {
     db: Database,
     owners: moka::sync::Cache<[u8; 32], Option<Owner>>,
+    /// One lookup at a time per stripe: the first request of a burst with a new key asks the database, the
+    /// rest find its answer in the cache (instead of a herd of identical lookups exhausting the pool).
+    lookups: Box<[tokio::sync::Mutex<()>]>,
 }
+
+const LOOKUP_STRIPES: usize = 64;
 
 /// A key's tenant and the tenant's plan (a plan change is seen within the cache's ten minutes).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -29,6 +34,7 @@ impl KeyOwners {
                 .max_capacity(capacity)
                 .time_to_live(Duration::from_secs(600))
                 .build(),
+            lookups: (0..LOOKUP_STRIPES).map(|_| tokio::sync::Mutex::new(())).collect(),
         }
     }
 
@@ -37,10 +43,21 @@ impl KeyOwners {
         self.owner_and_plan(key).await.map(|o| o.tenant)
     }
 
+    /// What is already known of the key's owner, without asking the database: `None` when nothing is.
+    pub fn cached(&self, key: &PresentedKey) -> Option<Option<Owner>> {
+        let mut hash = [0u8; 32];
+        hash.copy_from_slice(key.hash());
+        self.owners.get(&hash)
+    }
+
     /// The key's tenant and its plan.
     pub async fn owner_and_plan(&self, key: &PresentedKey) -> Option<Owner> {
         let mut hash = [0u8; 32];
         hash.copy_from_slice(key.hash());
+        if let Some(owner) = self.owners.get(&hash) {
+            return owner;
+        }
+        let _one_at_a_time = self.lookups[usize::from(hash[0]) % LOOKUP_STRIPES].lock().await;
         if let Some(owner) = self.owners.get(&hash) {
             return owner;
         }

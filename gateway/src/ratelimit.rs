@@ -24,7 +24,7 @@ use tessera_core::ApiError;
 use tessera_core::apikey;
 use uuid::Uuid;
 
-use crate::owners::KeyOwners;
+use crate::owners::{KeyOwners, Owner};
 
 /// A sustained rate and the burst allowed above it.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -262,61 +262,136 @@ fn set_headers(headers: &mut HeaderMap, verdict: Verdict) {
     headers.insert("ratelimit-reset", HeaderValue::from(reset));
 }
 
-/// The middleware in front of `/v1`.
+/// The key and tenant limits' verdict for a request whose key owner had to be looked up, passed from
+/// [`after_admission`] to [`layer`] on the response so the headers show the tightest limit of all.
+#[derive(Clone, Copy)]
+struct KeyVerdict(Verdict);
+
+/// The request's key had no owner in the cache: its key and tenant limits are checked by
+/// [`after_admission`], once the request holds a place under load shedding, because finding the owner asks
+/// the database.
+#[derive(Clone, Copy)]
+struct OwnerUnknown;
+
+/// The middleware in front of `/v1`, outside load shedding: the per-address limit, and the key and tenant
+/// limits of a key whose owner is already known. Nothing here waits on the database.
 pub async fn layer(State(limits): State<Arc<RateLimits>>, mut request: Request, next: Next) -> Response {
     let now = Instant::now();
     let peer = request.extensions().get::<ConnectInfo<SocketAddr>>().map(|c| c.0.ip());
     let mut tightest: Option<Verdict> = None;
-    // The refusal, if the verdict is one.
-    let mut consider = |which: &'static str, verdict: Verdict| -> Option<Response> {
+    // Before anything is looked up for the request.
+    if let (Some(limiter), Some(ip)) = (&limits.per_ip, limits.client_ip(peer, request.headers()))
+        && let Some(response) = limits.consider("address", limiter.check(ip, now), &mut tightest)
+    {
+        return response;
+    }
+    if limits.key_limits
+        && let Ok(key) = apikey::presented_in(&mut request)
+    {
+        match limits.owners.cached(&key) {
+            Some(Some(owner)) => {
+                if let Some(response) = limits.check_key(&key, &owner, now, &mut tightest) {
+                    return response;
+                }
+            }
+            // A key known to have no owner: only its address counts.
+            Some(None) => {}
+            None => {
+                request.extensions_mut().insert(OwnerUnknown);
+            }
+        }
+    }
+    let mut response = next.run(request).await;
+    if let Some(KeyVerdict(verdict)) = response.extensions_mut().remove::<KeyVerdict>()
+        && tightest.is_none_or(|t| verdict.remaining < t.remaining)
+    {
+        tightest = Some(verdict);
+    }
+    if let Some(verdict) = tightest {
+        set_headers(response.headers_mut(), verdict);
+    }
+    response
+}
+
+/// The middleware inside load shedding: the key and tenant limits of a key whose owner [`layer`] did not
+/// know (one database lookup, then cached).
+pub async fn after_admission(
+    State(limits): State<Arc<RateLimits>>,
+    mut request: Request,
+    next: Next,
+) -> Response {
+    if request.extensions_mut().remove::<OwnerUnknown>().is_none() {
+        return next.run(request).await;
+    }
+    let now = Instant::now();
+    let mut tightest: Option<Verdict> = None;
+    if let Ok(key) = apikey::presented_in(&mut request)
+        && let Some(owner) = limits.owners.owner_and_plan(&key).await
+        && let Some(mut response) = limits.check_key(&key, &owner, now, &mut tightest)
+    {
+        if let Some(verdict) = tightest {
+            response.extensions_mut().insert(KeyVerdict(verdict));
+        }
+        return response;
+    }
+    let mut response = next.run(request).await;
+    if let Some(verdict) = tightest {
+        response.extensions_mut().insert(KeyVerdict(verdict));
+    }
+    response
+}
+
+impl RateLimits {
+    /// Counts a verdict: the refusal if it is one, else it may become the tightest so far.
+    fn consider(
+        &self,
+        which: &'static str,
+        verdict: Verdict,
+        tightest: &mut Option<Verdict>,
+    ) -> Option<Response> {
         if !verdict.allowed {
             let i = match which {
                 "address" => 0,
                 "API key" => 1,
                 _ => 2,
             };
-            limits.refused[i].fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            self.refused[i].fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            *tightest = Some(verdict);
             return Some(refused(which, verdict));
         }
         if tightest.is_none_or(|t| verdict.remaining < t.remaining) {
-            tightest = Some(verdict);
+            *tightest = Some(verdict);
         }
         None
-    };
-    // Before anything is looked up for the request.
-    if let (Some(limiter), Some(ip)) = (&limits.per_ip, limits.client_ip(peer, request.headers()))
-        && let Some(response) = consider("address", limiter.check(ip, now))
-    {
-        return response;
     }
-    if limits.key_limits
-        && let Ok(key) = apikey::presented_in(&mut request)
-        && let Some(owner) = limits.owners.owner_and_plan(&key).await
-    {
-        let (tenant, plan) = (owner.tenant, limits.limiters(&owner.plan));
-        // The key first; a request the tenant's limit then refuses gives the key its token back, so that
-        // neither limit is spent by requests the other refused.
+
+    /// The key's limit, then its tenant's; a request the tenant's limit refuses gives the key its token back,
+    /// so that neither limit is spent by requests the other refused.
+    fn check_key(
+        &self,
+        key: &apikey::PresentedKey,
+        owner: &Owner,
+        now: Instant,
+        tightest: &mut Option<Verdict>,
+    ) -> Option<Response> {
+        let plan = self.limiters(&owner.plan);
         let mut hash = [0u8; 32];
         hash.copy_from_slice(key.hash());
         if let Some(limiter) = &plan.per_key
-            && let Some(response) = consider("API key", limiter.check(hash, now))
+            && let Some(response) = self.consider("API key", limiter.check(hash, now), tightest)
         {
-            return response;
+            return Some(response);
         }
         if let Some(limiter) = &plan.per_tenant
-            && let Some(response) = consider("tenant", limiter.check(tenant, now))
+            && let Some(response) = self.consider("tenant", limiter.check(owner.tenant, now), tightest)
         {
             if let Some(per_key) = &plan.per_key {
                 per_key.refund(&hash);
             }
-            return response;
+            return Some(response);
         }
+        None
     }
-    let mut response = next.run(request).await;
-    if let Some(verdict) = tightest {
-        set_headers(response.headers_mut(), verdict);
-    }
-    response
 }
 
 #[cfg(test)]

@@ -62,3 +62,67 @@ async fn a_full_gateway_refuses_fast_with_503_and_probes_still_answer() {
     assert_eq!(admission.in_flight(), 0);
     assert_eq!(app.get(&path, &key).await.body["name"], "Acme Corp");
 }
+
+/// The rate limits that need no database run before a request queues for a place: a key over its limit is
+/// refused with 429 at once even while the gateway is full; a key whose owner is not yet known queues like
+/// any request (its owner is looked up only once it holds a place), and gets 503 when none comes free.
+#[tokio::test]
+async fn rate_limits_refuse_before_the_queue_and_unknown_keys_wait_for_a_place() {
+    use tessera_gateway::ratelimit::{Rate, RateLimitConfig, RateLimits};
+    let mut app = TestApp::spawn().await;
+    let (tenant, key) = app.tenant("acme").await;
+    let writer = app.key(tenant, &["crm:write"]).await;
+    let stranger = app.key(tenant, &["crm:read"]).await;
+    let company = app.create("companies", &writer, json!({"name": "Acme"})).await;
+    let admission = Admission::new(AdmissionConfig::new(1, Duration::from_millis(20)));
+    let owners = std::sync::Arc::new(tessera_gateway::owners::KeyOwners::new(app.pool.clone(), 1000));
+    let config = RateLimitConfig {
+        per_ip: None,
+        per_key: Some(Rate { per_second: 0.01, burst: 1 }),
+        per_tenant: None,
+        ..RateLimitConfig::default()
+    };
+    let layers = tessera_gateway::Layers {
+        admission: Some(admission.clone()),
+        rate_limits: Some(RateLimits::new(config, owners)),
+        ..Default::default()
+    };
+    app.router = tessera_gateway::router_with_layers(app.pool.clone(), &modules(), BODY_LIMIT, layers);
+    let path = format!("/v1/crm/companies/{company}");
+    // The key's one request: its owner is now known, and its budget spent.
+    assert_eq!(app.get(&path, &key).await.status, StatusCode::OK);
+
+    let mut holder = connect(&cluster().superuser, &app.db.name).await;
+    let lock = holder.transaction().await.expect("begin");
+    lock.execute("select 1 from crm.companies where id = $1::text::uuid for update", &[&company])
+        .await
+        .expect("lock the row");
+    let held = {
+        let (router, path, writer) = (app.router.clone(), path.clone(), writer.clone());
+        tokio::spawn(async move {
+            let request = Request::patch(&path)
+                .header("authorization", format!("Bearer {writer}"))
+                .header("content-type", "application/json")
+                .body(Body::from(json!({"name": "Acme Corp"}).to_string()))
+                .expect("request");
+            router.oneshot(request).await.expect("infallible").status()
+        })
+    };
+    while admission.in_flight() < 1 {
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    // Over its limit: 429 at once, without queueing.
+    app.get(&path, &key).await.assert_problem(429, "rate_limited");
+    assert_eq!(admission.shed_total(), 0, "the refused request never queued");
+    // A key seen for the first time queues for a place (its owner lookup needs one) and is shed.
+    app.get(&path, &stranger).await.assert_problem(503, "overloaded");
+    assert_eq!(admission.shed_total(), 1);
+
+    lock.rollback().await.expect("release");
+    assert_eq!(held.await.expect("task"), StatusCode::OK);
+    // With a place free, the new key is looked up and limited like any other.
+    let r = app.get(&path, &stranger).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    assert_eq!(r.headers["ratelimit-remaining"], "0");
+    app.get(&path, &stranger).await.assert_problem(429, "rate_limited");
+}
