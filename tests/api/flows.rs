@@ -163,36 +163,51 @@ async fn a_deal_won_by_plain_sql_in_psql_yields_the_same() {
 struct CdcProcess {
     child: Child,
     url: String,
+    bin: BinaryCopy,
 }
 
-/// A copy of the binary, so that a build during the test cannot swap it between two launches.
-fn cdc_binary() -> std::path::PathBuf {
-    static COPY: std::sync::OnceLock<std::path::PathBuf> = std::sync::OnceLock::new();
-    COPY.get_or_init(|| {
+/// A copy of the binary, so that a build during the test cannot swap it between two launches; deleted with
+/// its folder when the test is done (each run would otherwise leave tens of megabytes in the temp folder).
+struct BinaryCopy {
+    dir: std::path::PathBuf,
+    path: std::path::PathBuf,
+}
+
+impl BinaryCopy {
+    fn new() -> Self {
         let dir = std::env::temp_dir().join(format!("tessera-bin-{}", uuid::Uuid::new_v4().simple()));
         std::fs::create_dir_all(&dir).expect("temp dir");
-        let copy = dir.join("tessera");
-        std::fs::copy(BIN, &copy).expect("copy the binary");
-        copy
-    })
-    .clone()
+        let path = dir.join("tessera");
+        std::fs::copy(BIN, &path).expect("copy the binary");
+        Self { dir, path }
+    }
+}
+
+impl Drop for BinaryCopy {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
 }
 
 impl CdcProcess {
     fn start(url: &str) -> Self {
-        let child = Command::new(cdc_binary())
+        let bin = BinaryCopy::new();
+        Self { child: Self::spawn(&bin.path, url), url: url.to_owned(), bin }
+    }
+
+    fn spawn(bin: &std::path::Path, url: &str) -> Child {
+        Command::new(bin)
             .args(["cdc", "--database-url", url])
             .env("TESSERA_LOG", "error")
             .stdout(Stdio::null())
             .stderr(Stdio::inherit())
             .spawn()
-            .expect("tessera cdc");
-        Self { child, url: url.to_owned() }
+            .expect("tessera cdc")
     }
 
     fn kill_and_restart(&mut self) {
         self.kill();
-        *self = Self::start(&self.url.clone());
+        self.child = Self::spawn(&self.bin.path, &self.url);
     }
 
     fn kill(&mut self) {
@@ -203,6 +218,7 @@ impl CdcProcess {
 
 impl Drop for CdcProcess {
     fn drop(&mut self) {
+        // Before the copy's folder goes (fields drop after this).
         self.kill();
     }
 }
