@@ -8,9 +8,43 @@ use axum::body::Body;
 use axum::http::{Method, Request, StatusCode};
 use serde_json::json;
 use tessera_gateway::overload::{Admission, AdmissionConfig};
+use tokio::task::JoinHandle;
+use tokio_postgres::{Client, Transaction};
 use tower::ServiceExt;
 
 use crate::support::{BODY_LIMIT, TestApp, cluster, connect, modules};
+
+/// Takes the gateway's only place: locks the company's row through `holder` (the cluster's superuser: row
+/// security would hide the row from the owner role), then sends a PATCH of it with `key` that blocks on the
+/// lock inside its transaction, holding its place. Rolling the returned transaction back lets it finish.
+async fn hold_the_only_place<'a>(
+    app: &TestApp,
+    admission: &Admission,
+    company: &str,
+    key: &str,
+    holder: &'a mut Client,
+) -> (Transaction<'a>, JoinHandle<StatusCode>) {
+    let lock = holder.transaction().await.expect("begin");
+    let locked = lock
+        .execute("select 1 from crm.companies where id = $1::text::uuid for update", &[&company])
+        .await
+        .expect("lock the row");
+    assert_eq!(locked, 1);
+    let router = app.router.clone();
+    let (path, key) = (format!("/v1/crm/companies/{company}"), key.to_owned());
+    let held = tokio::spawn(async move {
+        let request = Request::patch(&path)
+            .header("authorization", format!("Bearer {key}"))
+            .header("content-type", "application/json")
+            .body(Body::from(json!({"name": "Acme Corp"}).to_string()))
+            .expect("request");
+        router.oneshot(request).await.expect("infallible").status()
+    });
+    while admission.in_flight() < 1 {
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    (lock, held)
+}
 
 #[tokio::test]
 async fn a_full_gateway_refuses_fast_with_503_and_probes_still_answer() {
@@ -21,31 +55,9 @@ async fn a_full_gateway_refuses_fast_with_503_and_probes_still_answer() {
     let layers = tessera_gateway::Layers { admission: Some(admission.clone()), ..Default::default() };
     app.router = tessera_gateway::router_with_layers(app.pool.clone(), &modules(), BODY_LIMIT, layers);
 
-    // Hold the company's row so that a PATCH through the gateway blocks inside its transaction, keeping the
-    // only place (as the cluster's superuser: row security would hide the row from the owner role).
     let mut holder = connect(&cluster().superuser, &app.db.name).await;
-    let lock = holder.transaction().await.expect("begin");
-    let locked = lock
-        .execute("select 1 from crm.companies where id = $1::text::uuid for update", &[&company])
-        .await
-        .expect("lock the row");
-    assert_eq!(locked, 1);
+    let (lock, held) = hold_the_only_place(&app, &admission, &company, &key, &mut holder).await;
     let path = format!("/v1/crm/companies/{company}");
-    let held = {
-        let router = app.router.clone();
-        let (path, key) = (path.clone(), key.clone());
-        tokio::spawn(async move {
-            let request = Request::patch(&path)
-                .header("authorization", format!("Bearer {key}"))
-                .header("content-type", "application/json")
-                .body(Body::from(json!({"name": "Acme Corp"}).to_string()))
-                .expect("request");
-            router.oneshot(request).await.expect("infallible").status()
-        })
-    };
-    while admission.in_flight() < 1 {
-        tokio::time::sleep(Duration::from_millis(1)).await;
-    }
 
     let started = std::time::Instant::now();
     let refused = app.get(&path, &key).await;
@@ -93,24 +105,7 @@ async fn rate_limits_refuse_before_the_queue_and_unknown_keys_wait_for_a_place()
     assert_eq!(app.get(&path, &key).await.status, StatusCode::OK);
 
     let mut holder = connect(&cluster().superuser, &app.db.name).await;
-    let lock = holder.transaction().await.expect("begin");
-    lock.execute("select 1 from crm.companies where id = $1::text::uuid for update", &[&company])
-        .await
-        .expect("lock the row");
-    let held = {
-        let (router, path, writer) = (app.router.clone(), path.clone(), writer.clone());
-        tokio::spawn(async move {
-            let request = Request::patch(&path)
-                .header("authorization", format!("Bearer {writer}"))
-                .header("content-type", "application/json")
-                .body(Body::from(json!({"name": "Acme Corp"}).to_string()))
-                .expect("request");
-            router.oneshot(request).await.expect("infallible").status()
-        })
-    };
-    while admission.in_flight() < 1 {
-        tokio::time::sleep(Duration::from_millis(1)).await;
-    }
+    let (lock, held) = hold_the_only_place(&app, &admission, &company, &writer, &mut holder).await;
     // Over its limit: 429 at once, without queueing.
     app.get(&path, &key).await.assert_problem(429, "rate_limited");
     assert_eq!(admission.shed_total(), 0, "the refused request never queued");
