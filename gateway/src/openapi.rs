@@ -247,14 +247,6 @@ fn finish_operation(path: &str, method: &str, op: &mut Map<String, Value>, modul
                     Idempotency-Key still in flight",
         );
     }
-    if is_module && method == "get" {
-        responses
-            .entry("304".to_owned())
-            .or_insert_with(|| json!({"description": "Not modified (If-None-Match)"}));
-    }
-    let mut add = |status: &str, description: &str| {
-        responses.entry(status.to_owned()).or_insert_with(|| problem(description));
-    };
     if path.starts_with("/v1/") {
         add("429", "Over a rate limit; see Retry-After");
     }
@@ -264,6 +256,11 @@ fn finish_operation(path: &str, method: &str, op: &mut Map<String, Value>, modul
     }
     if path.starts_with("/v1/") && has_body {
         add("408", "The body did not arrive in time");
+    }
+    if is_module && method == "get" {
+        responses
+            .entry("304".to_owned())
+            .or_insert_with(|| json!({"description": "Not modified (If-None-Match)"}));
     }
     if !public {
         op.insert("security".into(), json!([{"bearer": []}]));
