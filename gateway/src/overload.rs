@@ -66,6 +66,8 @@ const CALM: Duration = Duration::from_millis(100);
 /// The admission state, shared by every request.
 pub struct Admission {
     places: Arc<Semaphore>,
+    /// `max_in_flight`, at least 1: the places there are.
+    capacity: usize,
     waiting: AtomicUsize,
     shed: AtomicU64,
     /// Milliseconds since `epoch` of the last refusal after a wait.
@@ -77,8 +79,10 @@ pub struct Admission {
 
 impl Admission {
     pub fn new(config: AdmissionConfig) -> Arc<Self> {
+        let capacity = config.max_in_flight.max(1);
         Arc::new(Self {
-            places: Arc::new(Semaphore::new(config.max_in_flight.max(1))),
+            places: Arc::new(Semaphore::new(capacity)),
+            capacity,
             waiting: AtomicUsize::new(0),
             shed: AtomicU64::new(0),
             last_refusal: AtomicU64::new(0),
@@ -90,7 +94,7 @@ impl Admission {
 
     /// Requests running now (for metrics).
     pub fn in_flight(&self) -> usize {
-        self.config.max_in_flight.max(1) - self.places.available_permits()
+        self.capacity - self.places.available_permits()
     }
 
     /// Requests refused so far (for metrics).
@@ -111,9 +115,8 @@ impl Admission {
 
     fn overloaded(&self, waited: bool) -> Response {
         let shed = self.shed.fetch_add(1, Ordering::Relaxed) + 1;
-        let now = self.now_ms().max(1);
         if waited {
-            self.last_refusal.store(now, Ordering::Relaxed);
+            self.last_refusal.store(self.now_ms().max(1), Ordering::Relaxed);
         }
         if self.log.allow(Duration::from_secs(10)) {
             tracing::warn!(
@@ -122,19 +125,15 @@ impl Admission {
                 "at capacity: shedding load (503)"
             );
         }
-        overloaded()
+        let mut response = ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "overloaded",
+            "the gateway is at capacity; retry shortly",
+        )
+        .into_response();
+        response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+        response
     }
-}
-
-fn overloaded() -> Response {
-    let mut response = ApiError::new(
-        StatusCode::SERVICE_UNAVAILABLE,
-        "overloaded",
-        "the gateway is at capacity; retry shortly",
-    )
-    .into_response();
-    response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
-    response
 }
 
 /// A request's place, in its extensions: work that outlives the request (a task it spawned) holds a clone,
