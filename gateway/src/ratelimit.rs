@@ -325,16 +325,16 @@ pub async fn after_admission(
     }
     let now = Instant::now();
     let mut tightest: Option<Verdict> = None;
-    if let Ok(key) = apikey::presented_in(&mut request)
-        && let Some(owner) = limits.owners.owner_and_plan(&key).await
-        && let Some(mut response) = limits.check_key(&key, &owner, now, &mut tightest)
-    {
-        if let Some(verdict) = tightest {
-            response.extensions_mut().insert(KeyVerdict(verdict));
-        }
-        return response;
-    }
-    let mut response = next.run(request).await;
+    let key = apikey::presented_in(&mut request).ok();
+    let owner = match &key {
+        Some(key) => limits.owners.owner_and_plan(key).await,
+        None => None,
+    };
+    let refusal = key.zip(owner).and_then(|(key, owner)| limits.check_key(&key, &owner, now, &mut tightest));
+    let mut response = match refusal {
+        Some(refusal) => refusal,
+        None => next.run(request).await,
+    };
     if let Some(verdict) = tightest {
         response.extensions_mut().insert(KeyVerdict(verdict));
     }
