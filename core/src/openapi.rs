@@ -68,33 +68,26 @@ macro_rules! string_enum_schema {
 /// digits before the point and `frac_digits` after (`"1200.50"`, exact; answers always use this form), or
 /// a JSON number in range (whose decimals the description limits: a schema cannot say it exactly).
 pub fn decimal(int_digits: u8, frac_digits: u8) -> Schema {
-    decimal_matching(
-        digits_pattern(int_digits, frac_digits),
-        false,
-        Maximum::Below(10f64.powi(i32::from(int_digits))),
-        format!(
-            "A non-negative decimal with up to {int_digits} digits before the point and {frac_digits} after, \
-             as a string (exact) or a number"
-        ),
-    )
+    digits(int_digits, frac_digits, false)
 }
 
 /// The same, above zero (a quantity, a payment); the string form's pattern does not say so, the
 /// description does.
 pub fn positive_decimal(int_digits: u8, frac_digits: u8) -> Schema {
-    decimal_matching(
-        digits_pattern(int_digits, frac_digits),
-        true,
-        Maximum::Below(10f64.powi(i32::from(int_digits))),
-        format!(
-            "A decimal above zero with up to {int_digits} digits before the point and {frac_digits} after, as a \
-             string (exact) or a number"
-        ),
-    )
+    digits(int_digits, frac_digits, true)
 }
 
-fn digits_pattern(int_digits: u8, frac_digits: u8) -> String {
-    format!("^[0-9]{{1,{int_digits}}}(\\.[0-9]{{1,{frac_digits}}})?$")
+fn digits(int_digits: u8, frac_digits: u8, positive: bool) -> Schema {
+    let what = if positive { "A decimal above zero" } else { "A non-negative decimal" };
+    decimal_matching(
+        format!("^[0-9]{{1,{int_digits}}}(\\.[0-9]{{1,{frac_digits}}})?$"),
+        positive,
+        Maximum::Below(10f64.powi(i32::from(int_digits))),
+        format!(
+            "{what} with up to {int_digits} digits before the point and {frac_digits} after, as a string \
+             (exact) or a number"
+        ),
+    )
 }
 
 /// The largest number a decimal may be.
