@@ -127,15 +127,16 @@ pub fn router_with_layers(
     let Layers { cache, rate_limits, usage, admission } = layers;
     let feed = db.for_api(tessera_core::module::EVENT_FEED_API, tessera_core::roles::EVENT_FEED);
     let mut docs: Vec<(String, utoipa::openapi::OpenApi)> = Vec::new();
-    let mut split = |prefix: &str, routes: tessera_core::openapi::ApiRouter| {
+    // A router's routes, its documentation kept under the path it is served at.
+    let mut split = |served_at: &str, routes: tessera_core::openapi::ApiRouter| {
         let (router, doc) = routes.split_for_parts();
-        docs.push((format!("/v1{prefix}"), doc));
+        docs.push((served_at.to_owned(), doc));
         router
     };
     let mut module_routes = Router::new();
     for module in modules {
         let prefix = format!("/{}", module.name());
-        let routes = split(&prefix, module.routes(db.for_module(module.name())));
+        let routes = split(&format!("/v1{prefix}"), module.routes(db.for_module(module.name())));
         module_routes = module_routes.nest(&prefix, routes);
     }
     if let Some(cache) = cache {
@@ -151,11 +152,18 @@ pub fn router_with_layers(
     module_routes =
         module_routes.layer(axum::middleware::from_fn_with_state(idempotency, idempotency::layer));
     let usage_db = db.for_api(tessera_core::module::USAGE_API, tessera_core::roles::EVENT_FEED);
-    let events = split("/events", events::router(feed));
-    let usage_routes = split("/usage", usage::router(usage_db));
-    let auth = split("/auth", auth::router(db.clone()));
-    let dashboard = split("/dashboard", dashboard::router(&db, modules, DASHBOARD_BUDGET));
-    docs.push((String::new(), probes_doc()));
+    let events = split("/v1/events", events::router(feed));
+    let usage_routes = split("/v1/usage", usage::router(usage_db));
+    let auth = split("/v1/auth", auth::router(db.clone()));
+    let dashboard = split("/v1/dashboard", dashboard::router(&db, modules, DASHBOARD_BUDGET));
+    // The probes: not under `/v1`, and not behind a credential.
+    let probes = split(
+        "",
+        tessera_core::openapi::ApiRouter::new()
+            .routes(tessera_core::openapi::routes!(healthz))
+            .routes(tessera_core::openapi::routes!(readyz))
+            .with_state(db.clone()),
+    );
     let names: Vec<&str> = modules.iter().map(|m| m.name()).collect();
     let document = openapi::ApiDocument::new(docs, &names);
     let mut api = Router::new()
@@ -185,10 +193,7 @@ pub fn router_with_layers(
     if let Some(limits) = rate_limits {
         api = api.layer(axum::middleware::from_fn_with_state(limits, ratelimit::layer));
     }
-    Router::new()
-        .route("/healthz", get(healthz))
-        .route("/readyz", get(readyz))
-        .with_state(db)
+    probes
         .nest("/v1", api)
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
@@ -239,14 +244,6 @@ impl MakeRequestId for RequestIds {
         let n = self.next.fetch_add(1, Ordering::Relaxed);
         HeaderValue::from_str(&format!("{}-{n:010}", self.prefix)).ok().map(RequestId::new)
     }
-}
-
-/// The document of the probes, which are not under `/v1` and not behind a credential.
-fn probes_doc() -> utoipa::openapi::OpenApi {
-    tessera_core::openapi::ApiRouter::<Database>::new()
-        .routes(tessera_core::openapi::routes!(healthz))
-        .routes(tessera_core::openapi::routes!(readyz))
-        .into_openapi()
 }
 
 async fn openapi_json(State(document): State<openapi::ApiDocument>) -> Response {
