@@ -9,10 +9,12 @@
 //!
 //! Every source transaction's events commit together (atomically), with those of the source transactions that
 //! arrived right behind it (group commit: one fsync for many small transactions). Exactly-once in the log
-//! follows from two facts: nothing is acknowledged before it is durable in the log,
-//! so a crash at any point makes Postgres send it again; and event ids are derived from the source commit's
-//! LSN and the change's position in it, so what is sent again inserts nothing twice. While no transaction
-//! is open, keepalive positions are acknowledged too, so an idle publication does not pin WAL.
+//! follows from two facts: nothing is acknowledged before it is durable in the log, so a crash at any point
+//! makes Postgres send it again; and each log transaction records the commit LSN of the last source
+//! transaction it covers (`events.cdc_slots.written_lsn`), so a source transaction sent again is recognised
+//! by its commit LSN and skipped whole. Event ids are derived from the source commit's LSN and the change's
+//! position in it, so they are the same whenever a change is decoded. While no transaction is open,
+//! keepalive positions are acknowledged too, so an idle publication does not pin WAL.
 //!
 //! A slot that disappears is never recreated silently (that would skip every change in between): the
 //! worker records the slot it created in `events.cdc_slots` and refuses to start when it is gone.
@@ -99,7 +101,8 @@ pub enum CdcError {
 pub async fn prepare(settings: &CdcSettings) -> Result<(), CdcError> {
     let writer = bootstrap::connect(&settings.writer).await?;
     check_rules(settings, &writer).await?;
-    ensure_slot(settings, &writer).await
+    ensure_slot(settings, &writer).await?;
+    Ok(())
 }
 
 /// Refuses a rule that needs old values on a table that would not send them.
@@ -127,8 +130,9 @@ async fn check_rules(settings: &CdcSettings, writer: &Client) -> Result<(), CdcE
     Ok(())
 }
 
-/// Makes sure the slot exists: creates it on first start, refuses to recreate one that was lost.
-async fn ensure_slot(settings: &CdcSettings, writer: &Client) -> Result<(), CdcError> {
+/// Makes sure the slot exists: creates it on first start, refuses to recreate one that was lost. Returns the
+/// commit LSN of the last source transaction whose events are in the log (0 when none are).
+async fn ensure_slot(settings: &CdcSettings, writer: &Client) -> Result<u64, CdcError> {
     let exists = writer
         .query_opt("select 1 from pg_replication_slots where slot_name = $1", &[&settings.slot])
         .await?
@@ -138,6 +142,12 @@ async fn ensure_slot(settings: &CdcSettings, writer: &Client) -> Result<(), CdcE
         .query_opt("select 1 from events.cdc_slots where slot_name = $1", &[&settings.slot])
         .await?
         .is_some();
+    // Over every slot the log was written from: commit LSNs are the database's, whichever slot sent them
+    // (a copy of an older slot sends again what the log holds).
+    let written: i64 = writer
+        .query_one("select (coalesce(max(written_lsn), '0/0') - '0/0')::int8 from events.cdc_slots", &[])
+        .await?
+        .get(0);
     if !exists {
         if recorded {
             writer.batch_execute("rollback").await?;
@@ -160,7 +170,7 @@ async fn ensure_slot(settings: &CdcSettings, writer: &Client) -> Result<(), CdcE
         writer.execute("insert into events.cdc_slots (slot_name) values ($1)", &[&settings.slot]).await?;
     }
     writer.batch_execute("commit").await?;
-    Ok(())
+    Ok(written.cast_unsigned())
 }
 
 /// Runs the worker until the stream ends or fails. Transient failures are the caller's to retry.
@@ -174,7 +184,7 @@ pub async fn run(settings: &CdcSettings) -> Result<(), CdcError> {
         writer.execute("select pg_advisory_lock($1)", &[&WORKER_LOCK]).await?;
         tracing::info!(slot = %settings.slot, "taking over as the CDC worker");
     }
-    ensure_slot(settings, &writer).await?;
+    let written = ensure_slot(settings, &writer).await?;
     let config = ReplicationConfig::new(
         settings.host.clone(),
         settings.replication_user.clone(),
@@ -197,6 +207,10 @@ pub async fn run(settings: &CdcSettings) -> Result<(), CdcError> {
         tx_start: 0,
         statements: None,
         heartbeats: Vec::new(),
+        slot: settings.slot.clone(),
+        written,
+        group_high: None,
+        log_holds_events: false,
     };
     // Source transactions that arrive close together share one log transaction (a group): one commit, one
     // fsync and one acknowledgement for all of them, so many small transactions cost little more than one
@@ -229,7 +243,11 @@ pub async fn run(settings: &CdcSettings) -> Result<(), CdcError> {
         };
         match event {
             ReplicationEvent::Begin { final_lsn, commit_time_micros, .. } => {
-                state.tx = Some(SourceTx::new(final_lsn.as_u64(), commit_time_micros));
+                let commit_lsn = final_lsn.as_u64();
+                let mut tx = SourceTx::new(commit_lsn, commit_time_micros);
+                // Sent again (a crash before its acknowledgement, a slot that moved back): already in the log.
+                tx.skip = commit_lsn <= state.written;
+                state.tx = Some(tx);
                 state.tx_start = state.pending.len();
             }
             ReplicationEvent::XLogData { data, .. } => {
@@ -362,11 +380,13 @@ struct SourceTx {
     commit_lsn: u64,
     commit_micros: i64,
     position: i32,
+    /// Its events are in the log already (it commits at or below the log's high-water mark).
+    skip: bool,
 }
 
 impl SourceTx {
     fn new(commit_lsn: u64, commit_micros: i64) -> Self {
-        Self { commit_lsn, commit_micros, position: 0 }
+        Self { commit_lsn, commit_micros, position: 0, skip: false }
     }
 }
 
@@ -396,6 +416,15 @@ struct Stream {
     statements: Option<Statements>,
     /// Heartbeats received and not yet passed on (see [`HEARTBEAT_CHANNEL`]); several gateways send them.
     heartbeats: Vec<String>,
+    slot: String,
+    /// The log's high-water mark when the worker started: source transactions committing at or below it are
+    /// in the log.
+    written: u64,
+    /// The commit LSN of the last complete source transaction sent to the open log transaction: recorded
+    /// with it as the new high-water mark.
+    group_high: Option<u64>,
+    /// Whether the open log transaction holds events (one that only passes heartbeats on records nothing).
+    log_holds_events: bool,
 }
 
 impl Drop for Stream {
@@ -410,11 +439,14 @@ impl Drop for Stream {
 
 impl Stream {
     async fn apply(&mut self, message: Message) -> Result<(), CdcError> {
+        if let Message::Relation(r) = message {
+            self.relations.insert(r.id, r);
+            return Ok(());
+        }
+        if self.tx.as_ref().is_some_and(|tx| tx.skip) {
+            return Ok(());
+        }
         let (relation_id, op, old, new) = match message {
-            Message::Relation(r) => {
-                self.relations.insert(r.id, r);
-                return Ok(());
-            }
             Message::Insert { relation_id, new } => (relation_id, "insert", None, Some(new)),
             Message::Update { relation_id, old, new } => (relation_id, "update", old, Some(new)),
             Message::Delete { relation_id, old } => (relation_id, "delete", Some(old), None),
@@ -534,6 +566,7 @@ impl Stream {
                 let prepared = Statements {
                     bind: self.writer.prepare(BIND_TENANT).await?,
                     insert: self.writer.prepare(INSERT_EVENTS).await?,
+                    high_water: self.writer.prepare(RECORD_HIGH_WATER).await?,
                 };
                 self.statements = Some(prepared.clone());
                 prepared
@@ -562,6 +595,7 @@ impl Stream {
                 .await?;
             self.writing = true;
         }
+        self.log_holds_events |= with_events;
         Ok(())
     }
 
@@ -574,7 +608,11 @@ impl Stream {
 
     /// The source transaction is complete; its events go out with the group's.
     async fn end_source_tx(&mut self) -> Result<(), CdcError> {
-        self.tx = None;
+        if let Some(tx) = self.tx.take()
+            && !tx.skip
+        {
+            self.group_high = Some(tx.commit_lsn);
+        }
         Ok(())
     }
 
@@ -597,11 +635,28 @@ impl Stream {
         self.commit_written().await
     }
 
-    /// Commits what has been sent (not what is pending).
+    /// Commits what has been sent (not what is pending), with the new high-water mark: the last complete
+    /// source transaction before what is pending.
     async fn commit_written(&mut self) -> Result<(), CdcError> {
         self.wait_for_writes().await?;
-        if std::mem::take(&mut self.writing) {
-            self.writer.batch_execute("commit").await?;
+        let high = self.group_high.take();
+        if !std::mem::take(&mut self.writing) {
+            return Ok(());
+        }
+        let holds_events = std::mem::take(&mut self.log_holds_events);
+        match (holds_events, high, &self.statements) {
+            (true, Some(high), Some(statements)) => {
+                let high = format_lsn(high);
+                let params: [&(dyn tokio_postgres::types::ToSql + Sync); 2] = [&self.slot, &high];
+                let (recorded, committed) = tokio::join!(
+                    biased;
+                    self.writer.execute(&statements.high_water, &params),
+                    self.writer.batch_execute("commit")
+                );
+                recorded?;
+                committed?;
+            }
+            _ => self.writer.batch_execute("commit").await?,
         }
         Ok(())
     }
@@ -643,11 +698,12 @@ async fn write_chunk(
     Ok(())
 }
 
-/// The writer's two statements, prepared once per connection.
+/// The writer's statements, prepared once per connection.
 #[derive(Clone)]
 struct Statements {
     bind: tokio_postgres::Statement,
     insert: tokio_postgres::Statement,
+    high_water: tokio_postgres::Statement,
 }
 
 /// Binds a tenant for the rest of the transaction (the writer here, the dispatcher too).
@@ -657,9 +713,12 @@ const INSERT_EVENTS: &str =
     "insert into events.log (tenant_id, id, commit_lsn, position, type, commit_time, data)
      select $1, e.id, e.lsn::pg_lsn, e.position, e.type,
             timestamptz '2000-01-01 00:00:00+00' + e.micros * interval '1 microsecond', e.data
-       from unnest($2::uuid[], $3::text[], $4::int8[], $5::int[], $6::text[], $7::jsonb[])
-            as e(id, lsn, micros, position, type, data)
-     on conflict do nothing";
+       from unnest($2::uuid[], $3::text[], $4::int8[], $5::int[], $6::text[], $7::json[])
+            as e(id, lsn, micros, position, type, data)";
+
+/// Records the log's high-water mark in the transaction that writes the events it covers.
+const RECORD_HIGH_WATER: &str =
+    "update events.cdc_slots set written_lsn = $2::text::pg_lsn where slot_name = $1";
 
 /// A row as JSON. An unchanged TOASTed value is taken from `old` (the full old row) when there is one,
 /// and otherwise left out and named in the returned list: never turned into null.

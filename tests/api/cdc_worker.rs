@@ -145,6 +145,54 @@ async fn killing_the_worker_at_any_moment_loses_and_duplicates_nothing() {
     handle.abort();
 }
 
+/// What a slot sends again (its position moved back after a Postgres crash, or an operator points the
+/// worker at an older copy of it) is recognised by its commit LSN and skipped whole: nothing is written
+/// twice, the worker does not stop on the log's primary key, and what is new after it is written.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn transactions_sent_again_are_skipped_not_written_twice() {
+    let mut app = TestApp::spawn().await;
+    let (_, key) = app.tenant("acme").await;
+    let admin = connect(&cluster().superuser, &app.db.name).await;
+    let cdc = settings(&app);
+    worker::prepare(&cdc).await.expect("slot");
+    // A copy of the slot from before anything happened: it will send everything below again.
+    let again = CdcSettings { slot: format!("{}_again", cdc.slot), ..cdc.clone() };
+    admin
+        .execute("select pg_copy_logical_replication_slot($1, $2)", &[&cdc.slot, &again.slot])
+        .await
+        .expect("copy the slot");
+    let first = start(&cdc, &admin).await;
+    let company = app.create("companies", &key, json!({"name": "Globex"})).await;
+    let deal = app.create("deals", &key, json!({"title": "Hammocks", "company_id": company})).await;
+    let r = app.patch(&format!("/v1/crm/deals/{deal}"), &key, json!({"stage": "won"})).await;
+    assert_eq!(r.status, 200);
+    // Two inserts, an update and the deal.closed.won it yields.
+    assert_eq!(wait_for(&admin, "select count(*) from events.log", 4).await, 4);
+    let written: String = admin
+        .query_one("select written_lsn::text from events.cdc_slots where slot_name = $1", &[&cdc.slot])
+        .await
+        .expect("high-water mark")
+        .get(0);
+    first.abort();
+    let _ = first.await;
+
+    let second = start(&again, &admin).await;
+    // The copy has sent everything up to the high-water mark again once it has acknowledged past it.
+    let past = format!(
+        "select count(*) from pg_replication_slots where slot_name = '{}' and confirmed_flush_lsn >= '{written}'",
+        again.slot
+    );
+    assert_eq!(wait_for(&admin, &past, 1).await, 1, "the copy caught up");
+    assert_eq!(count(&admin, "select count(*) from events.log").await, 4, "nothing written twice");
+    assert!(!second.is_finished(), "the worker skipped what it had, without failing");
+    let r = app.patch(&format!("/v1/crm/deals/{deal}"), &key, json!({"amount": 7})).await;
+    assert_eq!(r.status, 200);
+    assert_eq!(wait_for(&admin, "select count(*) from events.log", 5).await, 5, "new changes still flow");
+    assert_eq!(count(&admin, "select count(*) - count(distinct id) from events.log").await, 0);
+    second.abort();
+    let _ = second.await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_idle_publication_still_advances_the_slot() {
     let app = TestApp::spawn().await;
