@@ -78,6 +78,70 @@ pub fn text_to_json(type_oid: u32, text: &str) -> Value {
     }
 }
 
+/// Whether [`text_to_json`] makes a value of this type a JSON string (text, uuid, dates, enums, …): the
+/// types whose text an event rule reads.
+pub fn is_json_string(type_oid: u32) -> bool {
+    !matches!(
+        type_oid,
+        oid::BOOL
+            | oid::INT2
+            | oid::INT4
+            | oid::INT8
+            | oid::OID
+            | oid::FLOAT4
+            | oid::FLOAT8
+            | oid::JSON
+            | oid::JSONB
+    ) && element_of(type_oid).is_none()
+}
+
+/// Appends one text-format value of type `type_oid` as JSON: the same JSON as [`text_to_json`] gives,
+/// written straight out for the common types (strings, integers, booleans).
+pub fn write_json(out: &mut String, type_oid: u32, text: &str) {
+    match type_oid {
+        oid::BOOL if text == "t" => out.push_str("true"),
+        oid::BOOL if text == "f" => out.push_str("false"),
+        oid::INT2 | oid::INT4 | oid::INT8 | oid::OID => match text.parse::<i64>() {
+            Ok(n) => {
+                use std::fmt::Write;
+                let _ = write!(out, "{n}");
+            }
+            Err(_) => push_json_str(out, text),
+        },
+        _ if is_json_string(type_oid) => push_json_str(out, text),
+        _ => out.push_str(&text_to_json(type_oid, text).to_string()),
+    }
+}
+
+/// Appends `s` as a JSON string literal, escaped as serde_json escapes it.
+pub fn push_json_str(out: &mut String, s: &str) {
+    out.push('"');
+    let mut start = 0;
+    for (i, b) in s.bytes().enumerate() {
+        let escape: &str = match b {
+            b'"' => "\\\"",
+            b'\\' => "\\\\",
+            b'\n' => "\\n",
+            b'\r' => "\\r",
+            b'\t' => "\\t",
+            0x08 => "\\b",
+            0x0c => "\\f",
+            0..=0x1f => "",
+            _ => continue,
+        };
+        out.push_str(&s[start..i]);
+        if escape.is_empty() {
+            use std::fmt::Write;
+            let _ = write!(out, "\\u{b:04x}");
+        } else {
+            out.push_str(escape);
+        }
+        start = i + 1;
+    }
+    out.push_str(&s[start..]);
+    out.push('"');
+}
+
 /// Parses an array literal such as `{1,2,NULL}`, `{{a,b},{"c d",e}}` or `[0:1]={x,y}`. `None` when the
 /// literal is malformed.
 pub fn parse_array(text: &str, element: u32) -> Option<Value> {
@@ -157,6 +221,52 @@ mod tests {
     use serde_json::json;
 
     use super::*;
+
+    fn written(type_oid: u32, text: &str) -> String {
+        let mut out = String::new();
+        write_json(&mut out, type_oid, text);
+        out
+    }
+
+    #[test]
+    fn written_json_is_what_the_converter_gives() {
+        let cases: &[(u32, &[&str])] = &[
+            (oid::BOOL, &["t", "f", "x"]),
+            (oid::INT2, &["0", "-32768", "12"]),
+            (oid::INT4, &["2147483647", "-1"]),
+            (oid::INT8, &["9223372036854775807", "-9223372036854775808", "99999999999999999999"]),
+            (oid::FLOAT8, &["1.5", "NaN", "-Infinity", "1e300"]),
+            (oid::NUMERIC, &["12000.00", "NaN", "-0.000001"]),
+            (
+                oid::TEXT,
+                &["plain", "quote \" and \\ back", "tab\tnew\nline\r", "\u{1}\u{8}\u{c}\u{1f}", "ünï 🚀", ""],
+            ),
+            (oid::JSONB, &[r#"{"a": [1, "x"]}"#, "not json"]),
+            (oid::UUID, &["0190a000-0000-7000-8000-000000000021"]),
+            (oid::TIMESTAMPTZ, &["2026-11-28 16:17:10.435383+00"]),
+            (1007, &["{1,2,NULL}", "{{1},{2}}", "{bad"]),
+            (1009, &[r#"{a,"b c",NULL}"#]),
+            (12345, &["an enum label"]),
+        ];
+        for (type_oid, texts) in cases {
+            for text in *texts {
+                assert_eq!(
+                    written(*type_oid, text),
+                    text_to_json(*type_oid, text).to_string(),
+                    "{type_oid} {text:?}"
+                );
+            }
+        }
+    }
+
+    proptest! {
+        #[test]
+        fn strings_are_escaped_as_serde_json_escapes_them(s in any::<String>()) {
+            let mut out = String::new();
+            push_json_str(&mut out, &s);
+            prop_assert_eq!(out, serde_json::to_string(&s).expect("a string serialises"));
+        }
+    }
 
     #[test]
     fn scalars_keep_their_meaning() {

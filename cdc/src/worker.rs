@@ -25,14 +25,13 @@ use std::time::{Duration, Instant};
 
 use futures_util::FutureExt;
 use pgwire_replication::{ReplicationClient, ReplicationConfig, ReplicationEvent};
-use serde_json::{Map, Value};
 use tessera_core::roles::{EVENTS, quote_ident};
-use tessera_core::{ChangeView, EventRule, bootstrap};
+use tessera_core::{ChangeView, EventRule, RowText, bootstrap};
 use tokio_postgres::Client;
 use uuid::Uuid;
 
 use crate::pgoutput::{self, Datum, Message, OldTuple, Relation, Tuple};
-use crate::value::text_to_json;
+use crate::value::{is_json_string, push_json_str, write_json};
 
 /// Rows written per statement while a large source transaction streams in.
 const CHUNK: usize = 1000;
@@ -397,7 +396,8 @@ struct ChangeEvent {
     commit_micros: i64,
     position: i32,
     kind: String,
-    data: Value,
+    /// The event's JSON.
+    data: String,
 }
 
 struct Stream {
@@ -471,62 +471,86 @@ impl Stream {
             tracing::error!(relation_id, "change for a relation never described; skipped");
             return Ok(());
         };
-        let (old_row, old_full) = match &old {
-            Some(OldTuple::Full(t)) => (Some(row(relation, t, None).0), true),
+        let table = format!("{}.{}", relation.namespace, relation.name);
+        let (old_tuple, old_key_only) = match &old {
+            Some(OldTuple::Full(t)) => (Some(t), false),
             // A key-only old row carries the key columns; the others come as 'n' and are not null.
-            Some(OldTuple::Key(t)) => (Some(key_row(relation, t)), false),
+            Some(OldTuple::Key(t)) => (Some(t), true),
             None => (None, false),
         };
-        let (new_row, unchanged) = match &new {
-            Some(t) => {
-                let (r, u) = row(relation, t, old_full.then_some(()).and(old_row.as_ref()));
-                (Some(r), u)
-            }
-            None => (None, Vec::new()),
-        };
-        let tenant_of = |r: Option<&Map<String, Value>>| {
-            r.and_then(|r| r.get("tenant_id")).and_then(Value::as_str).map(str::to_owned)
-        };
-        let (new_tenant, old_tenant) = (tenant_of(new_row.as_ref()), tenant_of(old_row.as_ref()));
-        if let (Some(n), Some(o)) = (&new_tenant, &old_tenant)
+        let full_old = old_tuple.filter(|_| !old_key_only);
+        let new_view = new.as_ref().map(|t| TupleRow { relation, tuple: t, key_only: false, old: full_old });
+        let old_view = old_tuple.map(|t| TupleRow { relation, tuple: t, key_only: old_key_only, old: None });
+        let (new_tenant, old_tenant) = (
+            new_view.as_ref().and_then(|r| r.text("tenant_id")),
+            old_view.as_ref().and_then(|r| r.text("tenant_id")),
+        );
+        if let (Some(n), Some(o)) = (new_tenant, old_tenant)
             && n != o
         {
-            tracing::error!(table = %format!("{}.{}", relation.namespace, relation.name), "a row moved between tenants; not recorded");
+            tracing::error!(table = %table, "a row moved between tenants; not recorded");
             return Ok(());
         }
-        let tenant = new_tenant.or(old_tenant).and_then(|s| Uuid::parse_str(&s).ok());
-        let Some(tenant) = tenant else {
-            tracing::error!(table = %format!("{}.{}", relation.namespace, relation.name), "change without tenant_id; skipped");
+        let Some(tenant) = new_tenant.or(old_tenant).and_then(|s| Uuid::parse_str(s).ok()) else {
+            tracing::error!(table = %table, "change without tenant_id; skipped");
             return Ok(());
         };
-        let table = format!("{}.{}", relation.namespace, relation.name);
-        let view = ChangeView { table: &table, op, new: new_row.as_ref(), old: old_row.as_ref() };
+        let view = ChangeView {
+            table: &table,
+            op,
+            new: new_view.as_ref().map(|r| r as &dyn RowText),
+            old: old_view.as_ref().map(|r| r as &dyn RowText),
+        };
         let derived: Vec<&'static str> =
             self.rules.iter().filter(|r| r.table == table && (r.matches)(&view)).map(|r| r.name).collect();
-        let mut data = Map::new();
-        data.insert("table".into(), Value::String(table.clone()));
-        data.insert("op".into(), Value::String(op.into()));
-        data.insert("new".into(), new_row.map_or(Value::Null, Value::Object));
-        data.insert("old".into(), old_row.map_or(Value::Null, Value::Object));
-        if !unchanged.is_empty() {
-            data.insert("unchanged_toast".into(), Value::from(unchanged));
+        // The event's JSON, written straight from the tuples: {"table", "op", "new", "old"[, "unchanged_toast"]}.
+        let mut data = String::with_capacity(256);
+        data.push_str("{\"table\":");
+        push_json_str(&mut data, &table);
+        data.push_str(",\"op\":\"");
+        data.push_str(op);
+        data.push_str("\",\"new\":");
+        let mut unchanged = Vec::new();
+        match &new_view {
+            Some(r) => r.write_json(&mut data, &mut unchanged),
+            None => data.push_str("null"),
         }
+        data.push_str(",\"old\":");
+        match &old_view {
+            // A full old row is sent whole (Postgres flattens it for REPLICA IDENTITY FULL).
+            Some(r) => r.write_json(&mut data, &mut Vec::new()),
+            None => data.push_str("null"),
+        }
+        if !unchanged.is_empty() {
+            data.push_str(",\"unchanged_toast\":[");
+            for (i, name) in unchanged.iter().enumerate() {
+                if i > 0 {
+                    data.push(',');
+                }
+                push_json_str(&mut data, name);
+            }
+            data.push(']');
+        }
+        data.push('}');
         let Some(tx) = self.tx.as_mut() else { return Ok(()) };
-        let change_id = event_id(tx.commit_lsn, position, "");
+        let change_id = event_id(tx.commit_lsn, position, "", tx.commit_micros);
         // Domain events follow their change in the log and carry its row and id.
         let domain: Vec<ChangeEvent> = derived
             .into_iter()
             .map(|name| {
-                let mut d = data.clone();
-                d.insert("change_id".into(), Value::String(change_id.to_string()));
+                let mut d = String::with_capacity(data.len() + 60);
+                d.push_str(&data[..data.len() - 1]);
+                d.push_str(",\"change_id\":\"");
+                d.push_str(&change_id.to_string());
+                d.push_str("\"}");
                 ChangeEvent {
                     tenant,
-                    id: event_id(tx.commit_lsn, position, name),
+                    id: event_id(tx.commit_lsn, position, name, tx.commit_micros),
                     commit_lsn: tx.commit_lsn,
                     commit_micros: tx.commit_micros,
                     position,
                     kind: name.to_owned(),
-                    data: Value::Object(d),
+                    data: d,
                 }
             })
             .collect();
@@ -537,7 +561,7 @@ impl Stream {
             commit_micros: tx.commit_micros,
             position,
             kind: format!("{table}.{op}"),
-            data: Value::Object(data),
+            data,
         });
         self.pending.extend(domain);
         Ok(())
@@ -679,7 +703,7 @@ async fn write_chunk(
         let micros: Vec<i64> = group.iter().map(|e| e.commit_micros).collect();
         let positions: Vec<i32> = group.iter().map(|e| e.position).collect();
         let kinds: Vec<&str> = group.iter().map(|e| e.kind.as_str()).collect();
-        let data: Vec<&Value> = group.iter().map(|e| &e.data).collect();
+        let data: Vec<&str> = group.iter().map(|e| e.data.as_str()).collect();
         let tenant_text = tenant.to_string();
         let bind_params: [&(dyn tokio_postgres::types::ToSql + Sync); 1] = [&tenant_text];
         let insert_params: [&(dyn tokio_postgres::types::ToSql + Sync); 7] =
@@ -712,69 +736,110 @@ pub(crate) const BIND_TENANT: &str = "select set_config('tessera.tenant_id', $1,
 const INSERT_EVENTS: &str =
     "insert into events.log (tenant_id, id, commit_lsn, position, type, commit_time, data)
      select $1, e.id, e.lsn::pg_lsn, e.position, e.type,
-            timestamptz '2000-01-01 00:00:00+00' + e.micros * interval '1 microsecond', e.data
-       from unnest($2::uuid[], $3::text[], $4::int8[], $5::int[], $6::text[], $7::json[])
+            timestamptz '2000-01-01 00:00:00+00' + e.micros * interval '1 microsecond', e.data::json
+       from unnest($2::uuid[], $3::text[], $4::int8[], $5::int[], $6::text[], $7::text[])
             as e(id, lsn, micros, position, type, data)";
 
 /// Records the log's high-water mark in the transaction that writes the events it covers.
 const RECORD_HIGH_WATER: &str =
     "update events.cdc_slots set written_lsn = $2::text::pg_lsn where slot_name = $1";
 
-/// A row as JSON. An unchanged TOASTed value is taken from `old` (the full old row) when there is one,
-/// and otherwise left out and named in the returned list: never turned into null.
-fn row(
-    relation: &Relation,
-    tuple: &Tuple,
-    old: Option<&Map<String, Value>>,
-) -> (Map<String, Value>, Vec<String>) {
-    let mut out = Map::new();
-    let mut unchanged = Vec::new();
-    for (column, datum) in relation.columns.iter().zip(&tuple.0) {
-        let value = match datum {
-            Datum::Null => Value::Null,
-            Datum::Text(bytes) => text_to_json(column.type_oid, &String::from_utf8_lossy(bytes)),
-            Datum::Binary(bytes) => Value::String(bytes.iter().map(|b| format!("{b:02x}")).collect()),
-            Datum::UnchangedToast => match old.and_then(|o| o.get(&column.name)) {
-                Some(v) => v.clone(),
-                None => {
-                    unchanged.push(column.name.clone());
-                    continue;
-                }
-            },
-        };
-        out.insert(column.name.clone(), value);
-    }
-    (out, unchanged)
+/// A decoded row: what event rules read, and what the event's JSON is written from.
+struct TupleRow<'a> {
+    relation: &'a Relation,
+    tuple: &'a Tuple,
+    /// A key-only old row: only its key columns were sent (the others come as 'n' and are not null).
+    key_only: bool,
+    /// The full old row, where an unchanged TOASTed value of this (new) row comes from.
+    old: Option<&'a Tuple>,
 }
 
-/// The key columns of a key-only old row.
-fn key_row(relation: &Relation, tuple: &Tuple) -> Map<String, Value> {
-    let mut out = Map::new();
-    for (column, datum) in relation.columns.iter().zip(&tuple.0) {
-        if column.is_key
-            && let Datum::Text(bytes) = datum
-        {
-            out.insert(column.name.clone(), text_to_json(column.type_oid, &String::from_utf8_lossy(bytes)));
+impl TupleRow<'_> {
+    /// The column's value: an unchanged TOASTed one from the old row when there is one; `None` when it is
+    /// not here (a non-key column of a key-only row, an unchanged TOASTed value without a full old row).
+    fn datum(&self, i: usize) -> Option<&Datum> {
+        let column = self.relation.columns.get(i)?;
+        if self.key_only && !column.is_key {
+            return None;
+        }
+        match self.tuple.0.get(i)? {
+            Datum::UnchangedToast => self.old?.0.get(i).filter(|d| !matches!(d, Datum::UnchangedToast)),
+            d => Some(d),
         }
     }
-    out
+
+    /// The row as a JSON object. An unchanged TOASTed value without a full old row is left out and named in
+    /// `unchanged`: never turned into null. A key-only row has its key columns only.
+    fn write_json(&self, out: &mut String, unchanged: &mut Vec<String>) {
+        out.push('{');
+        let mut first = true;
+        for (i, column) in self.relation.columns.iter().enumerate() {
+            let Some(datum) = self.datum(i) else {
+                if !self.key_only && matches!(self.tuple.0.get(i), Some(Datum::UnchangedToast)) {
+                    unchanged.push(column.name.clone());
+                }
+                continue;
+            };
+            if self.key_only && matches!(datum, Datum::Null) {
+                continue;
+            }
+            if !std::mem::take(&mut first) {
+                out.push(',');
+            }
+            push_json_str(out, &column.name);
+            out.push(':');
+            match datum {
+                Datum::Null | Datum::UnchangedToast => out.push_str("null"),
+                Datum::Text(bytes) => write_json(out, column.type_oid, &String::from_utf8_lossy(bytes)),
+                Datum::Binary(bytes) => {
+                    let hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+                    push_json_str(out, &hex);
+                }
+            }
+        }
+        out.push('}');
+    }
 }
 
-/// The id of the event that the change at `position` of the transaction committing at `lsn` yields: the
-/// change event itself (`rule` empty) or the domain event the named rule derives from it. A hash of the three,
-/// so a replay, or a new version with its rules in another order, produces the same ids; and opaque, so an id
-/// says nothing about the server's WAL.
-pub fn event_id(lsn: u64, position: i32, rule: &str) -> Uuid {
+impl RowText for TupleRow<'_> {
+    fn text(&self, column: &str) -> Option<&str> {
+        let i = self.relation.columns.iter().position(|c| c.name == column)?;
+        if !is_json_string(self.relation.columns[i].type_oid) {
+            return None;
+        }
+        match self.datum(i)? {
+            Datum::Text(bytes) => std::str::from_utf8(bytes).ok(),
+            _ => None,
+        }
+    }
+}
+
+/// The id of the event that the change at `position` of the transaction committing at `lsn` (at
+/// `commit_micros`, Postgres's microseconds since 2000) yields: the change event itself (`rule` empty) or the
+/// domain event the named rule derives from it.
+///
+/// A UUIDv7: the commit's Unix milliseconds, then 74 bits of a hash of the LSN, position and rule. All of it
+/// comes from the WAL, so a replay, or a new version with its rules in another order, produces the same ids.
+/// It says nothing a tenant does not already see (the event's `commit_time`), nothing about the server's
+/// WAL; and a tenant's ids grow with time, so the log's `(tenant_id, id)` key is appended to, not written at
+/// random places (a random key cost the CDC writer a third of its time).
+pub fn event_id(lsn: u64, position: i32, rule: &str, commit_micros: i64) -> Uuid {
     use sha2::{Digest, Sha256};
+    /// Microseconds from the Unix epoch to Postgres's (2000-01-01).
+    const PG_EPOCH_UNIX_MICROS: i64 = 946_684_800_000_000;
     let mut hash = Sha256::new();
     hash.update(b"tessera.event\0");
     hash.update(lsn.to_be_bytes());
     hash.update(position.to_be_bytes());
     hash.update(rule.as_bytes());
     let digest = hash.finalize();
+    let millis = (commit_micros.saturating_add(PG_EPOCH_UNIX_MICROS).max(0) / 1000).cast_unsigned();
     let mut bytes = [0u8; 16];
-    bytes.copy_from_slice(&digest[..16]);
-    Uuid::new_v8(bytes)
+    bytes[..6].copy_from_slice(&millis.to_be_bytes()[2..]);
+    bytes[6..].copy_from_slice(&digest[..10]);
+    bytes[6] = 0x70 | (bytes[6] & 0x0f);
+    bytes[8] = 0x80 | (bytes[8] & 0x3f);
+    Uuid::from_bytes(bytes)
 }
 
 fn format_lsn(lsn: u64) -> String {
@@ -787,16 +852,28 @@ mod tests {
 
     #[test]
     fn event_ids_are_deterministic_and_distinct() {
-        assert_eq!(event_id(0x16B3748, 3, ""), event_id(0x16B3748, 3, ""));
-        assert_eq!(event_id(0x16B3748, 3, "deal.closed.won"), event_id(0x16B3748, 3, "deal.closed.won"));
+        let at = 849_139_200_123_456; // 2026-11-28 00:00:00.123456 UTC, in Postgres's microseconds
+        assert_eq!(event_id(0x16B3748, 3, "", at), event_id(0x16B3748, 3, "", at));
+        assert_eq!(
+            event_id(0x16B3748, 3, "deal.closed.won", at),
+            event_id(0x16B3748, 3, "deal.closed.won", at)
+        );
         let mut seen = std::collections::HashSet::new();
         for lsn in [0u64, 1, 0x100, 0x1_0000_0000, u64::MAX, 0x00FF_0000_0000_0000, 0x0000_0000_0000_FF00] {
             for position in [0, 1, 255, i32::MAX] {
                 for rule in ["", "deal.closed.won", "invoice.paid"] {
-                    assert!(seen.insert(event_id(lsn, position, rule)), "{lsn:#x} {position} {rule}");
+                    assert!(seen.insert(event_id(lsn, position, rule, at)), "{lsn:#x} {position} {rule}");
                 }
             }
         }
+        // A UUIDv7 carrying the commit's Unix milliseconds: later commits sort after earlier ones.
+        let id = event_id(1, 0, "", at);
+        assert_eq!(id.get_version_num(), 7);
+        assert_eq!(id.get_variant(), uuid::Variant::RFC4122);
+        let (secs, nanos) = id.get_timestamp().expect("v7 has a timestamp").to_unix();
+        assert_eq!((secs, nanos), (1_795_824_000, 123_000_000));
+        assert!(event_id(u64::MAX, 9, "x", at) < event_id(0, 0, "", at + 1000));
+        assert_eq!(event_id(1, 0, "", -946_684_800_000_001).get_timestamp().map(|t| t.to_unix().0), Some(0));
         assert_eq!(format_lsn(0x1_0000_00AB), "1/AB");
     }
 
@@ -818,13 +895,26 @@ mod tests {
             ],
         };
         let new = Tuple(vec![Datum::Text(b"1".to_vec()), Datum::UnchangedToast]);
-        let (r, unchanged) = row(&relation, &new, None);
+        let json = |row: &TupleRow<'_>| {
+            let (mut out, mut unchanged) = (String::new(), Vec::new());
+            row.write_json(&mut out, &mut unchanged);
+            (serde_json::from_str::<serde_json::Value>(&out).expect("valid JSON"), unchanged)
+        };
+        let alone = TupleRow { relation: &relation, tuple: &new, key_only: false, old: None };
+        let (r, unchanged) = json(&alone);
         assert_eq!(unchanged, ["body"]);
-        assert!(!r.contains_key("body"));
-        let mut old = Map::new();
-        old.insert("body".into(), Value::String("long text".into()));
-        let (r, unchanged) = row(&relation, &new, Some(&old));
+        assert_eq!(r, serde_json::json!({"id": 1}));
+        assert_eq!(alone.text("body"), None);
+        let old = Tuple(vec![Datum::Text(b"1".to_vec()), Datum::Text(b"long \"text\"".to_vec())]);
+        let with_old = TupleRow { old: Some(&old), ..alone };
+        let (r, unchanged) = json(&with_old);
         assert!(unchanged.is_empty());
-        assert_eq!(r["body"], "long text");
+        assert_eq!(r, serde_json::json!({"id": 1, "body": "long \"text\""}));
+        assert_eq!(with_old.text("body"), Some("long \"text\""));
+        // Numbers are not text to a rule; a key-only row has its key only.
+        assert_eq!(with_old.text("id"), None);
+        let key = Tuple(vec![Datum::Text(b"1".to_vec()), Datum::Null]);
+        let key_only = TupleRow { relation: &relation, tuple: &key, key_only: true, old: None };
+        assert_eq!(json(&key_only), (serde_json::json!({"id": 1}), Vec::<String>::new()));
     }
 }

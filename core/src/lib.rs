@@ -28,6 +28,8 @@ pub mod roles;
 pub mod tenant;
 pub mod token;
 
-pub use module::{ChangeView, Effect, EffectTx, Event, EventRule, HandlerError, Module, Subscription};
+pub use module::{
+    ChangeView, Effect, EffectTx, Event, EventRule, HandlerError, Module, RowText, Subscription,
+};
 pub use problem::ApiError;
 pub use tenant::TenantId;

@@ -49,27 +49,46 @@ pub trait Module: Send + Sync + 'static {
     }
 }
 
-/// A committed change as event rules see it: table, operation and rows as JSON.
-#[derive(Debug, Clone, Copy)]
+/// A committed change as event rules see it: table, operation and rows.
+#[derive(Clone, Copy)]
 pub struct ChangeView<'a> {
     /// `schema.table`
     pub table: &'a str,
     /// `insert`, `update` or `delete`
     pub op: &'a str,
-    pub new: Option<&'a serde_json::Map<String, serde_json::Value>>,
+    pub new: Option<&'a dyn RowText>,
     /// The whole old row where the table has REPLICA IDENTITY FULL, else its key (or nothing).
-    pub old: Option<&'a serde_json::Map<String, serde_json::Value>>,
+    pub old: Option<&'a dyn RowText>,
 }
 
 impl ChangeView<'_> {
     /// A column of the new row as text.
     pub fn new_text(&self, column: &str) -> Option<&str> {
-        self.new?.get(column)?.as_str()
+        self.new?.text(column)
     }
 
     /// A column of the old row as text.
     pub fn old_text(&self, column: &str) -> Option<&str> {
-        self.old?.get(column)?.as_str()
+        self.old?.text(column)
+    }
+}
+
+impl std::fmt::Debug for ChangeView<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ChangeView").field("table", &self.table).field("op", &self.op).finish_non_exhaustive()
+    }
+}
+
+/// A row as event rules read it: the CDC worker's decoded tuple, or the row of an event as JSON.
+pub trait RowText {
+    /// A column whose value is a string in the event's JSON (text, enums, uuids, dates, …), as that string;
+    /// `None` for a missing or null column and for numbers, booleans, arrays and JSON.
+    fn text(&self, column: &str) -> Option<&str>;
+}
+
+impl RowText for serde_json::Map<String, serde_json::Value> {
+    fn text(&self, column: &str) -> Option<&str> {
+        self.get(column)?.as_str()
     }
 }
 

@@ -94,6 +94,7 @@ fn paid(change: &ChangeView<'_>) -> bool {
 mod tests {
     use super::*;
     use serde_json::{Map, Value, json};
+    use tessera_core::RowText;
 
     fn row(status: &str) -> Map<String, Value> {
         match json!({"status": status}) {
@@ -107,7 +108,7 @@ mod tests {
         new: &'a Map<String, Value>,
         old: Option<&'a Map<String, Value>>,
     ) -> ChangeView<'a> {
-        ChangeView { table: "invoicing.invoices", op, new: Some(new), old }
+        ChangeView { table: "invoicing.invoices", op, new: Some(new), old: old.map(|o| o as &dyn RowText) }
     }
 
     #[test]
