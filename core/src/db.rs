@@ -405,6 +405,37 @@ impl ModuleDb {
         Ok(value)
     }
 
+    /// Reads at most one row with one statement, in a read-only transaction as the key's tenant: like
+    /// [`ModuleDb::read`], but the commit goes out with the rest, so the whole read is one round trip
+    /// (`begin`, the key check, the statement and `commit` are sent together). The row is returned only after
+    /// the key, tenant, module and scope checks have passed.
+    pub async fn read_row(
+        &self,
+        key: &PresentedKey,
+        sql: &str,
+        params: &[&(dyn ToSql + Sync)],
+    ) -> Result<Option<Row>, ApiError> {
+        let tx = self.connect().await?;
+        let client = tx.client();
+        let (auth, read) = self
+            .authenticate_alongside(&tx, &self.begin_read, key, async {
+                // Prepared (once per connection) inside the transaction, as the module's role: the login
+                // role may not even look up the module's tables.
+                let statement = match client.prepare_cached(sql).await {
+                    Ok(statement) => statement,
+                    Err(e) => return (Err(e), client.batch_execute("commit").await),
+                };
+                tokio::join!(biased; client.query_opt(&statement, params), client.batch_execute("commit"))
+            })
+            .await?;
+        let (row, committed) = read;
+        // Whatever happened, the commit ended the transaction (a failed one rolls back on `commit`).
+        committed?;
+        tx.ended();
+        self.check(auth, Access::Read)?;
+        Ok(row?)
+    }
+
     /// Runs `body` in a transaction as the key's tenant and commits it when `body` succeeds. Nothing of
     /// `body` runs before the key, tenant, module and scope checks have passed.
     pub async fn write<T>(
@@ -596,6 +627,12 @@ impl TenantTx {
         let client = self.client();
         let statement = client.prepare_cached(sql).await?;
         client.execute(&statement, params).await
+    }
+
+    /// The transaction was ended by a statement sent along with the others: the connection goes back to the
+    /// pool as it is.
+    fn ended(mut self) {
+        self.client.take();
     }
 
     async fn commit(mut self) -> Result<(), ApiError> {

@@ -95,7 +95,7 @@ async fn get_company(
     key: PresentedKey,
     IdPath(id): IdPath,
 ) -> Result<Json<Company>, ApiError> {
-    let company = db.read(&key, async |tx| store::get_company(tx, id).await.map_err(db_error)).await?;
+    let company = store::get_company(&db, &key, id).await?;
     Ok(Json(company.ok_or_else(|| ApiError::not_found("company"))?))
 }
 
@@ -192,7 +192,7 @@ async fn get_contact(
     key: PresentedKey,
     IdPath(id): IdPath,
 ) -> Result<Json<Contact>, ApiError> {
-    let contact = db.read(&key, async |tx| store::get_contact(tx, id).await.map_err(db_error)).await?;
+    let contact = store::get_contact(&db, &key, id).await?;
     Ok(Json(contact.ok_or_else(|| ApiError::not_found("contact"))?))
 }
 
@@ -287,7 +287,7 @@ async fn get_deal(
     key: PresentedKey,
     IdPath(id): IdPath,
 ) -> Result<Json<Deal>, ApiError> {
-    let deal = db.read(&key, async |tx| store::get_deal(tx, id).await.map_err(db_error)).await?;
+    let deal = store::get_deal(&db, &key, id).await?;
     Ok(Json(deal.ok_or_else(|| ApiError::not_found("deal"))?))
 }
 

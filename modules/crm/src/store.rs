@@ -3,7 +3,9 @@
 //! Lists are ordered by `(created_at, id)` and continue after a cursor; partial updates are one static
 //! statement with a "present?" flag per column, so that every statement can be prepared once.
 
-use tessera_core::db::TenantTx;
+use tessera_core::ApiError;
+use tessera_core::apikey::PresentedKey;
+use tessera_core::db::{ModuleDb, TenantTx};
 pub use tessera_core::input::Window;
 use tokio_postgres::Error;
 use uuid::Uuid;
@@ -29,9 +31,9 @@ pub async fn list_companies(
     Ok(rows.iter().map(Company::from_row).collect())
 }
 
-pub async fn get_company(tx: &TenantTx, id: Uuid) -> Result<Option<Company>, Error> {
+pub async fn get_company(db: &ModuleDb, key: &PresentedKey, id: Uuid) -> Result<Option<Company>, ApiError> {
     let sql = format!("select {} from crm.companies where id = $1", Company::COLUMNS);
-    Ok(tx.query_opt(&sql, &[&id]).await?.as_ref().map(Company::from_row))
+    Ok(db.read_row(key, &sql, &[&id]).await?.as_ref().map(Company::from_row))
 }
 
 pub async fn insert_company(tx: &TenantTx, name: &str, input: &CompanyInput) -> Result<Company, Error> {
@@ -86,9 +88,9 @@ pub async fn list_contacts(
     Ok(rows.iter().map(Contact::from_row).collect())
 }
 
-pub async fn get_contact(tx: &TenantTx, id: Uuid) -> Result<Option<Contact>, Error> {
+pub async fn get_contact(db: &ModuleDb, key: &PresentedKey, id: Uuid) -> Result<Option<Contact>, ApiError> {
     let sql = format!("select {} from crm.contacts where id = $1", Contact::COLUMNS);
-    Ok(tx.query_opt(&sql, &[&id]).await?.as_ref().map(Contact::from_row))
+    Ok(db.read_row(key, &sql, &[&id]).await?.as_ref().map(Contact::from_row))
 }
 
 pub async fn insert_contact(tx: &TenantTx, first_name: &str, input: &ContactInput) -> Result<Contact, Error> {
@@ -168,9 +170,9 @@ pub async fn list_deals(tx: &TenantTx, filter: &DealFilter, window: &Window) -> 
     Ok(rows.iter().map(Deal::from_row).collect())
 }
 
-pub async fn get_deal(tx: &TenantTx, id: Uuid) -> Result<Option<Deal>, Error> {
+pub async fn get_deal(db: &ModuleDb, key: &PresentedKey, id: Uuid) -> Result<Option<Deal>, ApiError> {
     let sql = format!("select {} from crm.deals where id = $1", Deal::COLUMNS);
-    Ok(tx.query_opt(&sql, &[&id]).await?.as_ref().map(Deal::from_row))
+    Ok(db.read_row(key, &sql, &[&id]).await?.as_ref().map(Deal::from_row))
 }
 
 pub async fn insert_deal(tx: &TenantTx, title: &str, input: &DealInput) -> Result<Deal, Error> {

@@ -93,7 +93,7 @@ async fn get_employee(
     key: PresentedKey,
     IdPath(id): IdPath,
 ) -> Result<Json<Employee>, ApiError> {
-    let employee = db.read(&key, async |tx| store::get_employee(tx, id).await.map_err(db_error)).await?;
+    let employee = store::get_employee(&db, &key, id).await?;
     Ok(Json(employee.ok_or_else(|| ApiError::not_found("employee"))?))
 }
 
@@ -185,7 +185,7 @@ async fn get_plan(
     key: PresentedKey,
     IdPath(id): IdPath,
 ) -> Result<Json<CommissionPlan>, ApiError> {
-    let plan = db.read(&key, async |tx| store::get_plan(tx, id).await.map_err(db_error)).await?;
+    let plan = store::get_plan(&db, &key, id).await?;
     Ok(Json(plan.ok_or_else(|| ApiError::not_found("commission plan"))?))
 }
 
@@ -257,6 +257,6 @@ async fn get_commission(
     key: PresentedKey,
     IdPath(id): IdPath,
 ) -> Result<Json<Commission>, ApiError> {
-    let commission = db.read(&key, async |tx| store::get_commission(tx, id).await.map_err(db_error)).await?;
+    let commission = store::get_commission(&db, &key, id).await?;
     Ok(Json(commission.ok_or_else(|| ApiError::not_found("commission"))?))
 }

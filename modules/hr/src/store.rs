@@ -4,8 +4,10 @@
 //! Lists are ordered by `(created_at, id)` and continue after a cursor; partial updates are one static
 //! statement with a "present?" flag per column, so that every statement can be prepared once.
 
+use tessera_core::ApiError;
 use tessera_core::EffectTx;
-use tessera_core::db::TenantTx;
+use tessera_core::apikey::PresentedKey;
+use tessera_core::db::{ModuleDb, TenantTx};
 pub use tessera_core::input::Window;
 use time::{Date, OffsetDateTime};
 use tokio_postgres::Error;
@@ -39,9 +41,9 @@ pub async fn list_employees(
     Ok(rows.iter().map(Employee::from_row).collect())
 }
 
-pub async fn get_employee(tx: &TenantTx, id: Uuid) -> Result<Option<Employee>, Error> {
+pub async fn get_employee(db: &ModuleDb, key: &PresentedKey, id: Uuid) -> Result<Option<Employee>, ApiError> {
     let sql = format!("select {} from hr.employees where id = $1", Employee::COLUMNS);
-    Ok(tx.query_opt(&sql, &[&id]).await?.as_ref().map(Employee::from_row))
+    Ok(db.read_row(key, &sql, &[&id]).await?.as_ref().map(Employee::from_row))
 }
 
 pub async fn insert_employee(
@@ -113,9 +115,13 @@ pub async fn list_plans(
     Ok(rows.iter().map(CommissionPlan::from_row).collect())
 }
 
-pub async fn get_plan(tx: &TenantTx, id: Uuid) -> Result<Option<CommissionPlan>, Error> {
+pub async fn get_plan(
+    db: &ModuleDb,
+    key: &PresentedKey,
+    id: Uuid,
+) -> Result<Option<CommissionPlan>, ApiError> {
     let sql = format!("select {} from hr.commission_plans where id = $1", CommissionPlan::COLUMNS);
-    Ok(tx.query_opt(&sql, &[&id]).await?.as_ref().map(CommissionPlan::from_row))
+    Ok(db.read_row(key, &sql, &[&id]).await?.as_ref().map(CommissionPlan::from_row))
 }
 
 pub async fn insert_plan(tx: &TenantTx, input: &PlanInput) -> Result<CommissionPlan, Error> {
@@ -163,9 +169,13 @@ pub async fn list_commissions(
     Ok(rows.iter().map(Commission::from_row).collect())
 }
 
-pub async fn get_commission(tx: &TenantTx, id: Uuid) -> Result<Option<Commission>, Error> {
+pub async fn get_commission(
+    db: &ModuleDb,
+    key: &PresentedKey,
+    id: Uuid,
+) -> Result<Option<Commission>, ApiError> {
     let sql = format!("select {} from hr.commissions where id = $1", Commission::COLUMNS);
-    Ok(tx.query_opt(&sql, &[&id]).await?.as_ref().map(Commission::from_row))
+    Ok(db.read_row(key, &sql, &[&id]).await?.as_ref().map(Commission::from_row))
 }
 
 // Booking (the deal.closed.won handler, in the dispatcher's transaction)

@@ -209,7 +209,7 @@ async fn get_customer(
     key: PresentedKey,
     IdPath(id): IdPath,
 ) -> Result<Json<Customer>, ApiError> {
-    let customer = db.read(&key, async |tx| store::get_customer(tx, id).await.map_err(db_error)).await?;
+    let customer = store::get_customer(&db, &key, id).await?;
     Ok(Json(customer.ok_or_else(|| ApiError::not_found("customer"))?))
 }
 

@@ -5,8 +5,10 @@
 //! The invoice rules themselves (what may change when, the total, numbering, settling) are triggers in
 //! `sql/invoicing/V1__invoicing.sql`; the functions here only say what the caller wants done.
 
+use tessera_core::ApiError;
 use tessera_core::EffectTx;
-use tessera_core::db::TenantTx;
+use tessera_core::apikey::PresentedKey;
+use tessera_core::db::{ModuleDb, TenantTx};
 pub use tessera_core::input::Window;
 use tokio_postgres::Error;
 use tokio_postgres::types::ToSql;
@@ -35,9 +37,9 @@ pub async fn list_customers(
     Ok(rows.iter().map(Customer::from_row).collect())
 }
 
-pub async fn get_customer(tx: &TenantTx, id: Uuid) -> Result<Option<Customer>, Error> {
+pub async fn get_customer(db: &ModuleDb, key: &PresentedKey, id: Uuid) -> Result<Option<Customer>, ApiError> {
     let sql = format!("select {} from invoicing.customers where id = $1", Customer::COLUMNS);
-    Ok(tx.query_opt(&sql, &[&id]).await?.as_ref().map(Customer::from_row))
+    Ok(db.read_row(key, &sql, &[&id]).await?.as_ref().map(Customer::from_row))
 }
 
 pub async fn insert_customer(tx: &TenantTx, name: &str, input: &CustomerInput) -> Result<Customer, Error> {
