@@ -94,6 +94,13 @@ pub enum CdcError {
     Writer(String),
     #[error("two event rules are named {0}: an event type must have one rule")]
     DuplicateRule(&'static str),
+    #[error(
+        "the event log's high-water mark ({written}) is ahead of this server's WAL ({now}): the database was \
+         restored into another cluster. Check that the log holds what it should, then run `update \
+         events.cdc_slots set written_lsn = null` as the owner, and `truncate events.log` too unless its \
+         events are to be kept (the mark then falls back to the log's last event)"
+    )]
+    MarkAhead { written: String, now: String },
 }
 
 /// Makes sure the slot exists before anything is served, so that no committed change predates it.
@@ -129,9 +136,8 @@ async fn check_rules(settings: &CdcSettings, writer: &Client) -> Result<(), CdcE
     Ok(())
 }
 
-/// Makes sure the slot exists: creates it on first start, refuses to recreate one that was lost. Returns the
-/// commit LSN of the last source transaction whose events are in the log (0 when none are).
-async fn ensure_slot(settings: &CdcSettings, writer: &Client) -> Result<u64, CdcError> {
+/// Makes sure the slot exists: creates it on first start, refuses to recreate one that was lost.
+async fn ensure_slot(settings: &CdcSettings, writer: &Client) -> Result<(), CdcError> {
     let exists = writer
         .query_opt("select 1 from pg_replication_slots where slot_name = $1", &[&settings.slot])
         .await?
@@ -141,12 +147,6 @@ async fn ensure_slot(settings: &CdcSettings, writer: &Client) -> Result<u64, Cdc
         .query_opt("select 1 from events.cdc_slots where slot_name = $1", &[&settings.slot])
         .await?
         .is_some();
-    // Over every slot the log was written from: commit LSNs are the database's, whichever slot sent them
-    // (a copy of an older slot sends again what the log holds).
-    let written: i64 = writer
-        .query_one("select (coalesce(max(written_lsn), '0/0') - '0/0')::int8 from events.cdc_slots", &[])
-        .await?
-        .get(0);
     if !exists {
         if recorded {
             writer.batch_execute("rollback").await?;
@@ -169,7 +169,45 @@ async fn ensure_slot(settings: &CdcSettings, writer: &Client) -> Result<u64, Cdc
         writer.execute("insert into events.cdc_slots (slot_name) values ($1)", &[&settings.slot]).await?;
     }
     writer.batch_execute("commit").await?;
-    Ok(written.cast_unsigned())
+    Ok(())
+}
+
+/// What the worker reads from the log before it writes: its high-water mark and the key of event ids.
+struct LogState {
+    /// The commit LSN of the last source transaction whose events are in the log (0 when none are).
+    written: u64,
+    id_key: Vec<u8>,
+}
+
+async fn log_state(writer: &Client) -> Result<LogState, CdcError> {
+    writer.batch_execute(&format!("begin read only; set local role {}", quote_ident(EVENTS))).await?;
+    // Over every slot the log was written from (commit LSNs are the database's, whichever slot sent them: a
+    // copy of an older slot sends again what the log holds), and the log's last event (a log written before
+    // the mark was kept; `seq` follows commit order, so it is the highest commit LSN).
+    let row = writer
+        .query_one(
+            "select (coalesce(greatest((select max(written_lsn) from events.cdc_slots),
+                                       (select commit_lsn from events.log order by seq desc limit 1)),
+                              '0/0') - '0/0')::int8,
+                    (pg_current_wal_insert_lsn() - '0/0')::int8,
+                    (select event_id_key from events.cdc_keys)",
+            &[],
+        )
+        .await;
+    writer.batch_execute("commit").await?;
+    let row = row?;
+    let (written, now): (i64, i64) = (row.get(0), row.get(1));
+    let id_key: Option<Vec<u8>> = row.get(2);
+    if written > now {
+        // Not this server's WAL (the database was restored from a dump into a new cluster): every change
+        // would be skipped until the WAL got there.
+        return Err(CdcError::MarkAhead {
+            written: format_lsn(written.cast_unsigned()),
+            now: format_lsn(now.cast_unsigned()),
+        });
+    }
+    let id_key = id_key.ok_or_else(|| CdcError::Writer("events.cdc_keys holds no key".into()))?;
+    Ok(LogState { written: written.cast_unsigned(), id_key })
 }
 
 /// Runs the worker until the stream ends or fails. Transient failures are the caller's to retry.
@@ -183,7 +221,8 @@ pub async fn run(settings: &CdcSettings) -> Result<(), CdcError> {
         writer.execute("select pg_advisory_lock($1)", &[&WORKER_LOCK]).await?;
         tracing::info!(slot = %settings.slot, "taking over as the CDC worker");
     }
-    let written = ensure_slot(settings, &writer).await?;
+    ensure_slot(settings, &writer).await?;
+    let LogState { written, id_key } = log_state(&writer).await?;
     let config = ReplicationConfig::new(
         settings.host.clone(),
         settings.replication_user.clone(),
@@ -208,6 +247,7 @@ pub async fn run(settings: &CdcSettings) -> Result<(), CdcError> {
         heartbeats: Vec::new(),
         slot: settings.slot.clone(),
         written,
+        id_key,
         group_high: None,
         log_holds_events: false,
     };
@@ -343,7 +383,8 @@ pub async fn supervise(settings: CdcSettings) {
             Err(
                 e @ (CdcError::SlotLost { .. }
                 | CdcError::RuleNeedsOldValues { .. }
-                | CdcError::DuplicateRule(_)),
+                | CdcError::DuplicateRule(_)
+                | CdcError::MarkAhead { .. }),
             ) => {
                 tracing::error!(error = %e, "cdc worker stopped; an operator must act");
                 return;
@@ -420,6 +461,8 @@ struct Stream {
     /// The log's high-water mark when the worker started: source transactions committing at or below it are
     /// in the log.
     written: u64,
+    /// The key of event ids (`events.cdc_keys`).
+    id_key: Vec<u8>,
     /// The commit LSN of the last complete source transaction sent to the open log transaction: recorded
     /// with it as the new high-water mark.
     group_high: Option<u64>,
@@ -533,7 +576,7 @@ impl Stream {
         }
         data.push('}');
         let Some(tx) = self.tx.as_mut() else { return Ok(()) };
-        let change_id = event_id(tx.commit_lsn, position, "", tx.commit_micros);
+        let change_id = event_id(&self.id_key, tx.commit_lsn, position, "", tx.commit_micros);
         // Domain events follow their change in the log and carry its row and id.
         let domain: Vec<ChangeEvent> = derived
             .into_iter()
@@ -545,7 +588,7 @@ impl Stream {
                 d.push_str("\"}");
                 ChangeEvent {
                     tenant,
-                    id: event_id(tx.commit_lsn, position, name, tx.commit_micros),
+                    id: event_id(&self.id_key, tx.commit_lsn, position, name, tx.commit_micros),
                     commit_lsn: tx.commit_lsn,
                     commit_micros: tx.commit_micros,
                     position,
@@ -740,9 +783,11 @@ const INSERT_EVENTS: &str =
        from unnest($2::uuid[], $3::text[], $4::int8[], $5::int[], $6::text[], $7::text[])
             as e(id, lsn, micros, position, type, data)";
 
-/// Records the log's high-water mark in the transaction that writes the events it covers.
+/// Records the log's high-water mark in the transaction that writes the events it covers (the slot's row
+/// again, should an operator have deleted it).
 const RECORD_HIGH_WATER: &str =
-    "update events.cdc_slots set written_lsn = $2::text::pg_lsn where slot_name = $1";
+    "insert into events.cdc_slots as s (slot_name, written_lsn) values ($1, $2::text::pg_lsn)
+     on conflict (slot_name) do update set written_lsn = excluded.written_lsn";
 
 /// A decoded row: what event rules read, and what the event's JSON is written from.
 struct TupleRow<'a> {
@@ -818,21 +863,24 @@ impl RowText for TupleRow<'_> {
 /// `commit_micros`, Postgres's microseconds since 2000) yields: the change event itself (`rule` empty) or the
 /// domain event the named rule derives from it.
 ///
-/// A UUIDv7: the commit's Unix milliseconds, then 74 bits of a hash of the LSN, position and rule. All of it
-/// comes from the WAL, so a replay, or a new version with its rules in another order, produces the same ids.
-/// It says nothing a tenant does not already see (the event's `commit_time`), nothing about the server's
-/// WAL; and a tenant's ids grow with time, so the log's `(tenant_id, id)` key is appended to, not written at
-/// random places (a random key cost the CDC writer a third of its time).
-pub fn event_id(lsn: u64, position: i32, rule: &str, commit_micros: i64) -> Uuid {
-    use sha2::{Digest, Sha256};
+/// A UUIDv7: the commit's Unix milliseconds, then 74 bits of an HMAC-SHA-256, under the installation's
+/// `key` (`events.cdc_keys`), of the LSN, position and rule. All of it comes from the WAL and the key, so a
+/// replay, or a new version with its rules in another order, produces the same ids. It says nothing a tenant
+/// does not already see (the event's `commit_time`): without the key the LSN cannot be recovered by trying
+/// every one, so an id does not tell how much the other tenants wrote. And a tenant's ids grow with time, so
+/// the log's `(tenant_id, id)` key is appended to, not written at random places (a random key cost the CDC
+/// writer a third of its time).
+pub fn event_id(key: &[u8], lsn: u64, position: i32, rule: &str, commit_micros: i64) -> Uuid {
+    use hmac::{Hmac, Mac};
     /// Microseconds from the Unix epoch to Postgres's (2000-01-01).
     const PG_EPOCH_UNIX_MICROS: i64 = 946_684_800_000_000;
-    let mut hash = Sha256::new();
-    hash.update(b"tessera.event\0");
-    hash.update(lsn.to_be_bytes());
-    hash.update(position.to_be_bytes());
-    hash.update(rule.as_bytes());
-    let digest = hash.finalize();
+    // HMAC takes a key of any length; the error exists for other MACs.
+    let mut mac = Hmac::<sha2::Sha256>::new_from_slice(key).expect("HMAC takes a key of any length");
+    mac.update(b"tessera.event\0");
+    mac.update(&lsn.to_be_bytes());
+    mac.update(&position.to_be_bytes());
+    mac.update(rule.as_bytes());
+    let digest = mac.finalize().into_bytes();
     let millis = (commit_micros.saturating_add(PG_EPOCH_UNIX_MICROS).max(0) / 1000).cast_unsigned();
     let mut bytes = [0u8; 16];
     bytes[..6].copy_from_slice(&millis.to_be_bytes()[2..]);
@@ -852,28 +900,29 @@ mod tests {
 
     #[test]
     fn event_ids_are_deterministic_and_distinct() {
+        let key = [7u8; 32];
+        let id = |lsn, position, rule, at| event_id(&key, lsn, position, rule, at);
         let at = 849_139_200_123_456; // 2026-11-28 00:00:00.123456 UTC, in Postgres's microseconds
-        assert_eq!(event_id(0x16B3748, 3, "", at), event_id(0x16B3748, 3, "", at));
-        assert_eq!(
-            event_id(0x16B3748, 3, "deal.closed.won", at),
-            event_id(0x16B3748, 3, "deal.closed.won", at)
-        );
+        assert_eq!(id(0x16B3748, 3, "", at), id(0x16B3748, 3, "", at));
+        assert_eq!(id(0x16B3748, 3, "deal.closed.won", at), id(0x16B3748, 3, "deal.closed.won", at));
         let mut seen = std::collections::HashSet::new();
         for lsn in [0u64, 1, 0x100, 0x1_0000_0000, u64::MAX, 0x00FF_0000_0000_0000, 0x0000_0000_0000_FF00] {
             for position in [0, 1, 255, i32::MAX] {
                 for rule in ["", "deal.closed.won", "invoice.paid"] {
-                    assert!(seen.insert(event_id(lsn, position, rule, at)), "{lsn:#x} {position} {rule}");
+                    assert!(seen.insert(id(lsn, position, rule, at)), "{lsn:#x} {position} {rule}");
                 }
             }
         }
+        // Keyed: another installation's key gives other ids for the same change.
+        assert_ne!(event_id(&[8u8; 32], 0x16B3748, 3, "", at), id(0x16B3748, 3, "", at));
         // A UUIDv7 carrying the commit's Unix milliseconds: later commits sort after earlier ones.
-        let id = event_id(1, 0, "", at);
-        assert_eq!(id.get_version_num(), 7);
-        assert_eq!(id.get_variant(), uuid::Variant::RFC4122);
-        let (secs, nanos) = id.get_timestamp().expect("v7 has a timestamp").to_unix();
+        let first = id(1, 0, "", at);
+        assert_eq!(first.get_version_num(), 7);
+        assert_eq!(first.get_variant(), uuid::Variant::RFC4122);
+        let (secs, nanos) = first.get_timestamp().expect("v7 has a timestamp").to_unix();
         assert_eq!((secs, nanos), (1_795_824_000, 123_000_000));
-        assert!(event_id(u64::MAX, 9, "x", at) < event_id(0, 0, "", at + 1000));
-        assert_eq!(event_id(1, 0, "", -946_684_800_000_001).get_timestamp().map(|t| t.to_unix().0), Some(0));
+        assert!(id(u64::MAX, 9, "x", at) < id(0, 0, "", at + 1000));
+        assert_eq!(id(1, 0, "", -946_684_800_000_001).get_timestamp().map(|t| t.to_unix().0), Some(0));
         assert_eq!(format_lsn(0x1_0000_00AB), "1/AB");
     }
 

@@ -10,7 +10,8 @@
 //! 3. runs the module's SQL, then commits.
 //!
 //! Steps 1 and 2 (and, for reads, the first statement of step 3) are pipelined: sent together, answered
-//! together, so a read costs two round trips to Postgres (this, and the commit).
+//! together, so a read costs two round trips to Postgres (this, and the commit); a single-row read
+//! ([`ModuleDb::read_row`]) sends its commit along too, and costs one.
 //!
 //! The tenant therefore always comes from the credential, never from the request, and a transaction with no
 //! tenant bound sees no rows and may write none (the policies fail closed). Nothing outlives the transaction

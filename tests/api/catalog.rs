@@ -18,6 +18,7 @@ const REGISTRIES: &[&str] = &[
     "core.token_keys",
     "core.sql_sessions",
     "events.cdc_slots",
+    "events.cdc_keys",
     "events.subscribers",
     "events.dead_letters",
 ];

@@ -150,8 +150,19 @@ async fn killing_the_worker_at_any_moment_loses_and_duplicates_nothing() {
 /// twice, the worker does not stop on the log's primary key, and what is new after it is written.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn transactions_sent_again_are_skipped_not_written_twice() {
+    sent_again_is_skipped(true).await;
+}
+
+/// The same for a log written before the high-water mark was kept (an upgrade): the log's last event is
+/// the mark.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_log_without_a_high_water_mark_is_not_written_twice_either() {
+    sent_again_is_skipped(false).await;
+}
+
+async fn sent_again_is_skipped(mark_kept: bool) {
     let mut app = TestApp::spawn().await;
-    let (_, key) = app.tenant("acme").await;
+    let (tenant, key) = app.tenant("acme").await;
     let admin = connect(&cluster().superuser, &app.db.name).await;
     let cdc = settings(&app);
     worker::prepare(&cdc).await.expect("slot");
@@ -166,31 +177,67 @@ async fn transactions_sent_again_are_skipped_not_written_twice() {
     let deal = app.create("deals", &key, json!({"title": "Hammocks", "company_id": company})).await;
     let r = app.patch(&format!("/v1/crm/deals/{deal}"), &key, json!({"stage": "won"})).await;
     assert_eq!(r.status, 200);
-    // Two inserts, an update and the deal.closed.won it yields.
-    assert_eq!(wait_for(&admin, "select count(*) from events.log", 4).await, 4);
+    // And one source transaction larger than the worker's chunks.
+    admin
+        .execute(
+            "insert into crm.companies (tenant_id, name) select $1, 'Bulk ' || g from generate_series(1, 1500) g",
+            &[&tenant.as_uuid()],
+        )
+        .await
+        .expect("bulk insert");
+    // Two inserts, an update and the deal.closed.won it yields, and the bulk insert.
+    let logged = 4 + 1500;
+    assert_eq!(wait_for(&admin, "select count(*) from events.log", logged).await, logged);
+    first.abort();
+    let _ = first.await;
     let written: String = admin
-        .query_one("select written_lsn::text from events.cdc_slots where slot_name = $1", &[&cdc.slot])
+        .query_one("select max(commit_lsn)::text from events.log", &[])
+        .await
+        .expect("the log's last commit")
+        .get(0);
+    let marked: Option<String> = admin
+        .query_one("select max(written_lsn)::text from events.cdc_slots", &[])
         .await
         .expect("high-water mark")
         .get(0);
-    first.abort();
-    let _ = first.await;
+    assert_eq!(marked.as_deref(), Some(written.as_str()), "the mark is the last source commit in the log");
+    if !mark_kept {
+        admin.execute("update events.cdc_slots set written_lsn = null", &[]).await.expect("forget the mark");
+    }
 
     let second = start(&again, &admin).await;
-    // The copy has sent everything up to the high-water mark again once it has acknowledged past it.
+    // The copy has sent everything up to the log's last commit again once it has acknowledged past it.
     let past = format!(
         "select count(*) from pg_replication_slots where slot_name = '{}' and confirmed_flush_lsn >= '{written}'",
         again.slot
     );
     assert_eq!(wait_for(&admin, &past, 1).await, 1, "the copy caught up");
-    assert_eq!(count(&admin, "select count(*) from events.log").await, 4, "nothing written twice");
+    assert_eq!(count(&admin, "select count(*) from events.log").await, logged, "nothing written twice");
     assert!(!second.is_finished(), "the worker skipped what it had, without failing");
     let r = app.patch(&format!("/v1/crm/deals/{deal}"), &key, json!({"amount": 7})).await;
     assert_eq!(r.status, 200);
-    assert_eq!(wait_for(&admin, "select count(*) from events.log", 5).await, 5, "new changes still flow");
+    assert_eq!(
+        wait_for(&admin, "select count(*) from events.log", logged + 1).await,
+        logged + 1,
+        "new changes still flow"
+    );
     assert_eq!(count(&admin, "select count(*) - count(distinct id) from events.log").await, 0);
     second.abort();
     let _ = second.await;
+}
+
+/// A high-water mark ahead of the server's WAL (a database restored into another cluster) would make the
+/// worker skip every change until the WAL got there: it refuses to start instead, naming what to do.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_high_water_mark_from_another_server_is_refused() {
+    let app = TestApp::spawn().await;
+    let admin = connect(&cluster().superuser, &app.db.name).await;
+    let cdc = settings(&app);
+    worker::prepare(&cdc).await.expect("slot");
+    admin.execute("update events.cdc_slots set written_lsn = 'FFFF/0'", &[]).await.expect("a foreign mark");
+    let err = worker::run(&cdc).await.expect_err("refused");
+    assert!(matches!(err, CdcError::MarkAhead { .. }), "{err}");
+    assert!(err.to_string().contains("set written_lsn = null"), "{err}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
