@@ -223,6 +223,7 @@ pub async fn run(settings: &CdcSettings) -> Result<(), CdcError> {
     }
     ensure_slot(settings, &writer).await?;
     let LogState { written, id_key } = log_state(&writer).await?;
+    let ids = EventIds::new(&id_key);
     let config = ReplicationConfig::new(
         settings.host.clone(),
         settings.replication_user.clone(),
@@ -247,7 +248,7 @@ pub async fn run(settings: &CdcSettings) -> Result<(), CdcError> {
         heartbeats: Vec::new(),
         slot: settings.slot.clone(),
         written,
-        id_key,
+        ids,
         group_high: None,
         log_holds_events: false,
     };
@@ -461,8 +462,7 @@ struct Stream {
     /// The log's high-water mark when the worker started: source transactions committing at or below it are
     /// in the log.
     written: u64,
-    /// The key of event ids (`events.cdc_keys`).
-    id_key: Vec<u8>,
+    ids: EventIds,
     /// The commit LSN of the last complete source transaction sent to the open log transaction: recorded
     /// with it as the new high-water mark.
     group_high: Option<u64>,
@@ -576,7 +576,7 @@ impl Stream {
         }
         data.push('}');
         let Some(tx) = self.tx.as_mut() else { return Ok(()) };
-        let change_id = event_id(&self.id_key, tx.commit_lsn, position, "", tx.commit_micros);
+        let change_id = self.ids.id(tx.commit_lsn, position, "", tx.commit_micros);
         // Domain events follow their change in the log and carry its row and id.
         let domain: Vec<ChangeEvent> = derived
             .into_iter()
@@ -588,7 +588,7 @@ impl Stream {
                 d.push_str("\"}");
                 ChangeEvent {
                     tenant,
-                    id: event_id(&self.id_key, tx.commit_lsn, position, name, tx.commit_micros),
+                    id: self.ids.id(tx.commit_lsn, position, name, tx.commit_micros),
                     commit_lsn: tx.commit_lsn,
                     commit_micros: tx.commit_micros,
                     position,
@@ -859,35 +859,46 @@ impl RowText for TupleRow<'_> {
     }
 }
 
-/// The id of the event that the change at `position` of the transaction committing at `lsn` (at
-/// `commit_micros`, Postgres's microseconds since 2000) yields: the change event itself (`rule` empty) or the
-/// domain event the named rule derives from it.
-///
-/// A UUIDv7: the commit's Unix milliseconds, then 74 bits of an HMAC-SHA-256, under the installation's
-/// `key` (`events.cdc_keys`), of the LSN, position and rule. All of it comes from the WAL and the key, so a
-/// replay, or a new version with its rules in another order, produces the same ids. It says nothing a tenant
-/// does not already see (the event's `commit_time`): without the key the LSN cannot be recovered by trying
-/// every one, so an id does not tell how much the other tenants wrote. And a tenant's ids grow with time, so
-/// the log's `(tenant_id, id)` key is appended to, not written at random places (a random key cost the CDC
-/// writer a third of its time).
-pub fn event_id(key: &[u8], lsn: u64, position: i32, rule: &str, commit_micros: i64) -> Uuid {
-    use hmac::{Hmac, Mac};
-    /// Microseconds from the Unix epoch to Postgres's (2000-01-01).
-    const PG_EPOCH_UNIX_MICROS: i64 = 946_684_800_000_000;
-    // HMAC takes a key of any length; the error exists for other MACs.
-    let mut mac = Hmac::<sha2::Sha256>::new_from_slice(key).expect("HMAC takes a key of any length");
-    mac.update(b"tessera.event\0");
-    mac.update(&lsn.to_be_bytes());
-    mac.update(&position.to_be_bytes());
-    mac.update(rule.as_bytes());
-    let digest = mac.finalize().into_bytes();
-    let millis = (commit_micros.saturating_add(PG_EPOCH_UNIX_MICROS).max(0) / 1000).cast_unsigned();
-    let mut bytes = [0u8; 16];
-    bytes[..6].copy_from_slice(&millis.to_be_bytes()[2..]);
-    bytes[6..].copy_from_slice(&digest[..10]);
-    bytes[6] = 0x70 | (bytes[6] & 0x0f);
-    bytes[8] = 0x80 | (bytes[8] & 0x3f);
-    Uuid::from_bytes(bytes)
+/// Event ids, under the installation's key (`events.cdc_keys`).
+pub struct EventIds(hmac::Hmac<sha2::Sha256>);
+
+impl EventIds {
+    pub fn new(key: &[u8]) -> Self {
+        use hmac::Mac;
+        // HMAC takes a key of any length; the error exists for other MACs.
+        Self(hmac::Hmac::new_from_slice(key).expect("HMAC takes a key of any length"))
+    }
+
+    /// The id of the event that the change at `position` of the transaction committing at `lsn` (at
+    /// `commit_micros`, Postgres's microseconds since 2000) yields: the change event itself (`rule` empty) or
+    /// the domain event the named rule derives from it.
+    ///
+    /// A UUIDv7: the commit's Unix milliseconds, then 74 bits of an HMAC-SHA-256, under the key, of the LSN,
+    /// position and rule. All of it comes from the WAL and the key, so a replay, or a new version with its
+    /// rules in another order, produces the same ids. It says nothing a tenant does not already see (the
+    /// event's `commit_time`): without the key the LSN cannot be recovered by trying every one, so an id does
+    /// not tell how much the other tenants wrote. And a tenant's ids grow with time, so the log's
+    /// `(tenant_id, id)` key is appended to, not written at random places (a random key cost the CDC writer a
+    /// third of its time).
+    pub fn id(&self, lsn: u64, position: i32, rule: &str, commit_micros: i64) -> Uuid {
+        use hmac::Mac;
+        /// Microseconds from the Unix epoch to Postgres's (2000-01-01).
+        const PG_EPOCH_UNIX_MICROS: i64 = 946_684_800_000_000;
+        // The keyed state is computed once; each id costs the message's blocks only.
+        let mut mac = self.0.clone();
+        mac.update(b"tessera.event\0");
+        mac.update(&lsn.to_be_bytes());
+        mac.update(&position.to_be_bytes());
+        mac.update(rule.as_bytes());
+        let digest = mac.finalize().into_bytes();
+        let millis = (commit_micros.saturating_add(PG_EPOCH_UNIX_MICROS).max(0) / 1000).cast_unsigned();
+        let mut bytes = [0u8; 16];
+        bytes[..6].copy_from_slice(&millis.to_be_bytes()[2..]);
+        bytes[6..].copy_from_slice(&digest[..10]);
+        bytes[6] = 0x70 | (bytes[6] & 0x0f);
+        bytes[8] = 0x80 | (bytes[8] & 0x3f);
+        Uuid::from_bytes(bytes)
+    }
 }
 
 fn format_lsn(lsn: u64) -> String {
@@ -900,8 +911,8 @@ mod tests {
 
     #[test]
     fn event_ids_are_deterministic_and_distinct() {
-        let key = [7u8; 32];
-        let id = |lsn, position, rule, at| event_id(&key, lsn, position, rule, at);
+        let ids = EventIds::new(&[7u8; 32]);
+        let id = |lsn, position, rule, at| ids.id(lsn, position, rule, at);
         let at = 849_139_200_123_456; // 2026-11-28 00:00:00.123456 UTC, in Postgres's microseconds
         assert_eq!(id(0x16B3748, 3, "", at), id(0x16B3748, 3, "", at));
         assert_eq!(id(0x16B3748, 3, "deal.closed.won", at), id(0x16B3748, 3, "deal.closed.won", at));
@@ -914,7 +925,7 @@ mod tests {
             }
         }
         // Keyed: another installation's key gives other ids for the same change.
-        assert_ne!(event_id(&[8u8; 32], 0x16B3748, 3, "", at), id(0x16B3748, 3, "", at));
+        assert_ne!(EventIds::new(&[8u8; 32]).id(0x16B3748, 3, "", at), id(0x16B3748, 3, "", at));
         // A UUIDv7 carrying the commit's Unix milliseconds: later commits sort after earlier ones.
         let first = id(1, 0, "", at);
         assert_eq!(first.get_version_num(), 7);
