@@ -95,12 +95,12 @@ pub enum CdcError {
     #[error("two event rules are named {0}: an event type must have one rule")]
     DuplicateRule(&'static str),
     #[error(
-        "the event log's high-water mark ({written}) is ahead of this server's WAL ({now}): the database was \
-         restored into another cluster. Check that the log holds what it should, then run `update \
-         events.cdc_slots set written_lsn = null` as the owner, and `truncate events.log` too unless its \
-         events are to be kept (the mark then falls back to the log's last event)"
+        "the event log's high-water mark for this server ({written}) is ahead of its WAL ({now}), which no \
+         worker can have written: investigate events.cdc_slots and events.log before changing either"
     )]
     MarkAhead { written: String, now: String },
+    #[error("events.cdc_keys holds no key for event ids; the events migrations create it")]
+    NoIdKey,
 }
 
 /// Makes sure the slot exists before anything is served, so that no committed change predates it.
@@ -174,40 +174,79 @@ async fn ensure_slot(settings: &CdcSettings, writer: &Client) -> Result<(), CdcE
 
 /// What the worker reads from the log before it writes: its high-water mark and the key of event ids.
 struct LogState {
-    /// The commit LSN of the last source transaction whose events are in the log (0 when none are).
+    /// The commit LSN of the last source transaction of this server's WAL whose events are in the log (0
+    /// when none are).
     written: u64,
+    /// This server's `system_identifier`, recorded with every mark.
+    system: i64,
     id_key: Vec<u8>,
 }
 
-async fn log_state(writer: &Client) -> Result<LogState, CdcError> {
-    writer.batch_execute(&format!("begin read only; set local role {}", quote_ident(EVENTS))).await?;
-    // Over every slot the log was written from (commit LSNs are the database's, whichever slot sent them: a
-    // copy of an older slot sends again what the log holds), and the log's last event (a log written before
-    // the mark was kept; `seq` follows commit order, so it is the highest commit LSN).
+/// Reads the log's high-water mark for this server, as tessera_events.
+///
+/// Marks are kept with the server's `system_identifier` (the same on a physical standby, new after a dump
+/// and restore or `pg_upgrade`): commit LSNs of another server's WAL say nothing about this one's, and
+/// trusting them would skip this server's changes until its WAL got past them. A log written before marks
+/// were kept (no row names a server) is covered up to its last event when that is in this server's WAL's
+/// past, and not at all when it is not (restored from another server); the decision is recorded in the
+/// slot's row at once, so it is made only the first time.
+async fn log_state(writer: &Client, slot: &str) -> Result<LogState, CdcError> {
+    writer.batch_execute(&format!("begin; set local role {}", quote_ident(EVENTS))).await?;
+    let state = read_log_state(writer, slot).await;
+    match state {
+        Ok(_) => writer.batch_execute("commit").await?,
+        Err(_) => writer.batch_execute("rollback").await?,
+    }
+    state
+}
+
+async fn read_log_state(writer: &Client, slot: &str) -> Result<LogState, CdcError> {
     let row = writer
         .query_one(
-            "select (coalesce(greatest((select max(written_lsn) from events.cdc_slots),
-                                       (select commit_lsn from events.log order by seq desc limit 1)),
-                              '0/0') - '0/0')::int8,
+            "select (select system_identifier from pg_control_system()),
                     (pg_current_wal_insert_lsn() - '0/0')::int8,
+                    exists (select 1 from events.cdc_slots where system_id is not null),
                     (select event_id_key from events.cdc_keys)",
             &[],
         )
-        .await;
-    writer.batch_execute("commit").await?;
-    let row = row?;
-    let (written, now): (i64, i64) = (row.get(0), row.get(1));
-    let id_key: Option<Vec<u8>> = row.get(2);
+        .await?;
+    let (system, now, marks_kept): (i64, i64, bool) = (row.get(0), row.get(1), row.get(2));
+    let id_key: Vec<u8> = row.get::<_, Option<Vec<u8>>>(3).ok_or(CdcError::NoIdKey)?;
+    let written: i64 = if marks_kept {
+        // Over every slot the log was written from on this server: a copy of an older slot sends again what
+        // the log holds.
+        writer
+            .query_one(
+                "select (coalesce(max(written_lsn), '0/0') - '0/0')::int8 from events.cdc_slots
+                  where system_id = $1",
+                &[&system],
+            )
+            .await?
+            .get(0)
+    } else {
+        // `seq` follows commit order: the log's last event has its highest commit LSN.
+        let last: i64 = writer
+            .query_one(
+                "select (coalesce((select commit_lsn from events.log order by seq desc limit 1), '0/0')
+                         - '0/0')::int8",
+                &[],
+            )
+            .await?
+            .get(0);
+        // Ahead of this server's WAL: written from another server's.
+        let written = if last <= now { last } else { 0 };
+        let lsn = format_lsn(written.cast_unsigned());
+        writer.execute(RECORD_HIGH_WATER, &[&slot, &lsn, &system]).await?;
+        written
+    };
     if written > now {
-        // Not this server's WAL (the database was restored from a dump into a new cluster): every change
-        // would be skipped until the WAL got there.
+        // Recorded for this server, yet ahead of its WAL: no worker can have written that.
         return Err(CdcError::MarkAhead {
             written: format_lsn(written.cast_unsigned()),
             now: format_lsn(now.cast_unsigned()),
         });
     }
-    let id_key = id_key.ok_or_else(|| CdcError::Writer("events.cdc_keys holds no key".into()))?;
-    Ok(LogState { written: written.cast_unsigned(), id_key })
+    Ok(LogState { written: written.cast_unsigned(), system, id_key })
 }
 
 /// Runs the worker until the stream ends or fails. Transient failures are the caller's to retry.
@@ -222,7 +261,7 @@ pub async fn run(settings: &CdcSettings) -> Result<(), CdcError> {
         tracing::info!(slot = %settings.slot, "taking over as the CDC worker");
     }
     ensure_slot(settings, &writer).await?;
-    let LogState { written, id_key } = log_state(&writer).await?;
+    let LogState { written, system, id_key } = log_state(&writer, &settings.slot).await?;
     let ids = EventIds::new(&id_key);
     let config = ReplicationConfig::new(
         settings.host.clone(),
@@ -249,6 +288,7 @@ pub async fn run(settings: &CdcSettings) -> Result<(), CdcError> {
         slot: settings.slot.clone(),
         written,
         ids,
+        system,
         group_high: None,
         log_holds_events: false,
     };
@@ -385,7 +425,8 @@ pub async fn supervise(settings: CdcSettings) {
                 e @ (CdcError::SlotLost { .. }
                 | CdcError::RuleNeedsOldValues { .. }
                 | CdcError::DuplicateRule(_)
-                | CdcError::MarkAhead { .. }),
+                | CdcError::MarkAhead { .. }
+                | CdcError::NoIdKey),
             ) => {
                 tracing::error!(error = %e, "cdc worker stopped; an operator must act");
                 return;
@@ -463,6 +504,8 @@ struct Stream {
     /// in the log.
     written: u64,
     ids: EventIds,
+    /// This server's `system_identifier`, recorded with the mark.
+    system: i64,
     /// The commit LSN of the last complete source transaction sent to the open log transaction: recorded
     /// with it as the new high-water mark.
     group_high: Option<u64>,
@@ -714,7 +757,8 @@ impl Stream {
         match (holds_events, high, &self.statements) {
             (true, Some(high), Some(statements)) => {
                 let high = format_lsn(high);
-                let params: [&(dyn tokio_postgres::types::ToSql + Sync); 2] = [&self.slot, &high];
+                let params: [&(dyn tokio_postgres::types::ToSql + Sync); 3] =
+                    [&self.slot, &high, &self.system];
                 let (recorded, committed) = tokio::join!(
                     biased;
                     self.writer.execute(&statements.high_water, &params),
@@ -783,11 +827,11 @@ const INSERT_EVENTS: &str =
        from unnest($2::uuid[], $3::text[], $4::int8[], $5::int[], $6::text[], $7::text[])
             as e(id, lsn, micros, position, type, data)";
 
-/// Records the log's high-water mark in the transaction that writes the events it covers (the slot's row
-/// again, should an operator have deleted it).
+/// Records the log's high-water mark, and the server whose WAL it is in, in the transaction that writes the
+/// events it covers (the slot's row again, should an operator have deleted it).
 const RECORD_HIGH_WATER: &str =
-    "insert into events.cdc_slots as s (slot_name, written_lsn) values ($1, $2::text::pg_lsn)
-     on conflict (slot_name) do update set written_lsn = excluded.written_lsn";
+    "insert into events.cdc_slots as s (slot_name, written_lsn, system_id) values ($1, $2::text::pg_lsn, $3)
+     on conflict (slot_name) do update set written_lsn = excluded.written_lsn, system_id = excluded.system_id";
 
 /// A decoded row: what event rules read, and what the event's JSON is written from.
 struct TupleRow<'a> {
