@@ -317,3 +317,30 @@ async fn module_roles_have_no_rights_outside_their_schema() {
         .collect();
     assert!(leaks.is_empty(), "tessera_crm reaches tables outside crm: {leaks:?}");
 }
+
+/// The key of event ids: only the event system reads it (whoever holds it can recover the WAL position from
+/// an event id, and with it how much the other tenants wrote).
+#[tokio::test]
+async fn only_the_event_system_reads_the_event_id_key() {
+    let app = TestApp::spawn().await;
+    let admin = connect(&cluster().superuser, &app.db.name).await;
+    let rows = admin
+        .query(
+            "select r.rolname::text from pg_roles r
+              where r.rolname like 'tessera\\_%' and r.rolname not in ('tessera_owner', 'tessera_events')
+                and (has_table_privilege(r.oid, 'events.cdc_keys', 'select, insert, update, delete')
+                     or (pg_has_role(r.oid, 'tessera_events', 'usage')
+                         and r.rolname <> 'tessera_replication'))",
+            &[],
+        )
+        .await
+        .expect("privileges");
+    let readers: Vec<String> = rows.iter().map(|r| r.get(0)).collect();
+    assert!(readers.is_empty(), "roles that read events.cdc_keys: {readers:?}");
+    let events_reads: bool = admin
+        .query_one("select has_table_privilege('tessera_events', 'events.cdc_keys', 'select')", &[])
+        .await
+        .expect("privilege")
+        .get(0);
+    assert!(events_reads, "the event system reads its key");
+}
