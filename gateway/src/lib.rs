@@ -166,7 +166,7 @@ pub fn router_with_layers(
     );
     let names: Vec<&str> = modules.iter().map(|m| m.name()).collect();
     let document = openapi::ApiDocument::new(docs, &names);
-    let mut api = Router::new()
+    let api = Router::new()
         .nest("/events", events)
         .nest("/usage", usage_routes)
         .nest("/auth", auth)
@@ -177,24 +177,27 @@ pub fn router_with_layers(
                 .route("/openapi.json", get(openapi_json))
                 .route("/docs", get(openapi_page))
                 .with_state(document),
-        );
-    if let Some(usage) = usage {
-        api = api.layer(axum::middleware::from_fn_with_state(usage, usage::layer));
-    }
-    // Outside the usage count: a refused request is not usage. The rate limits come in two parts around
-    // load shedding: what needs no database (the address, and keys whose owner is known) is checked before
-    // a request may queue for a place; a key whose owner must be looked up is checked once it holds one.
-    if let Some(limits) = &rate_limits {
-        api = api.layer(axum::middleware::from_fn_with_state(limits.clone(), ratelimit::after_admission));
-    }
-    if let Some(admission) = admission {
-        api = api.layer(axum::middleware::from_fn_with_state(admission, overload::layer));
-    }
-    if let Some(limits) = rate_limits {
-        api = api.layer(axum::middleware::from_fn_with_state(limits, ratelimit::layer));
-    }
+        )
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed);
+    // The layers of every `/v1` request wrap the API's router as one service, not each of its routes
+    // (`Router::layer`): a route's stack of boxed services is cloned for every request it answers, once
+    // per layer above it, so each layer there cost allocations per request; out here they wrap the router,
+    // which is an `Arc`. Outermost first: the rate limits come in two parts around load shedding: what
+    // needs no database (the address, and keys whose owner is known) is checked before a request may queue
+    // for a place; a key whose owner must be looked up is checked once it holds one. The usage count is
+    // inside them all: a refused request is not usage.
+    let api = tower::ServiceBuilder::new()
+        .option_layer(rate_limits.clone().map(|l| axum::middleware::from_fn_with_state(l, ratelimit::layer)))
+        .option_layer(admission.map(|a| axum::middleware::from_fn_with_state(a, overload::layer)))
+        .option_layer(
+            rate_limits.map(|l| axum::middleware::from_fn_with_state(l, ratelimit::after_admission)),
+        )
+        .option_layer(usage.map(|u| axum::middleware::from_fn_with_state(u, usage::layer)))
+        .map_response(IntoResponse::into_response)
+        .service(api);
     probes
-        .nest("/v1", api)
+        .nest_service("/v1", api)
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(body_limit_bytes))
