@@ -107,8 +107,7 @@ pub enum CdcError {
 pub async fn prepare(settings: &CdcSettings) -> Result<(), CdcError> {
     let writer = bootstrap::connect(&settings.writer).await?;
     check_rules(settings, &writer).await?;
-    ensure_slot(settings, &writer).await?;
-    Ok(())
+    ensure_slot(settings, &writer).await
 }
 
 /// Refuses a rule that needs old values on a table that would not send them.
@@ -830,7 +829,7 @@ const INSERT_EVENTS: &str =
 /// Records the log's high-water mark, and the server whose WAL it is in, in the transaction that writes the
 /// events it covers (the slot's row again, should an operator have deleted it).
 const RECORD_HIGH_WATER: &str =
-    "insert into events.cdc_slots as s (slot_name, written_lsn, system_id) values ($1, $2::text::pg_lsn, $3)
+    "insert into events.cdc_slots (slot_name, written_lsn, system_id) values ($1, $2::text::pg_lsn, $3)
      on conflict (slot_name) do update set written_lsn = excluded.written_lsn, system_id = excluded.system_id";
 
 /// A decoded row: what event rules read, and what the event's JSON is written from.
