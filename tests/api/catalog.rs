@@ -128,6 +128,27 @@ async fn every_tenant_table_leads_with_tenant_id_and_forces_row_level_security()
         }
     }
 
+    // No other policy applies to the reporting role on what it reads: the tenant policy is for Tessera's own
+    // roles, so a reporting statement is filtered by its binding alone (one index probe by primary key, not
+    // two OR'ed into a bitmap).
+    let others = admin
+        .query(
+            "select n.nspname || '.' || c.relname || ' ' || p.polname,
+                    array(select case when r = 0 then 'public' else r::regrole::text end from unnest(p.polroles) r)
+               from pg_policy p join pg_class c on c.oid = p.polrelid join pg_namespace n on n.oid = c.relnamespace
+              where n.nspname = any($1) and p.polname <> $2 and n.nspname || '.' || c.relname <> all($3)
+                and has_table_privilege('tessera_reporting', c.oid, 'select')
+                and exists (select 1 from unnest(p.polroles) r
+                             where r = 0 or pg_has_role('tessera_reporting', r, 'USAGE'))",
+            &[&tenant_schemas(), &REPORTING_POLICY, &REGISTRIES],
+        )
+        .await
+        .expect("policies of the reporting role");
+    for row in &others {
+        let (policy, roles): (String, Vec<String>) = (row.get(0), row.get(1));
+        problems.push(format!("{policy}: applies to the reporting role too ({roles:?})"));
+    }
+
     // The system policies exist and apply to the dispatcher's role alone, for reading and pruning only.
     let system = admin
         .query(
