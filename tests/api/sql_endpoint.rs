@@ -1186,3 +1186,121 @@ async fn the_endpoint_serves_tenants_from_a_hot_standby() {
     eventually(&acme, "select count(*) from crm.deals", 5).await;
     assert_eq!(count(&globex, "select count(*) from crm.deals").await, 5);
 }
+
+/// One extended-protocol round: Parse of the unnamed statement, Bind, Describe of the portal, Execute, Sync.
+fn unnamed_round(sql: &str) -> Vec<u8> {
+    let mut batch = parse_message("", sql);
+    batch.extend(bind_message("", ""));
+    batch.extend(message(b'D', b"P\0"));
+    batch.extend(execute_message("", 0));
+    batch.extend(message(b'S', b""));
+    batch
+}
+
+/// The text of each DataRow's first column, and the tags, of one answer.
+fn first_values(answer: &[(u8, Vec<u8>)]) -> Vec<String> {
+    answer
+        .iter()
+        .filter(|(tag, _)| *tag == b'D')
+        .map(|(_, body)| {
+            let len = i32::from_be_bytes([body[2], body[3], body[4], body[5]]) as usize;
+            String::from_utf8_lossy(&body[6..6 + len]).into_owned()
+        })
+        .collect()
+}
+
+async fn round(s: &mut TcpStream, batch: &[u8]) -> Vec<(u8, Vec<u8>)> {
+    s.write_all(batch).await.expect("write");
+    read_messages(s, Duration::from_secs(5)).await
+}
+
+fn tags(answer: &[(u8, Vec<u8>)]) -> Vec<u8> {
+    answer.iter().map(|(t, _)| *t).collect()
+}
+
+#[tokio::test]
+async fn unnamed_statements_are_prepared_once_and_answer_as_the_server_would() {
+    let w = world().await;
+    let mut s = raw_login(w.addr, "acme", &w.report_a).await;
+    let deals = "select count(*) from crm.deals";
+    let companies = "select count(*)::text || ' companies' from crm.companies";
+    for _ in 0..3 {
+        let answer = round(&mut s, &unnamed_round(deals)).await;
+        assert_eq!(tags(&answer), b"12TDCZ", "ParseComplete, BindComplete, RowDescription, the row, done");
+        assert_eq!(first_values(&answer), ["2"], "the tenant's own rows");
+    }
+    let answer = round(&mut s, &unnamed_round(companies)).await;
+    assert_eq!(first_values(&answer), ["1 companies"]);
+    // Back to the first text: the unnamed statement is that text again, for Bind and Describe.
+    let mut batch = parse_message("", deals);
+    batch.extend(message(b'D', b"S\0"));
+    batch.extend(bind_message("", ""));
+    batch.extend(execute_message("", 0));
+    batch.extend(message(b'S', b""));
+    let answer = round(&mut s, &batch).await;
+    assert_eq!(tags(&answer), b"1tT2DCZ");
+    assert_eq!(first_values(&answer), ["2"]);
+    // Each text was prepared upstream once, however often it was sent.
+    let answer = round(
+        &mut s,
+        &message(b'Q', b"select count(*) from pg_prepared_statements where name like 'tessera_unnamed_%'\0"),
+    )
+    .await;
+    assert_eq!(first_values(&answer), ["2"]);
+    // A simple query drops the unnamed statement, as the server does: Bind to it fails.
+    let mut batch = bind_message("", "");
+    batch.extend(execute_message("", 0));
+    batch.extend(message(b'S', b""));
+    let answer = round(&mut s, &batch).await;
+    let error = answer.iter().find(|(t, _)| *t == b'E').expect("an error");
+    assert_eq!(error_code(&error.1), "26000", "{}", String::from_utf8_lossy(&error.1));
+    // So does closing it.
+    round(&mut s, &unnamed_round(deals)).await;
+    let mut batch = message(b'C', b"S\0");
+    batch.extend(bind_message("", ""));
+    batch.extend(message(b'S', b""));
+    let answer = round(&mut s, &batch).await;
+    assert_eq!(tags(&answer)[0], b'3', "CloseComplete");
+    let error = answer.iter().find(|(t, _)| *t == b'E').expect("an error");
+    assert_eq!(error_code(&error.1), "26000");
+    // A text that fails to parse is not remembered, and the next one works.
+    let answer = round(&mut s, &unnamed_round("select count(*) frm crm.deals")).await;
+    let error = answer.iter().find(|(t, _)| *t == b'E').expect("an error");
+    assert_eq!(error_code(&error.1), "42601");
+    assert_eq!(first_values(&round(&mut s, &unnamed_round(deals)).await), ["2"]);
+    // A refused text is refused, and never prepared.
+    let answer = round(&mut s, &unnamed_round("select set_config('tessera.sql_session', 'x', false)")).await;
+    let error = answer.iter().find(|(t, _)| *t == b'E').expect("an error");
+    assert_eq!(error_code(&error.1), "42501");
+    // The relay's statement names are its own.
+    let mut batch = parse_message("tessera_unnamed_0", "select 1");
+    batch.extend(message(b'S', b""));
+    let answer = round(&mut s, &batch).await;
+    let error = answer.iter().find(|(t, _)| *t == b'E').expect("an error");
+    assert_eq!(error_code(&error.1), "42501");
+    assert!(String::from_utf8_lossy(&error.1).contains("reserved"));
+    assert_eq!(first_values(&round(&mut s, &unnamed_round(deals)).await), ["2"]);
+}
+
+#[tokio::test]
+async fn prepared_unnamed_statements_never_serve_the_next_tenant() {
+    let w = world_with(|c| c.pool_size = 1).await;
+    let deals = "select count(*) from crm.deals";
+    let mut a = raw_login(w.addr, "acme", &w.report_a).await;
+    for _ in 0..3 {
+        assert_eq!(first_values(&round(&mut a, &unnamed_round(deals)).await), ["2"]);
+    }
+    let pid = |answer: Vec<(u8, Vec<u8>)>| first_values(&answer)[0].clone();
+    let pid_a = pid(round(&mut a, &message(b'Q', b"select pg_backend_pid()\0")).await);
+    a.write_all(&message(b'X', b"")).await.expect("terminate");
+    drop(a);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let mut b = raw_login(w.addr, "globex", &w.report_b).await;
+    let pid_b = pid(round(&mut b, &message(b'Q', b"select pg_backend_pid()\0")).await);
+    assert_eq!(pid_a, pid_b, "the same upstream session serves B");
+    for _ in 0..3 {
+        let answer = round(&mut b, &unnamed_round(deals)).await;
+        assert_eq!(tags(&answer), b"12TDCZ");
+        assert_eq!(first_values(&answer), ["3"], "B's own rows, never A's statement");
+    }
+}

@@ -19,6 +19,7 @@
 
 pub mod check;
 mod session;
+mod statements;
 mod upstream;
 mod wire;
 

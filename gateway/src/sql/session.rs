@@ -1,7 +1,7 @@
 //! One client connection: SSL negotiation, startup, login, then the relay.
 //!
 //! The relay forwards the client's messages upstream and the server's messages back, byte for byte, so
-//! results (text or binary), errors and COPY data are what a direct connection gives. It steps in at four
+//! results (text or binary), errors and COPY data are what a direct connection gives. It steps in at five
 //! places:
 //! - every SQL text (Query, Parse) passes the statement check first; a refused one is replaced upstream by
 //!   a statement that fails to parse (`tessera_refused_<n>`), so the server itself fails it at the right
@@ -10,7 +10,9 @@
 //! - the server's answers are counted against the row and byte limits (a row over the byte budget is
 //!   dropped as it streams, never buffered);
 //! - everything the client started has a deadline, and so has every write to a client that stops reading;
-//! - an idle session ends after the idle timeout, freeing its upstream connection.
+//! - an idle session ends after the idle timeout, freeing its upstream connection;
+//! - a text the client parses again and again as its unnamed statement is prepared upstream once, under a
+//!   name of the relay's ([`super::statements`]), so the server does not parse and plan it each time.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -27,6 +29,7 @@ use tokio::sync::{Notify, OwnedSemaphorePermit};
 use tokio::time::Instant;
 
 use super::check::{self, Refusal};
+use super::statements::{self, Statements, Unnamed};
 use super::upstream::{self, CancelKey, Pooled, Upstream};
 use super::wire::{self, MAX_CLIENT_MESSAGE};
 use super::{Shared, SqlError};
@@ -619,6 +622,8 @@ struct Flow {
     started: Notify,
     /// Refusals by marker number, until the server's syntax error for the marker comes back.
     refusals: Mutex<HashMap<u64, Refusal>>,
+    /// The relay's prepared statements for the client's unnamed ones, and the requests in flight.
+    statements: Mutex<Statements>,
 }
 
 impl Flow {
@@ -630,6 +635,7 @@ impl Flow {
             epoch: Instant::now(),
             started: Notify::new(),
             refusals: Mutex::new(HashMap::new()),
+            statements: Mutex::new(Statements::default()),
         }
     }
 
@@ -735,6 +741,7 @@ where
                     };
                     flow.outstanding.fetch_add(1, Ordering::SeqCst);
                     flow.mark_busy();
+                    lock(&flow.statements).sent_query();
                     match check::check(sql) {
                         Ok(()) => Some(frame.bytes()),
                         Err(refusal) => {
@@ -753,16 +760,91 @@ where
                     };
                     flow.unsynced.store(true, Ordering::SeqCst);
                     flow.mark_busy();
-                    match check::check(sql) {
-                        Ok(()) => Some(frame.bytes()),
+                    let mut statements = lock(&flow.statements);
+                    // Past the name: the text and the parameter types.
+                    let text = &frame.body()[name.len() + 1..];
+                    let how = if name.is_empty() { statements.unnamed(text) } else { Unnamed::AsIs };
+                    let checked = match how {
+                        // Prepared, so checked before: the check is a function of the text alone.
+                        Unnamed::Prepared(_) => Ok(()),
+                        _ if name.starts_with(statements::PREFIX) => Err(Refusal {
+                            sqlstate: "42501",
+                            message: format!(
+                                "statement names starting with {} are reserved by the SQL endpoint",
+                                statements::PREFIX
+                            ),
+                        }),
+                        _ => check::check(sql),
+                    };
+                    match checked {
                         Err(refusal) => {
+                            if name.is_empty() {
+                                statements.sent_unnamed(text, &Unnamed::AsIs);
+                            } else {
+                                statements.sent_named();
+                            }
                             let body = format!("{name}\0{}\0\0\0", refuse(refusal));
                             wire::frontend(b'P', body.as_bytes(), &mut replacement);
                             Some(&replacement[..])
                         }
+                        Ok(()) if !name.is_empty() => {
+                            statements.sent_named();
+                            Some(frame.bytes())
+                        }
+                        Ok(()) => {
+                            statements.sent_unnamed(text, &how);
+                            match how {
+                                Unnamed::Prepared(_) => {
+                                    // The empty statement: ParseComplete in the text's place, and the server's
+                                    // unnamed statement replaced as the client's Parse would.
+                                    wire::frontend(b'P', b"\0\0\0\0", &mut replacement);
+                                    Some(&replacement[..])
+                                }
+                                Unnamed::Prepare(n) => {
+                                    let mut body = statements::name(n).into_bytes();
+                                    body.push(0);
+                                    body.extend_from_slice(text);
+                                    wire::frontend(b'P', &body, &mut replacement);
+                                    Some(&replacement[..])
+                                }
+                                Unnamed::AsIs => Some(frame.bytes()),
+                            }
+                        }
                     }
                 }
-                b'B' | b'E' | b'D' | b'C' => {
+                b'B' | b'D' | b'C' => {
+                    flow.unsynced.store(true, Ordering::SeqCst);
+                    flow.mark_busy();
+                    let mut statements = lock(&flow.statements);
+                    match statement_reference(frame.tag(), frame.body()) {
+                        None => return Ended::ClientError("invalid Bind, Describe or Close message".into()),
+                        Some(Reference::Unnamed { prefix_len }) => match statements.for_unnamed() {
+                            Some(_) if frame.tag() == b'C' => {
+                                statements.closed_unnamed();
+                                Some(frame.bytes())
+                            }
+                            Some(n) => {
+                                // The same message, naming the relay's statement instead of the unnamed one.
+                                let body = frame.body();
+                                let mut renamed = Vec::with_capacity(body.len() + 24);
+                                renamed.extend_from_slice(&body[..prefix_len]);
+                                renamed.extend_from_slice(statements::name(n).as_bytes());
+                                renamed.extend_from_slice(&body[prefix_len..]);
+                                wire::frontend(frame.tag(), &renamed, &mut replacement);
+                                Some(&replacement[..])
+                            }
+                            None => Some(frame.bytes()),
+                        },
+                        Some(Reference::Named(name)) => {
+                            if frame.tag() == b'C' {
+                                statements.closed_named(name);
+                            }
+                            Some(frame.bytes())
+                        }
+                        Some(Reference::Portal) => Some(frame.bytes()),
+                    }
+                }
+                b'E' => {
                     flow.unsynced.store(true, Ordering::SeqCst);
                     flow.mark_busy();
                     Some(frame.bytes())
@@ -772,11 +854,14 @@ where
                     flow.outstanding.fetch_add(1, Ordering::SeqCst);
                     flow.unsynced.store(false, Ordering::SeqCst);
                     flow.mark_busy();
+                    lock(&flow.statements).sent_sync();
                     Some(frame.bytes())
                 }
                 b'F' => {
                     flow.outstanding.fetch_add(1, Ordering::SeqCst);
                     flow.mark_busy();
+                    // Sent as a Query (a refused one).
+                    lock(&flow.statements).sent_query();
                     let refusal = Refusal {
                         sqlstate: "42501",
                         message: "function calls over the protocol are not allowed on the SQL endpoint"
@@ -891,6 +976,12 @@ where
             };
             out.clear();
             match frame.tag() {
+                b'1' => lock(&flow.statements).parse_complete(),
+                b'E' => lock(&flow.statements).error(),
+                b'Z' => lock(&flow.statements).ready(),
+                _ => {}
+            }
+            match frame.tag() {
                 b'Z' => {
                     if flow.outstanding.load(Ordering::SeqCst) > 0 {
                         flow.outstanding.fetch_sub(1, Ordering::SeqCst);
@@ -999,6 +1090,38 @@ where
             }
         }
     }
+}
+
+/// Locks a mutex of the relay's own (held only within one step of one session's relay).
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// What statement a Bind, Describe or Close names.
+enum Reference<'a> {
+    /// The unnamed statement; the name's (empty) place is at this offset of the body.
+    Unnamed { prefix_len: usize },
+    Named(&'a str),
+    /// A portal (Describe or Close of one).
+    Portal,
+}
+
+/// The statement a Bind (portal, then statement), Describe or Close ('S' or 'P', then the name) refers to;
+/// `None` for a malformed message.
+fn statement_reference(tag: u8, body: &[u8]) -> Option<Reference<'_>> {
+    let (offset, rest) = match tag {
+        b'B' => {
+            let (portal, rest) = wire::cstr(body)?;
+            (portal.len() + 1, rest)
+        }
+        _ => match body.split_first()? {
+            (b'S', rest) => (1, rest),
+            (b'P', _) => return Some(Reference::Portal),
+            _ => return None,
+        },
+    };
+    let (name, _) = wire::cstr(rest)?;
+    Some(if name.is_empty() { Reference::Unnamed { prefix_len: offset } } else { Reference::Named(name) })
 }
 
 /// The refusal behind a server error, when the error is exactly the syntax error of a refused statement's
