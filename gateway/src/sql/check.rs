@@ -147,7 +147,8 @@ fn tokenize(sql: &str) -> Result<Vec<Tok>, Refusal> {
     if sql.contains('\0') {
         return Err(syntax("a NUL character in SQL text is not allowed on the SQL endpoint"));
     }
-    Lexer { src: sql, pos: 0, tokens: Vec::new(), unicode_idents: Vec::new() }.run()
+    // About one token per five bytes of SQL, so the list seldom grows.
+    Lexer { src: sql, pos: 0, tokens: Vec::with_capacity(sql.len() / 5 + 8), unicode_idents: Vec::new() }.run()
 }
 
 /// PostgreSQL whitespace (`\v` since PostgreSQL 16).
@@ -632,8 +633,15 @@ fn refused_kind(kw: &str, next: Option<&Tok>) -> Refusal {
 }
 
 fn is_blocked_function(name: &str) -> bool {
-    let name = name.to_lowercase();
-    BLOCKED_FUNCTIONS.contains(&name.as_str())
+    // Quoted names keep their case; they are compared lowercased all the same (refusing more, never less).
+    let lowered;
+    let name = if name.bytes().all(|b| b.is_ascii() && !b.is_ascii_uppercase()) {
+        name
+    } else {
+        lowered = name.to_lowercase();
+        lowered.as_str()
+    };
+    BLOCKED_FUNCTIONS.contains(&name)
         || BLOCKED_PREFIXES.iter().any(|p| name.starts_with(p))
         || BLOCKED_INFIXES.iter().any(|p| name.contains(p))
 }

@@ -18,14 +18,15 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
+use std::pin::Pin;
 use std::time::Duration;
 
 use bytes::{Buf, BytesMut};
 use pgwire::messages::startup::Startup;
 use pgwire::messages::{DecodeContext, PgWireFrontendMessage};
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufWriter};
+use tokio::io::{AsyncBufRead, AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufWriter};
 use tokio::net::TcpStream;
-use tokio::sync::{Notify, OwnedSemaphorePermit};
+use tokio::sync::OwnedSemaphorePermit;
 use tokio::time::Instant;
 
 use super::check::{self, Refusal};
@@ -108,6 +109,9 @@ const CLIENT_SETTINGS: &[&str] = &[
 /// What a refused statement is replaced with upstream: an identifier alone, which fails to parse with
 /// "syntax error at or near "tessera_refused_<n>"".
 const REFUSED_MARKER: &str = "tessera_refused_";
+
+/// How many bytes for the client the relay gathers before it writes them.
+const OUT_CHUNK: usize = 64 * 1024;
 
 /// The largest message other than a data row the endpoint takes from upstream.
 const MAX_UPSTREAM_OTHER: usize = 64 * 1024 * 1024;
@@ -618,8 +622,6 @@ struct Flow {
     /// When the client last started work from idle (microseconds after `epoch`; 0: idle).
     busy_since: AtomicU64,
     epoch: Instant,
-    /// Wakes the server side when work starts, to arm its deadline.
-    started: Notify,
     /// Refusals by marker number, until the server's syntax error for the marker comes back.
     refusals: Mutex<HashMap<u64, Refusal>>,
     /// The relay's prepared statements for the client's unnamed ones, and the requests in flight.
@@ -633,7 +635,6 @@ impl Flow {
             unsynced: AtomicBool::new(false),
             busy_since: AtomicU64::new(0),
             epoch: Instant::now(),
-            started: Notify::new(),
             refusals: Mutex::new(HashMap::new()),
             statements: Mutex::new(Statements::default()),
         }
@@ -643,7 +644,6 @@ impl Flow {
         if self.busy_since.load(Ordering::SeqCst) == 0 {
             let micros = u64::try_from(self.epoch.elapsed().as_micros()).unwrap_or(u64::MAX).max(1);
             self.busy_since.store(micros, Ordering::SeqCst);
-            self.started.notify_one();
         }
     }
 
@@ -668,8 +668,13 @@ where
     let ended = {
         let (client_read, client_write) = tokio::io::split(&mut *stream);
         let Upstream { reader, writer, params, .. } = &mut *conn;
+        // The relay reads the server into its own buffer: what the login's reader holds comes first, and the
+        // socket is read directly from then on (no copy through the reader's buffer).
+        let buffered = BytesMut::from(reader.buffer());
+        Pin::new(&mut *reader).consume(buffered.len());
         let to_upstream = client_to_upstream(shared, client_read, writer, &flow);
-        let to_client = upstream_to_client(shared, reader, client_write, &flow, &slot, params);
+        let to_client =
+            upstream_to_client(shared, reader.get_mut(), buffered, client_write, &flow, &slot, params);
         tokio::select! {
             ended = to_upstream => ended,
             ended = to_client => ended,
@@ -718,6 +723,13 @@ where
     let mut buf = BytesMut::with_capacity(16 * 1024);
     let mut replacement = BytesMut::new();
     let mut next_marker = 0u64;
+    // The idle timeout, measured from the last read. The timer is not moved on every read (that would touch
+    // the timer wheel twice per message): it fires at the first instant the session could be idle and is
+    // moved on from there.
+    let idle_timeout = shared.config.idle_timeout;
+    let mut last_read = Instant::now();
+    let idle = tokio::time::sleep(idle_timeout);
+    tokio::pin!(idle);
     loop {
         loop {
             let frame = match wire::split_frame(&mut buf, MAX_CLIENT_MESSAGE) {
@@ -887,11 +899,20 @@ where
             return Ended::Upstream(e.to_string());
         }
         buf.reserve(8 * 1024);
-        match tokio::time::timeout(shared.config.idle_timeout, reader.read_buf(&mut buf)).await {
-            Ok(Ok(0)) | Ok(Err(_)) => return Ended::Client,
-            Ok(Ok(_)) => {}
-            Err(_) if flow.idle() => return Ended::Idle,
-            Err(_) => {}
+        tokio::select! {
+            biased;
+            read = reader.read_buf(&mut buf) => match read {
+                Ok(0) | Err(_) => return Ended::Client,
+                Ok(_) => last_read = Instant::now(),
+            },
+            () = &mut idle => {
+                // Armed lazily: it may fire before the client has been silent for the whole timeout.
+                let now = Instant::now();
+                if now >= last_read + idle_timeout && flow.idle() {
+                    return Ended::Idle;
+                }
+                idle.as_mut().reset((last_read + idle_timeout).max(now + Duration::from_millis(1)));
+            }
         }
     }
 }
@@ -900,6 +921,7 @@ where
 async fn upstream_to_client<R, W>(
     shared: &Shared,
     reader: &mut R,
+    mut buf: BytesMut,
     writer: W,
     flow: &Flow,
     slot: &Arc<CancelSlot>,
@@ -910,8 +932,8 @@ where
     W: AsyncWrite + Unpin,
 {
     let limits = &shared.config;
-    let mut client = BufWriter::with_capacity(64 * 1024, writer);
-    let mut buf = BytesMut::with_capacity(64 * 1024);
+    let mut client = writer;
+    buf.reserve(64 * 1024);
     // Set when the endpoint stopped a statement (a limit, the deadline): everything up to the next
     // ReadyForQuery is dropped (but settings changes and notices) and this error sent in its place.
     let mut stopped: Option<Refusal> = None;
@@ -923,7 +945,15 @@ where
     // Bytes of an oversized row still to be dropped as they stream in.
     let mut skip = 0usize;
     let (mut rows, mut bytes) = (0u64, 0u64);
-    let mut out = BytesMut::new();
+    // What goes to the client, written when it holds OUT_CHUNK bytes and when the server's bytes at hand
+    // are relayed.
+    let mut out = BytesMut::with_capacity(OUT_CHUNK);
+    // The deadlines (the statement's, giving up on a cancelled one) on one timer that is moved only when a
+    // deadline comes earlier than it is set for; when it fires early, it is set again for the real one.
+    // While nothing runs it fires every statement timeout, so work that starts in between is caught by
+    // the timeout after it starts at the latest.
+    let timer = tokio::time::sleep(limits.statement_timeout);
+    tokio::pin!(timer);
     let stop = |stopped: &mut Option<Refusal>,
                 give_up: &mut Option<Instant>,
                 cancelling: &mut Option<tokio::task::JoinHandle<()>>,
@@ -974,7 +1004,6 @@ where
                 Ok(None) => break,
                 Err(e) => return Ended::Upstream(e.to_string()),
             };
-            out.clear();
             match frame.tag() {
                 b'1' => lock(&flow.statements).parse_complete(),
                 b'E' => lock(&flow.statements).error(),
@@ -1045,35 +1074,61 @@ where
                 }
                 _ => out.extend_from_slice(frame.bytes()),
             }
-            if !out.is_empty() {
-                match tokio::time::timeout_at(write_deadline(), client.write_all(&out)).await {
-                    Ok(Ok(())) => {}
+            if out.len() >= OUT_CHUNK {
+                let written = async {
+                    client.write_all(&out).await?;
+                    client.flush().await
+                };
+                match tokio::time::timeout_at(write_deadline(), written).await {
+                    Ok(Ok(())) => out.clear(),
                     Ok(Err(e)) => return Ended::Upstream(format!("client write: {e}")),
                     Err(_) => return Ended::Upstream("the client stopped reading".into()),
                 }
             }
         }
-        match tokio::time::timeout_at(write_deadline(), client.flush()).await {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => return Ended::Upstream(format!("client write: {e}")),
-            Err(_) => return Ended::Upstream("the client stopped reading".into()),
-        }
-        let deadline = give_up.or_else(|| flow.busy_since().map(|since| since + limits.statement_timeout));
-        let sleep = async {
-            match deadline {
-                Some(at) => tokio::time::sleep_until(at).await,
-                None => std::future::pending().await,
+        if !out.is_empty() {
+            let written = async {
+                client.write_all(&out).await?;
+                client.flush().await
+            };
+            match tokio::time::timeout_at(write_deadline(), written).await {
+                Ok(Ok(())) => out.clear(),
+                Ok(Err(e)) => return Ended::Upstream(format!("client write: {e}")),
+                Err(_) => return Ended::Upstream("the client stopped reading".into()),
             }
-        };
+        }
+        // Work the client starts while this side waits has its deadline a statement timeout after it
+        // starts: while idle the timer is set no later than a statement timeout from now.
+        let deadline = give_up
+            .or_else(|| flow.busy_since().map(|since| since + limits.statement_timeout))
+            .unwrap_or_else(|| Instant::now() + limits.statement_timeout);
+        if deadline < timer.deadline() {
+            timer.as_mut().reset(deadline);
+        }
         buf.reserve(16 * 1024);
         tokio::select! {
+            biased;
             read = reader.read_buf(&mut buf) => match read {
                 Ok(0) => return Ended::Upstream("the server closed the connection".into()),
                 Ok(_) => {}
                 Err(e) => return Ended::Upstream(e.to_string()),
             },
-            () = flow.started.notified() => {}
-            () = sleep => {
+            () = &mut timer => {
+                let now = Instant::now();
+                let deadline =
+                    give_up.or_else(|| flow.busy_since().map(|since| since + limits.statement_timeout));
+                match deadline {
+                    Some(at) if at <= now => {}
+                    // Early: set for the real deadline, or for a statement timeout from now while idle.
+                    Some(at) => {
+                        timer.as_mut().reset(at);
+                        continue;
+                    }
+                    None => {
+                        timer.as_mut().reset(now + limits.statement_timeout);
+                        continue;
+                    }
+                }
                 if give_up.is_some() {
                     return Ended::Upstream("the server did not answer a cancel request".into());
                 }
@@ -1087,6 +1142,9 @@ where
                     limits.statement_timeout.as_millis()
                 );
                 stop(&mut stopped, &mut give_up, &mut cancelling, Refusal { sqlstate: "57014", message });
+                if let Some(at) = give_up {
+                    timer.as_mut().reset(at);
+                }
             }
         }
     }
