@@ -13,6 +13,7 @@
 //! characters), UTF-8 client and server encodings, and PostgreSQL's
 //! ASCII-only case folding of unquoted identifiers.
 
+use std::borrow::Cow;
 use std::fmt;
 
 /// Why a statement was refused: a SQLSTATE and a message for the client.
@@ -125,12 +126,14 @@ pub fn check(sql: &str) -> Result<(), Refusal> {
 // ---------------------------------------------------------------------------
 
 /// One lexical token; comments and whitespace are dropped.
+/// Tokens borrow from the SQL text where they can (most identifiers, every operator), so checking a
+/// statement allocates little.
 #[derive(Debug, Clone, PartialEq, Eq)]
-enum Tok {
+enum Tok<'a> {
     /// An identifier or keyword: unquoted ones are ASCII-lowercased, quoted
     /// ones (`"…"`, `U&"…"`) keep their exact, decoded text.
     Ident {
-        text: String,
+        text: Cow<'a, str>,
         quoted: bool,
     },
     /// Any string constant (`'…'`, `E'…'`, `B'…'`, `X'…'`, `N'…'`, `U&'…'`, `$tag$…$tag$`).
@@ -139,11 +142,11 @@ enum Tok {
     /// A positional parameter such as `$1`.
     Param,
     /// An operator or punctuation other than `;`.
-    Punct(String),
+    Punct(&'a str),
     Semicolon,
 }
 
-fn tokenize(sql: &str) -> Result<Vec<Tok>, Refusal> {
+fn tokenize(sql: &str) -> Result<Vec<Tok<'_>>, Refusal> {
     if sql.contains('\0') {
         return Err(syntax("a NUL character in SQL text is not allowed on the SQL endpoint"));
     }
@@ -177,7 +180,7 @@ struct Lexer<'a> {
     src: &'a str,
     /// Byte offset into `src`; always on a char boundary.
     pos: usize,
-    tokens: Vec<Tok>,
+    tokens: Vec<Tok<'a>>,
     /// Indices of `U&"…"` identifiers in `tokens`.
     unicode_idents: Vec<usize>,
 }
@@ -215,7 +218,7 @@ impl<'a> Lexer<'a> {
         }
     }
 
-    fn run(mut self) -> Result<Vec<Tok>, Refusal> {
+    fn run(mut self) -> Result<Vec<Tok<'a>>, Refusal> {
         loop {
             self.skip_trivia()?;
             let Some(c) = self.peek() else { break };
@@ -230,17 +233,18 @@ impl<'a> Lexer<'a> {
                 }
                 '"' => {
                     self.bump();
-                    Tok::Ident { text: self.quoted_ident_body()?, quoted: true }
+                    Tok::Ident { text: Cow::Owned(self.quoted_ident_body()?), quoted: true }
                 }
                 '$' => self.dollar()?,
                 '0'..='9' => self.number(),
                 '.' if self.peek_nth(1).is_some_and(|d| d.is_ascii_digit()) => self.number(),
                 c if is_ident_start(c) => self.word()?,
                 c if is_op_char(c) => self.operator(),
-                ':' if self.eat("::") => Tok::Punct("::".to_owned()),
-                c => {
+                ':' if self.eat("::") => Tok::Punct("::"),
+                _ => {
+                    let start = self.pos;
                     self.bump();
-                    Tok::Punct(c.to_string())
+                    Tok::Punct(self.src.get(start..self.pos).unwrap_or(""))
                 }
             };
             self.tokens.push(tok);
@@ -279,7 +283,7 @@ impl<'a> Lexer<'a> {
 
     /// Identifiers, keywords and the prefixed string forms `E'`, `B'`, `X'`,
     /// `N'`, `U&'` and `U&"`.
-    fn word(&mut self) -> Result<Tok, Refusal> {
+    fn word(&mut self) -> Result<Tok<'a>, Refusal> {
         let first = self.peek().map(|c| c.to_ascii_lowercase());
         match (first, self.peek_nth(1), self.peek_nth(2)) {
             (Some('e'), Some('\''), _) => {
@@ -301,12 +305,17 @@ impl<'a> Lexer<'a> {
                     syntax("an invalid Unicode escape in a U&\"…\" identifier is not allowed on the SQL endpoint")
                 })?;
                 self.unicode_idents.push(self.tokens.len());
-                Ok(Tok::Ident { text, quoted: true })
+                Ok(Tok::Ident { text: Cow::Owned(text), quoted: true })
             }
             _ => {
                 let start = self.pos;
                 self.eat_while(is_ident_cont);
-                let text = self.src.get(start..self.pos).unwrap_or("").to_ascii_lowercase();
+                let word = self.src.get(start..self.pos).unwrap_or("");
+                let text = if word.bytes().any(|b| b.is_ascii_uppercase()) {
+                    Cow::Owned(word.to_ascii_lowercase())
+                } else {
+                    Cow::Borrowed(word)
+                };
                 Ok(Tok::Ident { text, quoted: false })
             }
         }
@@ -314,7 +323,7 @@ impl<'a> Lexer<'a> {
 
     /// The rest of a `'…'` string after its opening quote, including any
     /// continuation (`'a'` newline `'b'`), which keeps the escape mode.
-    fn string_body(&mut self, backslash_escapes: bool) -> Result<Tok, Refusal> {
+    fn string_body(&mut self, backslash_escapes: bool) -> Result<Tok<'a>, Refusal> {
         loop {
             match self.bump() {
                 None => return Err(unterminated("quoted string")),
@@ -379,7 +388,7 @@ impl<'a> Lexer<'a> {
     }
 
     /// `$1` parameters and `$tag$…$tag$` strings; a lone `$` is punctuation.
-    fn dollar(&mut self) -> Result<Tok, Refusal> {
+    fn dollar(&mut self) -> Result<Tok<'a>, Refusal> {
         if self.peek_nth(1).is_some_and(|d| d.is_ascii_digit()) {
             self.bump();
             self.eat_while(|c| c.is_ascii_digit());
@@ -394,7 +403,7 @@ impl<'a> Lexer<'a> {
         let closed = after.get(tag_len..).is_some_and(|s| s.starts_with('$'));
         let Some(delim) = rest.get(..tag_len + 2).filter(|_| closed) else {
             self.bump();
-            return Ok(Tok::Punct("$".to_owned()));
+            return Ok(Tok::Punct("$"));
         };
         self.pos += delim.len();
         match self.rest().find(delim) {
@@ -408,7 +417,7 @@ impl<'a> Lexer<'a> {
 
     /// Digits, an optional fraction and exponent. Trailing letters start a
     /// new token, as in PostgreSQL before version 15.
-    fn number(&mut self) -> Tok {
+    fn number(&mut self) -> Tok<'a> {
         self.eat_while(|c| c.is_ascii_digit());
         if self.peek() == Some('.') && self.peek_nth(1) != Some('.') {
             self.bump();
@@ -431,7 +440,7 @@ impl<'a> Lexer<'a> {
 
     /// An operator, cut before any `/*` or `--` and without trailing `+`/`-`
     /// unless it holds one of `~!@#^&|`?%` (PostgreSQL's rules).
-    fn operator(&mut self) -> Tok {
+    fn operator(&mut self) -> Tok<'a> {
         let rest = self.rest();
         let len = rest.bytes().take_while(|&b| is_op_char(char::from(b))).count();
         let mut op = rest.get(..len).unwrap_or("");
@@ -453,7 +462,7 @@ impl<'a> Lexer<'a> {
             self.bump();
         }
         self.pos += op.len();
-        Tok::Punct(op.to_owned())
+        Tok::Punct(op)
     }
 }
 
@@ -516,31 +525,31 @@ enum Kind {
 }
 
 /// The keyword of an unquoted identifier token.
-fn keyword(tok: Option<&Tok>) -> Option<&str> {
+fn keyword<'t>(tok: Option<&'t Tok<'_>>) -> Option<&'t str> {
     match tok {
         Some(Tok::Ident { text, quoted: false }) => Some(text),
         _ => None,
     }
 }
 
-fn is_kw(tok: Option<&Tok>, kw: &str) -> bool {
+fn is_kw(tok: Option<&Tok<'_>>, kw: &str) -> bool {
     keyword(tok) == Some(kw)
 }
 
-fn is_punct(tok: Option<&Tok>, p: &str) -> bool {
-    matches!(tok, Some(Tok::Punct(s)) if s == p)
+fn is_punct(tok: Option<&Tok<'_>>, p: &str) -> bool {
+    matches!(tok, Some(Tok::Punct(s)) if *s == p)
 }
 
-fn paren_delta(tok: &Tok) -> i64 {
+fn paren_delta(tok: &Tok<'_>) -> i64 {
     match tok {
-        Tok::Punct(p) if p == "(" => 1,
-        Tok::Punct(p) if p == ")" => -1,
+        Tok::Punct(p) if *p == "(" => 1,
+        Tok::Punct(p) if *p == ")" => -1,
         _ => 0,
     }
 }
 
 /// The index of the `)` matching the `(` at `open`.
-fn matching_close(toks: &[Tok], open: usize) -> Option<usize> {
+fn matching_close(toks: &[Tok<'_>], open: usize) -> Option<usize> {
     let mut depth = 0i64;
     for (i, tok) in toks.iter().enumerate().skip(open) {
         depth += paren_delta(tok);
@@ -559,7 +568,7 @@ fn shown(text: &str) -> String {
     }
 }
 
-fn check_statement(stmt: &[Tok]) -> Result<(), Refusal> {
+fn check_statement(stmt: &[Tok<'_>]) -> Result<(), Refusal> {
     let kind = classify(stmt)?;
     check_functions(stmt)?;
     check_row_locks(stmt)?;
@@ -573,11 +582,11 @@ fn check_statement(stmt: &[Tok]) -> Result<(), Refusal> {
 }
 
 /// The first token decides the kind; every other kind is refused here.
-fn classify(stmt: &[Tok]) -> Result<Kind, Refusal> {
+fn classify(stmt: &[Tok<'_>]) -> Result<Kind, Refusal> {
     match stmt.first() {
         None => Ok(Kind::Empty),
-        Some(Tok::Punct(p)) if p == "(" => Ok(Kind::Query),
-        Some(Tok::Ident { text, quoted: false }) => match text.as_str() {
+        Some(Tok::Punct(p)) if *p == "(" => Ok(Kind::Query),
+        Some(Tok::Ident { text, quoted: false }) => match text.as_ref() {
             "select" | "with" | "values" | "table" => Ok(Kind::Query),
             "show" => Ok(Kind::Show),
             // Even without ANALYZE, the planner's row estimates come from statistics over every tenant's
@@ -599,7 +608,7 @@ fn classify(stmt: &[Tok]) -> Result<Kind, Refusal> {
     }
 }
 
-fn refused_kind(kw: &str, next: Option<&Tok>) -> Refusal {
+fn refused_kind(kw: &str, next: Option<&Tok<'_>>) -> Refusal {
     let name = shown(&kw.to_uppercase());
     let transaction = |what: &str| {
         refuse(format!(
@@ -647,7 +656,7 @@ fn is_blocked_function(name: &str) -> bool {
 }
 
 /// Every identifier, quoted or not, is compared to the blocklist.
-fn check_functions(stmt: &[Tok]) -> Result<(), Refusal> {
+fn check_functions(stmt: &[Tok<'_>]) -> Result<(), Refusal> {
     for tok in stmt {
         if let Tok::Ident { text, .. } = tok
             && is_blocked_function(text)
@@ -662,7 +671,7 @@ fn check_functions(stmt: &[Tok]) -> Result<(), Refusal> {
 }
 
 /// `FOR UPDATE`, `FOR NO KEY UPDATE`, `FOR SHARE`, `FOR KEY SHARE`, at any depth.
-fn check_row_locks(stmt: &[Tok]) -> Result<(), Refusal> {
+fn check_row_locks(stmt: &[Tok<'_>]) -> Result<(), Refusal> {
     let locks = stmt.windows(2).any(|pair| {
         is_kw(pair.first(), "for") && matches!(keyword(pair.get(1)), Some("update" | "share" | "no" | "key"))
     });
@@ -674,9 +683,9 @@ fn check_row_locks(stmt: &[Tok]) -> Result<(), Refusal> {
 
 /// A `SELECT`/`WITH`/`VALUES`/`TABLE`/`(` query: no `SELECT INTO` and no
 /// data-modifying statement (e.g. in a `WITH` clause).
-fn check_query(stmt: &[Tok]) -> Result<(), Refusal> {
+fn check_query(stmt: &[Tok<'_>]) -> Result<(), Refusal> {
     let mut depth = 0i64;
-    let mut prev: Option<&Tok> = None;
+    let mut prev: Option<&Tok<'_>> = None;
     for tok in stmt {
         match keyword(Some(tok)) {
             Some("into") if depth <= 0 => {
@@ -702,7 +711,7 @@ fn check_query(stmt: &[Tok]) -> Result<(), Refusal> {
 }
 
 /// The statement inside `EXPLAIN` or `COPY (…)`: it must be a query.
-fn check_inner(inner: &[Tok], context: &str) -> Result<(), Refusal> {
+fn check_inner(inner: &[Tok<'_>], context: &str) -> Result<(), Refusal> {
     match classify(inner)? {
         Kind::Query => check_query(inner),
         Kind::Empty => Err(refuse(format!("{context} without a query is not allowed on the SQL endpoint"))),
@@ -714,7 +723,7 @@ fn check_inner(inner: &[Tok], context: &str) -> Result<(), Refusal> {
 }
 
 /// Only `COPY table [(columns)] TO STDOUT …` and `COPY (query) TO STDOUT …`.
-fn check_copy(stmt: &[Tok]) -> Result<(), Refusal> {
+fn check_copy(stmt: &[Tok<'_>]) -> Result<(), Refusal> {
     let rest = stmt.get(1..).unwrap_or_default();
     let after = if is_punct(rest.first(), "(") {
         let close = matching_close(rest, 0)
@@ -750,7 +759,7 @@ fn check_copy(stmt: &[Tok]) -> Result<(), Refusal> {
 }
 
 /// `SET [SESSION | LOCAL] name {TO | =} …` and `SET [SESSION | LOCAL] TIME ZONE …`.
-fn check_set(stmt: &[Tok]) -> Result<(), Refusal> {
+fn check_set(stmt: &[Tok<'_>]) -> Result<(), Refusal> {
     let mut start = 1;
     let scope = keyword(stmt.get(start));
     let next = keyword(stmt.get(start + 1));
@@ -763,7 +772,7 @@ fn check_set(stmt: &[Tok]) -> Result<(), Refusal> {
 }
 
 /// The setting named at the start of `toks` (after `SET [scope]` or `RESET`).
-fn check_setting(verb: &str, toks: &[Tok]) -> Result<(), Refusal> {
+fn check_setting(verb: &str, toks: &[Tok<'_>]) -> Result<(), Refusal> {
     let word = |i: usize| keyword(toks.get(i));
     let special = match (word(0), word(1)) {
         (Some("time"), Some("zone")) => return Ok(()),
@@ -790,7 +799,7 @@ fn check_setting(verb: &str, toks: &[Tok]) -> Result<(), Refusal> {
 
 /// A possibly dotted setting name (`tessera . sql_claim` → `tessera.sql_claim`),
 /// lowercased: setting names are case-insensitive even when quoted.
-fn setting_name(toks: &[Tok]) -> Option<String> {
+fn setting_name(toks: &[Tok<'_>]) -> Option<String> {
     let mut name = String::new();
     let mut i = 0;
     loop {
@@ -1106,8 +1115,8 @@ mod tests {
 
     #[test]
     fn tokenizer_follows_postgres_rules() {
-        let ident = |text: &str, quoted| Tok::Ident { text: text.to_owned(), quoted };
-        let punct = |p: &str| Tok::Punct(p.to_owned());
+        let ident = |text: &'static str, quoted| Tok::Ident { text: Cow::Borrowed(text), quoted };
+        let punct = |p: &'static str| Tok::Punct(p);
         assert_eq!(
             tokenize("SELECT \"A\"\"b\", $1, $a$x$a$, e'\\'', 1.5e3 FROM t;"),
             Ok(vec![
