@@ -1304,3 +1304,47 @@ async fn prepared_unnamed_statements_never_serve_the_next_tenant() {
         assert_eq!(first_values(&answer), ["3"], "B's own rows, never A's statement");
     }
 }
+
+#[tokio::test]
+async fn a_revoked_key_stops_its_prepared_unnamed_statements_too() {
+    let mut w = world().await;
+    let mut s = raw_login(w.addr, "acme", &w.report_a).await;
+    // A statement with a parameter, run past the server's five custom plans so its plan is cached generic.
+    let with_amount = |amount: &str| {
+        let mut batch = message(b'P', b"\0select count(*) from crm.deals where amount > $1\0\0\0");
+        let mut bind = b"\0\0\0\0\0\x01".to_vec();
+        bind.extend_from_slice(&(amount.len() as i32).to_be_bytes());
+        bind.extend_from_slice(amount.as_bytes());
+        bind.extend_from_slice(b"\0\0");
+        batch.extend(message(b'B', &bind));
+        batch.extend(execute_message("", 0));
+        batch.extend(message(b'S', b""));
+        batch
+    };
+    for _ in 0..8 {
+        assert_eq!(first_values(&round(&mut s, &with_amount("1")).await), ["2"]);
+    }
+    let answer = round(
+        &mut s,
+        &message(
+            b'Q',
+            b"select count(*) from pg_prepared_statements where name like 'tessera_unnamed_%' and generic_plans > 0\0",
+        ),
+    )
+    .await;
+    assert_eq!(first_values(&answer), ["1"], "the statement runs on a cached generic plan");
+    let tenant: uuid::Uuid = {
+        let a = connect(w.addr, "acme", &w.report_a).await;
+        a.query_one("select tenant_id from crm.deals limit 1", &[]).await.expect("id").get(0)
+    };
+    tessera_core::admin::revoke_api_key(
+        &mut w.app.owner,
+        tessera_core::tenant::TenantId::from_uuid(tenant),
+        &w.report_a[4..16],
+    )
+    .await
+    .expect("revoke");
+    let answer = round(&mut s, &with_amount("1")).await;
+    assert_eq!(tags(&answer), b"12DCZ");
+    assert_eq!(first_values(&answer), ["0"], "the cached plan checks the binding when it runs");
+}
