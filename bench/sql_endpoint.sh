@@ -7,14 +7,15 @@
 #   pgbouncer  pgbench → PgBouncer (transaction pooling, TCP) → PostgreSQL (unix socket), the same role and
 #              setting by connect_query on every server connection
 #   endpoint   pgbench → Tessera's SQL endpoint (TCP) → PostgreSQL (unix socket), logged in with the demo
-#              tenant's API key as tessera_sql: bound by its signed claim, which nothing the client sends
-#              changes, checked by the row policies in every statement
-# The same SQL, rows and row policies everywhere. The baselines bind the tenant the cheap way (the plain
-# setting, which any client could overwrite); the endpoint also verifies its claim in every statement (a
-# SECURITY DEFINER call: the claim's MAC, the server session, the key still live), checks every statement
-# and counts rows and bytes.
+#              tenant's API key as tessera_sql: bound by its session's row in core.sql_sessions, which
+#              nothing the client sends changes, read by the reporting role's row policy in every statement
+# The same SQL and rows everywhere. The baselines bind the tenant the cheap way (the plain setting, which any
+# client could overwrite); the endpoint also looks its binding up in every statement (the server session
+# and the hash of its token), checks every statement, and counts rows and bytes. In the extended protocol
+# it prepares a text the client parses again and again once upstream (see gateway/src/sql/statements.rs),
+# which neither baseline does: pgbench sends every statement as a Parse of the unnamed statement.
 #
-#   bench/sql_endpoint.sh                   # defaults: 10 clients, 3 rounds of 8 s per target and protocol
+#   bench/sql_endpoint.sh                   # defaults: 10 clients, 5 rounds of 8 s per target and protocol
 #   CLIENTS=10 ROUNDS=5 SECONDS_EACH=10 bench/sql_endpoint.sh
 #
 # Needs: cargo, PostgreSQL server binaries, pgbench, psql, pgbouncer (`apt-get install postgresql pgbouncer`).
@@ -23,7 +24,7 @@ cd "$(dirname "$0")/.."
 CLIENTS=${CLIENTS:-10}
 THREADS=${THREADS:-2}
 SECONDS_EACH=${SECONDS_EACH:-8}
-ROUNDS=${ROUNDS:-3}
+ROUNDS=${ROUNDS:-5}
 ROWS=${ROWS:-10000}
 HTTP_PORT=${HTTP_PORT:-18580}
 SQL_PORT=${SQL_PORT:-18581}
@@ -111,10 +112,29 @@ sees() { psql -Atq "$@" -c "select count(*) from crm.deals where id = '00000000-
 [ "$(PGPASSWORD=$KEY sees -h 127.0.0.1 -p "$SQL_PORT" -U demo tessera)" = 1 ] \
   || { echo "endpoint: the tenant's rows are not visible" >&2; exit 1; }
 
-# One run: target, protocol, seconds → tps.
+# CPU time in clock ticks: PostgreSQL's (the postmaster with the backends it reaped, and the live ones) and
+# the proxy's (PgBouncer's or Tessera's whole process).
+TICK_US=$(( 1000000 / $(getconf CLK_TCK) ))
+POSTMASTER=$(head -1 "$DATA/pg/postmaster.pid")
+pg_ticks() {
+  { awk '{print $14 + $15 + $16 + $17}' "/proc/$POSTMASTER/stat"
+    for child in $(pgrep -P "$POSTMASTER"); do awk '{print $14 + $15}' "/proc/$child/stat" 2>/dev/null; done
+  } | awk '{s += $1} END {print s + 0}'
+}
+ticks() { awk '{print $14 + $15}' "$1" 2>/dev/null || echo 0; }
+proxy_ticks() {
+  case $1 in
+    direct) echo 0 ;;
+    pgbouncer) ticks "/proc/$(cat "$DATA/pgbouncer.pid")/stat" ;;
+    endpoint) ticks "/proc/$PID/stat" ;;
+  esac
+}
+
+# One run: target, protocol, seconds → "tps, PostgreSQL's and the proxy's CPU µs per transaction".
 run() {
-  local target=$1 mode=$2 secs=$3 out
+  local target=$1 mode=$2 secs=$3 out pg0 px0 pg1 px1 n
   out="$OUT/sql.$target.$mode.txt"
+  pg0=$(pg_ticks); px0=$(proxy_ticks "$target")
   case $target in
     direct) PGPASSWORD=bench PGOPTIONS="-c role=tessera_crm -c tessera.tenant_id=$TENANT" pgbench -n -M "$mode" \
       -c "$CLIENTS" -j "$THREADS" -T "$secs" -f "$OUT/sql_select.sql" -h 127.0.0.1 -p "$PGPORT" -U tessera_app \
@@ -124,8 +144,10 @@ run() {
     endpoint) PGPASSWORD=$KEY pgbench -n -M "$mode" -c "$CLIENTS" -j "$THREADS" -T "$secs" \
       -f "$OUT/sql_select.sql" -h 127.0.0.1 -p "$SQL_PORT" -U demo tessera >"$out" 2>&1 ;;
   esac
+  pg1=$(pg_ticks); px1=$(proxy_ticks "$target")
   grep -q 'number of failed transactions: 0' "$out" || { echo "$target $mode failed:" >&2; cat "$out" >&2; exit 1; }
-  grep -E '^tps' "$out" | awk '{print $3}'
+  n=$(grep -E '^number of transactions actually processed' "$out" | awk '{print $6}' | cut -d/ -f1)
+  echo "$(grep -E '^tps' "$out" | awk '{print $3}') $(( (pg1 - pg0) * TICK_US / n )) $(( (px1 - px0) * TICK_US / n ))"
 }
 
 TARGETS="direct pgbouncer endpoint"
@@ -152,4 +174,15 @@ for m in $MODES; do
   E=$(awk -v m="$m" '$1 == m && $2 == "endpoint" {print $3}' "$OUT/sql_rounds.txt" | median)
   printf '  %-8s direct %7.0f tps   pgbouncer %7.0f tps   endpoint %7.0f tps   endpoint/direct %.2f   endpoint/pgbouncer %.2f\n' \
     "$m" "$D" "$B" "$E" "$(echo "$E / $D" | bc -l)" "$(echo "$E / $B" | bc -l)"
+  for t in $TARGETS; do
+    printf '  %-8s %-9s CPU per transaction (medians): PostgreSQL %4d µs, proxy %3d µs\n' "$m" "$t" \
+      "$(awk -v m="$m" -v t="$t" '$1 == m && $2 == t {print $4}' "$OUT/sql_rounds.txt" | median)" \
+      "$(awk -v m="$m" -v t="$t" '$1 == m && $2 == t {print $5}' "$OUT/sql_rounds.txt" | median)"
+  done
+  # The rounds are paired (the targets run back to back in each), so each round's ratio is shown too.
+  printf '  %-8s endpoint/pgbouncer by round:' "$m"
+  paste -d' ' <(awk -v m="$m" '$1 == m && $2 == "endpoint" {print $3}' "$OUT/sql_rounds.txt") \
+    <(awk -v m="$m" '$1 == m && $2 == "pgbouncer" {print $3}' "$OUT/sql_rounds.txt") |
+    awk '{printf " %.2f", $1 / $2}'
+  echo
 done
