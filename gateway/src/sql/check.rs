@@ -151,7 +151,8 @@ fn tokenize(sql: &str) -> Result<Vec<Tok<'_>>, Refusal> {
         return Err(syntax("a NUL character in SQL text is not allowed on the SQL endpoint"));
     }
     // About one token per five bytes of SQL, so the list seldom grows.
-    Lexer { src: sql, pos: 0, tokens: Vec::with_capacity(sql.len() / 5 + 8), unicode_idents: Vec::new() }.run()
+    Lexer { src: sql, pos: 0, tokens: Vec::with_capacity(sql.len() / 5 + 8), unicode_idents: Vec::new() }
+        .run()
 }
 
 /// PostgreSQL whitespace (`\v` since PostgreSQL 16).

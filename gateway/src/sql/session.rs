@@ -16,9 +16,9 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use std::pin::Pin;
 use std::time::Duration;
 
 use bytes::{Buf, BytesMut};
@@ -1158,7 +1158,9 @@ fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 /// What statement a Bind, Describe or Close names.
 enum Reference<'a> {
     /// The unnamed statement; the name's (empty) place is at this offset of the body.
-    Unnamed { prefix_len: usize },
+    Unnamed {
+        prefix_len: usize,
+    },
     Named(&'a str),
     /// A portal (Describe or Close of one).
     Portal,
