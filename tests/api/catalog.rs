@@ -128,7 +128,8 @@ async fn every_tenant_table_leads_with_tenant_id_and_forces_row_level_security()
         }
     }
 
-    // No other policy applies to the reporting role on what it reads: the tenant policy is for Tessera's own
+    // No other policy applies to the SQL endpoint's login (tessera_sql, through tessera_reporting) on what it
+    // reads: the tenant policy is for Tessera's own
     // roles, so a reporting statement is filtered by its binding alone (one index probe by primary key, not
     // two OR'ed into a bitmap).
     let others = admin
@@ -137,9 +138,9 @@ async fn every_tenant_table_leads_with_tenant_id_and_forces_row_level_security()
                     array(select case when r = 0 then 'public' else r::regrole::text end from unnest(p.polroles) r)
                from pg_policy p join pg_class c on c.oid = p.polrelid join pg_namespace n on n.oid = c.relnamespace
               where n.nspname = any($1) and p.polname <> $2 and n.nspname || '.' || c.relname <> all($3)
-                and has_table_privilege('tessera_reporting', c.oid, 'select')
+                and has_table_privilege('tessera_sql', c.oid, 'select')
                 and exists (select 1 from unnest(p.polroles) r
-                             where r = 0 or pg_has_role('tessera_reporting', r, 'USAGE'))",
+                             where r = 0 or pg_has_role('tessera_sql', r, 'USAGE'))",
             &[&tenant_schemas(), &REPORTING_POLICY, &REGISTRIES],
         )
         .await

@@ -1223,14 +1223,14 @@ async fn unnamed_statements_are_prepared_once_and_answer_as_the_server_would() {
     let w = world().await;
     let mut s = raw_login(w.addr, "acme", &w.report_a).await;
     let deals = "select count(*) from crm.deals";
-    let companies = "select count(*)::text || ' companies' from crm.companies";
+    let companies = "select count(*) + 1000 from crm.companies";
     for _ in 0..3 {
         let answer = round(&mut s, &unnamed_round(deals)).await;
         assert_eq!(tags(&answer), b"12TDCZ", "ParseComplete, BindComplete, RowDescription, the row, done");
         assert_eq!(first_values(&answer), ["2"], "the tenant's own rows");
     }
     let answer = round(&mut s, &unnamed_round(companies)).await;
-    assert_eq!(first_values(&answer), ["1 companies"]);
+    assert_eq!(first_values(&answer), ["1001"]);
     // Back to the first text: the unnamed statement is that text again, for Bind and Describe.
     let mut batch = parse_message("", deals);
     batch.extend(message(b'D', b"S\0"));
@@ -1247,6 +1247,20 @@ async fn unnamed_statements_are_prepared_once_and_answer_as_the_server_would() {
     )
     .await;
     assert_eq!(first_values(&answer), ["2"]);
+    // A text with a string constant is parsed each time: the server fixes a constant's value (a date by the
+    // session's TimeZone, 'today' by the clock) when it analyses the text.
+    for _ in 0..3 {
+        let answer =
+            round(&mut s, &unnamed_round("select count(*) from crm.deals where created_at > '2000-01-01'"))
+                .await;
+        assert_eq!(first_values(&answer), ["2"]);
+    }
+    let answer = round(
+        &mut s,
+        &message(b'Q', b"select count(*) from pg_prepared_statements where name like 'tessera_unnamed_%'\0"),
+    )
+    .await;
+    assert_eq!(first_values(&answer), ["2"], "still the two texts without constants");
     // A simple query drops the unnamed statement, as the server does: Bind to it fails.
     let mut batch = bind_message("", "");
     batch.extend(execute_message("", 0));
@@ -1279,7 +1293,37 @@ async fn unnamed_statements_are_prepared_once_and_answer_as_the_server_would() {
     let error = answer.iter().find(|(t, _)| *t == b'E').expect("an error");
     assert_eq!(error_code(&error.1), "42501");
     assert!(String::from_utf8_lossy(&error.1).contains("reserved"));
+    // So are its statements: a Bind of one fails as for any missing statement, a Close of one does nothing.
     assert_eq!(first_values(&round(&mut s, &unnamed_round(deals)).await), ["2"]);
+    let mut batch = bind_message("", "tessera_unnamed_0");
+    batch.extend(message(b'S', b""));
+    let answer = round(&mut s, &batch).await;
+    let error = answer.iter().find(|(t, _)| *t == b'E').expect("an error");
+    assert_eq!(error_code(&error.1), "26000");
+    let mut batch = message(b'C', b"Stessera_unnamed_0\0");
+    batch.extend(message(b'S', b""));
+    assert_eq!(tags(&round(&mut s, &batch).await), b"3Z");
+    assert_eq!(first_values(&round(&mut s, &unnamed_round(deals)).await), ["2"], "still prepared");
+}
+
+#[tokio::test]
+async fn a_prepared_text_whose_result_changed_shape_fails_once_and_is_prepared_again() {
+    let w = world().await;
+    let mut s = raw_login(w.addr, "acme", &w.report_a).await;
+    let companies = "select * from crm.companies";
+    for _ in 0..3 {
+        let answer = round(&mut s, &unnamed_round(companies)).await;
+        assert_eq!(tags(&answer), b"12TDCZ");
+    }
+    let admin = crate::support::connect(&cluster().superuser, &w.app.db.name).await;
+    admin.batch_execute("alter table crm.companies add column note text").await.expect("alter");
+    // The server refuses to run the kept statement with its new shape, once (as it does for a driver's own
+    // prepared statements); the relay then prepares the text afresh.
+    let answer = round(&mut s, &unnamed_round(companies)).await;
+    let error = answer.iter().find(|(t, _)| *t == b'E').expect("an error");
+    assert_eq!(error_code(&error.1), "0A000", "{}", String::from_utf8_lossy(&error.1));
+    let answer = round(&mut s, &unnamed_round(companies)).await;
+    assert_eq!(tags(&answer), b"12TDCZ", "prepared again with the new column");
 }
 
 #[tokio::test]

@@ -117,8 +117,22 @@ const BLOCKED_INFIXES: &[&str] = &["_to_xml", "to_xmlschema", "replication_slot"
 /// The text is split into statements on every `;` token; empty statements are
 /// ignored. The first refused statement decides the [`Refusal`].
 pub fn check(sql: &str) -> Result<(), Refusal> {
+    inspect(sql).map(|_| ())
+}
+
+/// What the check learnt about a text that passed it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Facts {
+    /// It holds a string constant (`'…'`, `E'…'`, `$$…$$` …), whose value the server fixes when it
+    /// analyses the text.
+    pub string_constants: bool,
+}
+
+/// [`check`], and what it learnt about the text.
+pub fn inspect(sql: &str) -> Result<Facts, Refusal> {
     let tokens = tokenize(sql)?;
-    tokens.split(|t| *t == Tok::Semicolon).filter(|stmt| !stmt.is_empty()).try_for_each(check_statement)
+    tokens.split(|t| *t == Tok::Semicolon).filter(|stmt| !stmt.is_empty()).try_for_each(check_statement)?;
+    Ok(Facts { string_constants: tokens.contains(&Tok::Str) })
 }
 
 // ---------------------------------------------------------------------------
@@ -150,9 +164,9 @@ fn tokenize(sql: &str) -> Result<Vec<Tok<'_>>, Refusal> {
     if sql.contains('\0') {
         return Err(syntax("a NUL character in SQL text is not allowed on the SQL endpoint"));
     }
-    // About one token per five bytes of SQL, so the list seldom grows.
-    Lexer { src: sql, pos: 0, tokens: Vec::with_capacity(sql.len() / 5 + 8), unicode_idents: Vec::new() }
-        .run()
+    // About one token per five bytes of SQL, so the list seldom grows (a huge text grows it as it goes).
+    let capacity = (sql.len() / 5 + 8).min(4096);
+    Lexer { src: sql, pos: 0, tokens: Vec::with_capacity(capacity), unicode_idents: Vec::new() }.run()
 }
 
 /// PostgreSQL whitespace (`\v` since PostgreSQL 16).
@@ -1037,6 +1051,26 @@ mod tests {
         match check(sql) {
             Ok(()) => panic!("expected a refusal for {sql:?}"),
             Err(refusal) => refusal,
+        }
+    }
+
+    #[test]
+    fn inspect_tells_whether_a_text_holds_string_constants() {
+        let facts = |sql| inspect(sql).map(|f| f.string_constants);
+        assert_eq!(
+            facts("select * from crm.deals where amount > $1 and id = md5($2::text)::uuid"),
+            Ok(false)
+        );
+        assert_eq!(facts("select 1.5, now(), \"quoted\" from t -- 'a comment'"), Ok(false));
+        for sql in [
+            "select * from t where d >= '2024-06-01'",
+            "select date 'today'",
+            "select E'x'",
+            "select $$x$$",
+            "select U&'x'",
+            "select B'101'",
+        ] {
+            assert_eq!(facts(sql), Ok(true), "{sql}");
         }
     }
 

@@ -753,7 +753,7 @@ where
                     };
                     flow.outstanding.fetch_add(1, Ordering::SeqCst);
                     flow.mark_busy();
-                    lock(&flow.statements).sent_query();
+                    lock(&flow.statements).sent_query(flow.unsynced.load(Ordering::SeqCst));
                     match check::check(sql) {
                         Ok(()) => Some(frame.bytes()),
                         Err(refusal) => {
@@ -778,7 +778,7 @@ where
                     let how = if name.is_empty() { statements.unnamed(text) } else { Unnamed::AsIs };
                     let checked = match how {
                         // Prepared, so checked before: the check is a function of the text alone.
-                        Unnamed::Prepared(_) => Ok(()),
+                        Unnamed::Prepared(_) => Ok(None),
                         _ if name.starts_with(statements::PREFIX) => Err(Refusal {
                             sqlstate: "42501",
                             message: format!(
@@ -786,29 +786,31 @@ where
                                 statements::PREFIX
                             ),
                         }),
-                        _ => check::check(sql),
+                        _ => check::inspect(sql).map(Some),
                     };
                     match checked {
                         Err(refusal) => {
                             if name.is_empty() {
                                 statements.sent_unnamed(text, &Unnamed::AsIs);
-                            } else {
-                                statements.sent_named();
                             }
                             let body = format!("{name}\0{}\0\0\0", refuse(refusal));
                             wire::frontend(b'P', body.as_bytes(), &mut replacement);
                             Some(&replacement[..])
                         }
-                        Ok(()) if !name.is_empty() => {
-                            statements.sent_named();
-                            Some(frame.bytes())
-                        }
-                        Ok(()) => {
+                        Ok(_) if !name.is_empty() => Some(frame.bytes()),
+                        Ok(facts) => {
+                            // A string constant's value is fixed when the server analyses the text: such a
+                            // text is parsed each time, as the client asks.
+                            let how = match how {
+                                Unnamed::Prepare(_) if facts.is_some_and(|f| f.string_constants) => {
+                                    Unnamed::AsIs
+                                }
+                                how => how,
+                            };
                             statements.sent_unnamed(text, &how);
                             match how {
                                 Unnamed::Prepared(_) => {
-                                    // The empty statement: ParseComplete in the text's place, and the server's
-                                    // unnamed statement replaced as the client's Parse would.
+                                    // The empty statement: ParseComplete in the text's place.
                                     wire::frontend(b'P', b"\0\0\0\0", &mut replacement);
                                     Some(&replacement[..])
                                 }
@@ -828,32 +830,35 @@ where
                     flow.unsynced.store(true, Ordering::SeqCst);
                     flow.mark_busy();
                     let mut statements = lock(&flow.statements);
+                    // The same message naming another statement.
+                    let mut rename = |offset: usize, old: &str, new: &str| {
+                        let body = frame.body();
+                        let mut renamed = Vec::with_capacity(body.len() + new.len());
+                        renamed.extend_from_slice(&body[..offset]);
+                        renamed.extend_from_slice(new.as_bytes());
+                        renamed.extend_from_slice(&body[offset + old.len()..]);
+                        wire::frontend(frame.tag(), &renamed, &mut replacement);
+                    };
                     match statement_reference(frame.tag(), frame.body()) {
-                        None => return Ended::ClientError("invalid Bind, Describe or Close message".into()),
-                        Some(Reference::Unnamed { prefix_len }) => match statements.for_unnamed() {
-                            Some(_) if frame.tag() == b'C' => {
-                                statements.closed_unnamed();
-                                Some(frame.bytes())
-                            }
+                        // Malformed, or a portal: the server answers it.
+                        None => Some(frame.bytes()),
+                        Some((_, "")) if frame.tag() == b'C' => {
+                            statements.closed_unnamed();
+                            Some(frame.bytes())
+                        }
+                        Some((offset, "")) => match statements.for_unnamed() {
                             Some(n) => {
-                                // The same message, naming the relay's statement instead of the unnamed one.
-                                let body = frame.body();
-                                let mut renamed = Vec::with_capacity(body.len() + 24);
-                                renamed.extend_from_slice(&body[..prefix_len]);
-                                renamed.extend_from_slice(statements::name(n).as_bytes());
-                                renamed.extend_from_slice(&body[prefix_len..]);
-                                wire::frontend(frame.tag(), &renamed, &mut replacement);
+                                rename(offset, "", &statements::name(n));
                                 Some(&replacement[..])
                             }
                             None => Some(frame.bytes()),
                         },
-                        Some(Reference::Named(name)) => {
-                            if frame.tag() == b'C' {
-                                statements.closed_named(name);
-                            }
-                            Some(frame.bytes())
+                        // The relay's names are not the client's to use: one that is never prepared instead.
+                        Some((offset, name)) if name.starts_with(statements::PREFIX) => {
+                            rename(offset, name, statements::RESERVED);
+                            Some(&replacement[..])
                         }
-                        Some(Reference::Portal) => Some(frame.bytes()),
+                        Some(_) => Some(frame.bytes()),
                     }
                 }
                 b'E' => {
@@ -873,7 +878,7 @@ where
                     flow.outstanding.fetch_add(1, Ordering::SeqCst);
                     flow.mark_busy();
                     // Sent as a Query (a refused one).
-                    lock(&flow.statements).sent_query();
+                    lock(&flow.statements).sent_query(flow.unsynced.load(Ordering::SeqCst));
                     let refusal = Refusal {
                         sqlstate: "42501",
                         message: "function calls over the protocol are not allowed on the SQL endpoint"
@@ -908,10 +913,12 @@ where
             () = &mut idle => {
                 // Armed lazily: it may fire before the client has been silent for the whole timeout.
                 let now = Instant::now();
-                if now >= last_read + idle_timeout && flow.idle() {
+                let due = last_read + idle_timeout;
+                if now >= due && flow.idle() {
                     return Ended::Idle;
                 }
-                idle.as_mut().reset((last_read + idle_timeout).max(now + Duration::from_millis(1)));
+                // Busy past the timeout: the session is idle only from when its work ends.
+                idle.as_mut().reset(if now >= due { now + idle_timeout } else { due });
             }
         }
     }
@@ -1005,8 +1012,10 @@ where
                 Err(e) => return Ended::Upstream(e.to_string()),
             };
             match frame.tag() {
-                b'1' => lock(&flow.statements).parse_complete(),
-                b'E' => lock(&flow.statements).error(),
+                b'E' => {
+                    let (code, message) = wire::error_code_and_message(frame.body());
+                    lock(&flow.statements).error(&code, &message);
+                }
                 b'Z' => lock(&flow.statements).ready(),
                 _ => {}
             }
@@ -1106,8 +1115,8 @@ where
             timer.as_mut().reset(deadline);
         }
         buf.reserve(16 * 1024);
+        // Not biased: a server that keeps sending must not keep the deadline from being looked at.
         tokio::select! {
-            biased;
             read = reader.read_buf(&mut buf) => match read {
                 Ok(0) => return Ended::Upstream("the server closed the connection".into()),
                 Ok(_) => {}
@@ -1155,20 +1164,9 @@ fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
-/// What statement a Bind, Describe or Close names.
-enum Reference<'a> {
-    /// The unnamed statement; the name's (empty) place is at this offset of the body.
-    Unnamed {
-        prefix_len: usize,
-    },
-    Named(&'a str),
-    /// A portal (Describe or Close of one).
-    Portal,
-}
-
-/// The statement a Bind (portal, then statement), Describe or Close ('S' or 'P', then the name) refers to;
-/// `None` for a malformed message.
-fn statement_reference(tag: u8, body: &[u8]) -> Option<Reference<'_>> {
+/// The statement a Bind (portal, then statement), Describe or Close (`S`, then the name) names: where its
+/// name starts in the body, and the name. `None` for a portal's Describe or Close, or a malformed message.
+fn statement_reference(tag: u8, body: &[u8]) -> Option<(usize, &str)> {
     let (offset, rest) = match tag {
         b'B' => {
             let (portal, rest) = wire::cstr(body)?;
@@ -1176,12 +1174,11 @@ fn statement_reference(tag: u8, body: &[u8]) -> Option<Reference<'_>> {
         }
         _ => match body.split_first()? {
             (b'S', rest) => (1, rest),
-            (b'P', _) => return Some(Reference::Portal),
             _ => return None,
         },
     };
     let (name, _) = wire::cstr(rest)?;
-    Some(if name.is_empty() { Reference::Unnamed { prefix_len: offset } } else { Reference::Named(name) })
+    Some((offset, name))
 }
 
 /// The refusal behind a server error, when the error is exactly the syntax error of a refused statement's
