@@ -1304,6 +1304,32 @@ async fn unnamed_statements_are_prepared_once_and_answer_as_the_server_would() {
     batch.extend(message(b'S', b""));
     assert_eq!(tags(&round(&mut s, &batch).await), b"3Z");
     assert_eq!(first_values(&round(&mut s, &unnamed_round(deals)).await), ["2"], "still prepared");
+    // A setting changed: the kept texts were planned under the old one, so they are prepared afresh.
+    let kept = async |s: &mut TcpStream| -> i64 {
+        let answer = round(
+            s,
+            &message(
+                b'Q',
+                b"select count(*) from pg_prepared_statements where name like 'tessera_unnamed_%'\0",
+            ),
+        )
+        .await;
+        first_values(&answer)[0].parse().expect("a count")
+    };
+    round(&mut s, &unnamed_round(deals)).await;
+    let before = kept(&mut s).await;
+    round(&mut s, &unnamed_round(deals)).await;
+    assert_eq!(kept(&mut s).await, before, "kept");
+    round(&mut s, &message(b'Q', b"set extra_float_digits = 0\0")).await;
+    assert_eq!(first_values(&round(&mut s, &unnamed_round(deals)).await), ["2"]);
+    assert_eq!(kept(&mut s).await, before + 1, "the text prepared once more after the SET");
+    // A Query inside an unsynced batch ends the session: after an error in the batch the server would skip
+    // it and its ReadyForQuery.
+    let mut batch = parse_message("", deals);
+    batch.extend(message(b'Q', b"select 1\0"));
+    let answer = round(&mut s, &batch).await;
+    let error = answer.iter().find(|(t, _)| *t == b'E').expect("an error");
+    assert_eq!(error_code(&error.1), "08P01");
 }
 
 #[tokio::test]

@@ -126,13 +126,18 @@ pub struct Facts {
     /// It holds a string constant (`'…'`, `E'…'`, `$$…$$` …), whose value the server fixes when it
     /// analyses the text.
     pub string_constants: bool,
+    /// It changes a session setting (`SET`, `RESET`).
+    pub settings: bool,
 }
 
 /// [`check`], and what it learnt about the text.
 pub fn inspect(sql: &str) -> Result<Facts, Refusal> {
     let tokens = tokenize(sql)?;
-    tokens.split(|t| *t == Tok::Semicolon).filter(|stmt| !stmt.is_empty()).try_for_each(check_statement)?;
-    Ok(Facts { string_constants: tokens.contains(&Tok::Str) })
+    let mut settings = false;
+    for stmt in tokens.split(|t| *t == Tok::Semicolon).filter(|stmt| !stmt.is_empty()) {
+        settings |= matches!(check_statement(stmt)?, Kind::Set | Kind::Reset);
+    }
+    Ok(Facts { string_constants: tokens.contains(&Tok::Str), settings })
 }
 
 // ---------------------------------------------------------------------------
@@ -530,6 +535,7 @@ fn hex(chars: &mut std::str::Chars<'_>, n: usize) -> Option<u32> {
 // ---------------------------------------------------------------------------
 
 /// The kinds of statements the endpoint may run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Kind {
     Empty,
     Query,
@@ -583,7 +589,7 @@ fn shown(text: &str) -> String {
     }
 }
 
-fn check_statement(stmt: &[Tok<'_>]) -> Result<(), Refusal> {
+fn check_statement(stmt: &[Tok<'_>]) -> Result<Kind, Refusal> {
     let kind = classify(stmt)?;
     check_functions(stmt)?;
     check_row_locks(stmt)?;
@@ -593,7 +599,8 @@ fn check_statement(stmt: &[Tok<'_>]) -> Result<(), Refusal> {
         Kind::Copy => check_copy(stmt),
         Kind::Set => check_set(stmt),
         Kind::Reset => check_setting("RESET", stmt.get(1..).unwrap_or_default()),
-    }
+    }?;
+    Ok(kind)
 }
 
 /// The first token decides the kind; every other kind is refused here.
@@ -1062,6 +1069,10 @@ mod tests {
             Ok(false)
         );
         assert_eq!(facts("select 1.5, now(), \"quoted\" from t -- 'a comment'"), Ok(false));
+        let settings = |sql| inspect(sql).map(|f| f.settings);
+        assert_eq!(settings("set extra_float_digits = 0"), Ok(true));
+        assert_eq!(settings("select 1; reset timezone"), Ok(true));
+        assert_eq!(settings("select 'set'"), Ok(false));
         for sql in [
             "select * from t where d >= '2024-06-01'",
             "select date 'today'",

@@ -110,6 +110,12 @@ const CLIENT_SETTINGS: &[&str] = &[
 /// "syntax error at or near "tessera_refused_<n>"".
 const REFUSED_MARKER: &str = "tessera_refused_";
 
+/// Why a Query or FunctionCall inside an unsynced extended-protocol batch ends the session: after an error in
+/// the batch the server would skip it and its ReadyForQuery, and the relay could no longer tell which
+/// answer belongs to which request. No driver sends one (libpq refuses to).
+const IN_BATCH: &str = "a Query or FunctionCall message inside an extended-protocol batch (before its Sync) is not \
+                        supported by the SQL endpoint";
+
 /// How many bytes for the client the relay gathers before it writes them.
 const OUT_CHUNK: usize = 64 * 1024;
 
@@ -751,11 +757,20 @@ where
                     let Some(sql) = wire::query_text(&frame) else {
                         return Ended::ClientError("invalid Query message".into());
                     };
+                    if flow.unsynced.load(Ordering::SeqCst) {
+                        return Ended::ClientError(IN_BATCH.into());
+                    }
                     flow.outstanding.fetch_add(1, Ordering::SeqCst);
                     flow.mark_busy();
-                    lock(&flow.statements).sent_query(flow.unsynced.load(Ordering::SeqCst));
-                    match check::check(sql) {
-                        Ok(()) => Some(frame.bytes()),
+                    let mut statements = lock(&flow.statements);
+                    statements.sent_query();
+                    match check::inspect(sql) {
+                        Ok(facts) => {
+                            if facts.settings {
+                                statements.settings_changed();
+                            }
+                            Some(frame.bytes())
+                        }
                         Err(refusal) => {
                             wire::frontend(
                                 b'Q',
@@ -799,10 +814,15 @@ where
                         }
                         Ok(_) if !name.is_empty() => Some(frame.bytes()),
                         Ok(facts) => {
-                            // A string constant's value is fixed when the server analyses the text: such a
-                            // text is parsed each time, as the client asks.
+                            // A string constant's value is fixed when the server analyses the text, and a
+                            // setting changed makes every kept plan stale: such texts are parsed each time.
+                            if facts.is_some_and(|f| f.settings) {
+                                statements.settings_changed();
+                            }
                             let how = match how {
-                                Unnamed::Prepare(_) if facts.is_some_and(|f| f.string_constants) => {
+                                Unnamed::Prepare(_)
+                                    if facts.is_some_and(|f| f.string_constants || f.settings) =>
+                                {
                                     Unnamed::AsIs
                                 }
                                 how => how,
@@ -847,8 +867,8 @@ where
                             Some(frame.bytes())
                         }
                         Some((offset, "")) => match statements.for_unnamed() {
-                            Some(n) => {
-                                rename(offset, "", &statements::name(n));
+                            Some(upstream) => {
+                                rename(offset, "", &upstream);
                                 Some(&replacement[..])
                             }
                             None => Some(frame.bytes()),
@@ -875,10 +895,13 @@ where
                     Some(frame.bytes())
                 }
                 b'F' => {
+                    if flow.unsynced.load(Ordering::SeqCst) {
+                        return Ended::ClientError(IN_BATCH.into());
+                    }
                     flow.outstanding.fetch_add(1, Ordering::SeqCst);
                     flow.mark_busy();
                     // Sent as a Query (a refused one).
-                    lock(&flow.statements).sent_query(flow.unsynced.load(Ordering::SeqCst));
+                    lock(&flow.statements).sent_query();
                     let refusal = Refusal {
                         sqlstate: "42501",
                         message: "function calls over the protocol are not allowed on the SQL endpoint"
@@ -913,12 +936,15 @@ where
             () = &mut idle => {
                 // Armed lazily: it may fire before the client has been silent for the whole timeout.
                 let now = Instant::now();
-                let due = last_read + idle_timeout;
-                if now >= due && flow.idle() {
-                    return Ended::Idle;
+                if now >= last_read + idle_timeout {
+                    if flow.idle() {
+                        return Ended::Idle;
+                    }
+                    // Busy past the timeout: work counts as activity, so the session gets a whole idle
+                    // timeout from here.
+                    last_read = now;
                 }
-                // Busy past the timeout: the session is idle only from when its work ends.
-                idle.as_mut().reset(if now >= due { now + idle_timeout } else { due });
+                idle.as_mut().reset(last_read + idle_timeout);
             }
         }
     }
@@ -1013,8 +1039,8 @@ where
             };
             match frame.tag() {
                 b'E' => {
-                    let (code, message) = wire::error_code_and_message(frame.body());
-                    lock(&flow.statements).error(&code, &message);
+                    let (code, _) = wire::error_code_and_message(frame.body());
+                    lock(&flow.statements).error(&code);
                 }
                 b'Z' => lock(&flow.statements).ready(),
                 _ => {}

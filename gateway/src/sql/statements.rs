@@ -4,30 +4,35 @@
 //! statement as Parse of the unnamed statement, Bind, Execute, Sync, so the server parses, analyses and
 //! plans the same text again each time. The relay prepares such a text once upstream under a name of its
 //! own (`tessera_unnamed_<n>`) and, while the client's unnamed statement is that text, points the client's
-//! Bind, Describe and Close of the unnamed statement at it. The client's next Parse of the same text goes
-//! upstream as a Parse of the empty statement, which answers ParseComplete in its place.
+//! Bind and Describe of the unnamed statement at it. The client's next Parse of the same text goes
+//! upstream as a Parse of the empty statement, which answers ParseComplete in its place; after a Close or a
+//! Query (which drop the unnamed statement) the client's references to it go to a name that is never
+//! prepared, so they fail as on the server and never reach that empty statement.
 //!
-//! Only texts without string constants are prepared so: the server turns a constant into its type once,
-//! when it analyses the text, by the settings of that moment (`'2024-06-01'` by TimeZone and DateStyle,
-//! `'today'` and `'now'` by the clock), so a kept statement would keep an old value where a new Parse gives
-//! a new one. Numbers, parameters and function calls (`now()`) are read or run at each execution. What else
-//! differs from parsing each time is what a driver's own prepared statements (psycopg's and JDBC's after
-//! five runs) differ by: after five runs the server may run the statement on a generic plan, a change to a
-//! table the statement reads that changes its result's shape fails its next run once (`0A000`, after which
-//! the relay prepares the text afresh), and an error from analysing the text, which a Parse would give,
-//! comes from the Bind instead.
+//! What may differ from parsing each time is kept out:
+//! - texts with string constants, and texts that change settings, are parsed each time: the server fixes
+//!   a constant's value when it analyses the text (`'2024-06-01'` by TimeZone and DateStyle, `'today'` and
+//!   `'now'` by the clock);
+//! - a kept statement may run on a generic plan (from its first run when it has no parameters, as the
+//!   server's own prepared statements do), where constant expressions are folded by the settings of that
+//!   moment (`(2::float8 / 3)::text` by `extra_float_digits`): every `SET` or `RESET` the client sends
+//!   forgets the kept texts;
+//! - an error of class `0A` (a kept statement whose result changed shape: "cached plan must not change
+//!   result type"), `42` (a name or type that no longer resolves as it did) or `26` forgets them too, so
+//!   the next Parse of each prepares it afresh; the run that met the change fails once, as a driver's own
+//!   prepared statement does.
 //!
 //! The text was checked when first prepared (the check is a function of the text alone), so a repeated
 //! text skips the check; the statements live in the client's server session, whose `DISCARD ALL` drops
-//! them before another client gets the connection; at most [`MAX_STATEMENTS`] of them per session, each at
-//! most [`MAX_TEXT`] bytes.
+//! them before another client gets the connection. A session prepares at most [`MAX_STATEMENTS`] times
+//! (counting texts prepared again after an error or forgetting), each text at most [`MAX_TEXT`] bytes;
+//! then it parses as asked.
 //!
 //! A prepared text is remembered once its batch is answered without an error: each Sync (or Query) sent
 //! upstream is queued with the relay's Parses before it, an error marks the oldest unanswered one, and
-//! ReadyForQuery settles it. A client that sends a Query inside an unsynced batch (whose ReadyForQuery the
-//! server skips after an error) turns this off for the rest of its session, as the answers can then no
-//! longer be matched. Not mirrored: a client that, after an error, Binds the unnamed statement without
-//! parsing it again runs the text it parsed last, where the server could still hold an older one.
+//! ReadyForQuery settles it. (The relay refuses a Query inside an unsynced batch, whose ReadyForQuery the
+//! server would skip after an error.) Not mirrored: a client that, after an error in a batch, Binds the
+//! unnamed statement without parsing it again reaches the text of the Parse the server skipped.
 
 use std::collections::{HashMap, VecDeque};
 
@@ -45,8 +50,10 @@ pub(crate) const MAX_STATEMENTS: u32 = 256;
 /// The longest Parse (text and parameter types) the relay prepares; longer ones go as they are.
 pub(crate) const MAX_TEXT: usize = 16 * 1024;
 
-/// The server's error when a statement's result changed shape since it was prepared.
-const RESULT_TYPE_CHANGED: &str = "cached plan must not change result type";
+/// SQLSTATE classes of errors after which the kept texts are forgotten (prepared afresh at their next
+/// Parse): `0A` (a statement's result changed shape since it was prepared: "cached plan must not change
+/// result type"), `42` (a name or type that no longer resolves as it did), `26` (a statement that is gone).
+const STALE_CLASSES: [&str; 3] = ["0A", "42", "26"];
 
 /// How to send the client's Parse of its unnamed statement.
 #[derive(Debug, PartialEq, Eq)]
@@ -67,6 +74,19 @@ struct Request {
     failed: bool,
 }
 
+/// What the client's unnamed statement is upstream.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+enum Target {
+    /// The server's own unnamed statement (or none).
+    #[default]
+    Server,
+    /// The relay's statement `n`.
+    Relay(u32),
+    /// None: the client closed it, or a Query dropped it, while it was one of the relay's (the server's own
+    /// unnamed statement is then the empty one, which the client must not reach).
+    Gone,
+}
+
 /// One client session's statements of the relay's, and the requests in flight.
 #[derive(Debug, Default)]
 pub(crate) struct Statements {
@@ -76,11 +96,8 @@ pub(crate) struct Statements {
     batch: Request,
     /// Requests sent whose ReadyForQuery has not come back, oldest first.
     pending: VecDeque<Request>,
-    /// The statement the client's unnamed one is upstream, when it is one of the relay's.
-    unnamed: Option<u32>,
+    unnamed: Target,
     next: u32,
-    /// No more statements are prepared in this session.
-    off: bool,
 }
 
 /// The relay's name for statement `n`.
@@ -92,9 +109,7 @@ impl Statements {
     /// How to send a Parse of the unnamed statement whose body past the name is `text` (query, parameter
     /// types). `Prepare` still needs the check, and becomes `AsIs` for a text with string constants.
     pub(crate) fn unnamed(&self, text: &[u8]) -> Unnamed {
-        if self.off {
-            Unnamed::AsIs
-        } else if let Some(&n) = self.prepared.get(text) {
+        if let Some(&n) = self.prepared.get(text) {
             Unnamed::Prepared(n)
         } else if self.next < MAX_STATEMENTS && text.len() <= MAX_TEXT {
             Unnamed::Prepare(self.next)
@@ -108,60 +123,62 @@ impl Statements {
     /// statement is gone, as it would be.
     pub(crate) fn sent_unnamed(&mut self, text: &[u8], how: &Unnamed) {
         match how {
-            Unnamed::Prepared(n) => self.unnamed = Some(*n),
+            Unnamed::Prepared(n) => self.unnamed = Target::Relay(*n),
             Unnamed::Prepare(n) => {
-                self.unnamed = Some(*n);
+                self.unnamed = Target::Relay(*n);
                 self.next = self.next.max(n + 1);
                 self.batch.parses.push((text.into(), *n));
             }
-            Unnamed::AsIs => self.unnamed = None,
+            Unnamed::AsIs => self.unnamed = Target::Server,
         }
     }
 
     /// A Sync went upstream.
     pub(crate) fn sent_sync(&mut self) {
-        if !self.off {
-            self.pending.push_back(std::mem::take(&mut self.batch));
-        }
+        self.pending.push_back(std::mem::take(&mut self.batch));
     }
 
-    /// A simple Query went upstream (`in_batch`: inside an extended-protocol batch not yet synced). The
+    /// A simple Query went upstream (never inside an extended-protocol batch: the relay refuses that). The
     /// server drops its unnamed statement for it.
-    pub(crate) fn sent_query(&mut self, in_batch: bool) {
-        self.unnamed = None;
-        if in_batch {
-            // After an error in the batch the server skips the Query and its ReadyForQuery: the answers can
-            // no longer be matched to the requests.
-            self.off = true;
-            self.prepared.clear();
-            self.pending.clear();
-            self.batch = Request::default();
-        } else if !self.off {
-            self.pending.push_back(Request::default());
-        }
+    pub(crate) fn sent_query(&mut self) {
+        self.gone();
+        self.pending.push_back(Request::default());
+    }
+
+    /// The client changed a session setting: the kept texts were planned under the old settings (a
+    /// constant expression such as `(2::float8 / 3)::text` is folded by `extra_float_digits`), so they are
+    /// prepared afresh at their next Parse.
+    pub(crate) fn settings_changed(&mut self) {
+        self.prepared.clear();
     }
 
     /// The client closes its unnamed statement (the Close goes upstream as it is, to the server's own).
     pub(crate) fn closed_unnamed(&mut self) {
-        self.unnamed = None;
+        self.gone();
     }
 
-    /// The upstream statement the client's unnamed one stands for, when it is one of the relay's.
-    pub(crate) fn for_unnamed(&self) -> Option<u32> {
-        self.unnamed
-    }
-
-    /// The server answered an error (its SQLSTATE and message): the oldest unanswered request failed.
-    pub(crate) fn error(&mut self, code: &str, message: &str) {
-        if self.off {
-            return;
+    fn gone(&mut self) {
+        if self.unnamed != Target::Server {
+            self.unnamed = Target::Gone;
         }
+    }
+
+    /// The statement name the client's unnamed one goes upstream as, when not the server's own unnamed one.
+    pub(crate) fn for_unnamed(&self) -> Option<String> {
+        match self.unnamed {
+            Target::Server => None,
+            Target::Relay(n) => Some(name(n)),
+            Target::Gone => Some(RESERVED.to_owned()),
+        }
+    }
+
+    /// The server answered an error (its SQLSTATE): the oldest unanswered request failed.
+    pub(crate) fn error(&mut self, code: &str) {
         match self.pending.front_mut() {
             Some(request) => request.failed = true,
             None => self.batch.failed = true,
         }
-        if code == "0A000" && message == RESULT_TYPE_CHANGED {
-            // Prepared afresh at the next Parse of each text.
+        if STALE_CLASSES.iter().any(|class| code.starts_with(class)) {
             self.prepared.clear();
         }
     }
@@ -197,6 +214,10 @@ mod tests {
         how
     }
 
+    fn relay(n: u32) -> Option<String> {
+        Some(name(n))
+    }
+
     #[test]
     fn a_text_is_prepared_once_and_reused_after_its_batch_went_through() {
         let mut s = Statements::default();
@@ -208,9 +229,9 @@ mod tests {
         s.ready();
         assert_eq!(s.in_flight(), 0);
         assert_eq!(parse(&mut s, A), Unnamed::Prepared(0));
-        assert_eq!(s.for_unnamed(), Some(0));
+        assert_eq!(s.for_unnamed(), relay(0));
         assert_eq!(parse(&mut s, B), Unnamed::Prepare(2));
-        assert_eq!(s.for_unnamed(), Some(2));
+        assert_eq!(s.for_unnamed(), relay(2));
     }
 
     #[test]
@@ -221,7 +242,7 @@ mod tests {
         parse(&mut s, B);
         s.sent_sync();
         // The first batch fails (its Parse, or anything after it): nothing of it is remembered.
-        s.error("42601", "syntax error");
+        s.error("22012");
         s.ready();
         s.ready();
         assert_eq!(s.in_flight(), 0);
@@ -229,57 +250,53 @@ mod tests {
         assert_eq!(s.unnamed(B), Unnamed::Prepared(1));
         // An error before the batch's Sync went out marks that batch.
         parse(&mut s, A);
-        s.error("22012", "division by zero");
+        s.error("22012");
         s.sent_sync();
         s.ready();
         assert_eq!(s.unnamed(A), Unnamed::Prepare(3));
+        assert_eq!(s.unnamed(B), Unnamed::Prepared(1), "an error of another class forgets nothing");
     }
 
     #[test]
-    fn a_changed_result_type_forgets_every_prepared_text() {
+    fn stale_statements_and_changed_settings_forget_every_prepared_text() {
+        for forget in [
+            |s: &mut Statements| s.error("0A000"),
+            |s: &mut Statements| s.error("42883"),
+            |s: &mut Statements| s.error("26000"),
+            |s: &mut Statements| s.settings_changed(),
+        ] {
+            let mut s = Statements::default();
+            parse(&mut s, A);
+            s.sent_sync();
+            s.ready();
+            assert_eq!(parse(&mut s, A), Unnamed::Prepared(0));
+            s.sent_sync();
+            forget(&mut s);
+            s.ready();
+            assert_eq!(s.unnamed(A), Unnamed::Prepare(1));
+        }
+    }
+
+    #[test]
+    fn queries_and_closes_leave_the_unnamed_statement_gone_never_the_empty_one() {
         let mut s = Statements::default();
         parse(&mut s, A);
         s.sent_sync();
         s.ready();
-        assert_eq!(parse(&mut s, A), Unnamed::Prepared(0));
-        s.sent_sync();
-        s.error("0A000", RESULT_TYPE_CHANGED);
-        s.ready();
-        assert_eq!(s.unnamed(A), Unnamed::Prepare(1));
-    }
-
-    #[test]
-    fn queries_and_closes_end_what_the_unnamed_statement_stood_for() {
-        let mut s = Statements::default();
-        parse(&mut s, A);
-        s.sent_sync();
-        s.ready();
-        assert_eq!(s.for_unnamed(), Some(0));
-        s.sent_query(false);
-        assert_eq!(s.for_unnamed(), None);
+        assert_eq!(s.for_unnamed(), relay(0));
+        s.sent_query();
+        assert_eq!(s.for_unnamed().as_deref(), Some(RESERVED));
         s.ready();
         assert_eq!(parse(&mut s, A), Unnamed::Prepared(0));
         s.closed_unnamed();
-        assert_eq!(s.for_unnamed(), None);
+        assert_eq!(s.for_unnamed().as_deref(), Some(RESERVED));
         // Parsed as it is (refused, say): the server's own unnamed statement is the client's again.
         assert_eq!(parse(&mut s, A), Unnamed::Prepared(0));
         s.sent_unnamed(B, &Unnamed::AsIs);
         assert_eq!(s.for_unnamed(), None);
-    }
-
-    #[test]
-    fn a_query_inside_a_batch_turns_preparing_off() {
-        let mut s = Statements::default();
-        parse(&mut s, A);
-        s.sent_sync();
-        s.ready();
-        parse(&mut s, B);
-        s.sent_query(true);
-        s.sent_sync();
-        s.ready();
-        s.ready();
-        assert_eq!(s.unnamed(A), Unnamed::AsIs);
-        assert_eq!(s.unnamed(B), Unnamed::AsIs);
+        // And closing or a query then concern the server's own.
+        s.closed_unnamed();
+        s.sent_query();
         assert_eq!(s.for_unnamed(), None);
     }
 
