@@ -109,6 +109,21 @@ async fn world() -> World {
     world_with(|_| {}).await
 }
 
+/// Revokes acme's reporting key.
+async fn revoke_report_a(w: &mut World) {
+    let tenant: uuid::Uuid = {
+        let a = connect(w.addr, "acme", &w.report_a).await;
+        a.query_one("select tenant_id from crm.deals limit 1", &[]).await.expect("id").get(0)
+    };
+    tessera_core::admin::revoke_api_key(
+        &mut w.app.owner,
+        tessera_core::tenant::TenantId::from_uuid(tenant),
+        &w.report_a[4..16],
+    )
+    .await
+    .expect("revoke");
+}
+
 #[tokio::test]
 async fn each_tenant_sees_only_its_own_rows_through_tables_and_reporting_views() {
     let mut w = world().await;
@@ -1068,15 +1083,7 @@ async fn a_revoked_key_stops_its_open_sessions() {
     let mut w = world().await;
     let a = connect(w.addr, "acme", &w.report_a).await;
     assert_eq!(count(&a, "select count(*) from crm.deals").await, 2);
-    let tenant: uuid::Uuid =
-        a.query_one("select tenant_id from crm.deals limit 1", &[]).await.expect("id").get(0);
-    tessera_core::admin::revoke_api_key(
-        &mut w.app.owner,
-        tessera_core::tenant::TenantId::from_uuid(tenant),
-        &w.report_a[4..16],
-    )
-    .await
-    .expect("revoke");
+    revoke_report_a(&mut w).await;
     assert_eq!(count(&a, "select count(*) from crm.deals").await, 0, "the open session sees nothing");
     assert_eq!(code(&try_connect(w.addr, "acme", &w.report_a).await.expect_err("refused")), "28P01");
 }
@@ -1403,17 +1410,7 @@ async fn a_revoked_key_stops_its_prepared_unnamed_statements_too() {
     )
     .await;
     assert_eq!(first_values(&answer), ["1"], "the statement runs on a cached generic plan");
-    let tenant: uuid::Uuid = {
-        let a = connect(w.addr, "acme", &w.report_a).await;
-        a.query_one("select tenant_id from crm.deals limit 1", &[]).await.expect("id").get(0)
-    };
-    tessera_core::admin::revoke_api_key(
-        &mut w.app.owner,
-        tessera_core::tenant::TenantId::from_uuid(tenant),
-        &w.report_a[4..16],
-    )
-    .await
-    .expect("revoke");
+    revoke_report_a(&mut w).await;
     let answer = round(&mut s, &with_amount("1")).await;
     assert_eq!(tags(&answer), b"12DCZ");
     assert_eq!(first_values(&answer), ["0"], "the cached plan checks the binding when it runs");

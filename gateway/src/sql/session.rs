@@ -1109,28 +1109,16 @@ where
                 }
                 _ => out.extend_from_slice(frame.bytes()),
             }
-            if out.len() >= OUT_CHUNK {
-                let written = async {
-                    client.write_all(&out).await?;
-                    client.flush().await
-                };
-                match tokio::time::timeout_at(write_deadline(), written).await {
-                    Ok(Ok(())) => out.clear(),
-                    Ok(Err(e)) => return Ended::Upstream(format!("client write: {e}")),
-                    Err(_) => return Ended::Upstream("the client stopped reading".into()),
-                }
+            if out.len() >= OUT_CHUNK
+                && let Err(ended) = write_out(&mut client, &mut out, write_deadline()).await
+            {
+                return ended;
             }
         }
-        if !out.is_empty() {
-            let written = async {
-                client.write_all(&out).await?;
-                client.flush().await
-            };
-            match tokio::time::timeout_at(write_deadline(), written).await {
-                Ok(Ok(())) => out.clear(),
-                Ok(Err(e)) => return Ended::Upstream(format!("client write: {e}")),
-                Err(_) => return Ended::Upstream("the client stopped reading".into()),
-            }
+        if !out.is_empty()
+            && let Err(ended) = write_out(&mut client, &mut out, write_deadline()).await
+        {
+            return ended;
         }
         // Work the client starts while this side waits has its deadline a statement timeout after it
         // starts: while idle the timer is set no later than a statement timeout from now.
@@ -1182,6 +1170,26 @@ where
                 }
             }
         }
+    }
+}
+
+/// Writes what was gathered for the client by `deadline`, and empties it.
+async fn write_out<W: AsyncWrite + Unpin>(
+    client: &mut W,
+    out: &mut BytesMut,
+    deadline: Instant,
+) -> Result<(), Ended> {
+    let written = async {
+        client.write_all(out).await?;
+        client.flush().await
+    };
+    match tokio::time::timeout_at(deadline, written).await {
+        Ok(Ok(())) => {
+            out.clear();
+            Ok(())
+        }
+        Ok(Err(e)) => Err(Ended::Upstream(format!("client write: {e}"))),
+        Err(_) => Err(Ended::Upstream("the client stopped reading".into())),
     }
 }
 
