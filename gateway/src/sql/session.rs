@@ -1219,14 +1219,15 @@ fn statement_reference(tag: u8, body: &[u8]) -> Option<(usize, &str)> {
 /// marker (so a client's own `select tessera_refused_3` cannot take another statement's refusal).
 fn refusal_for(flow: &Flow, body: &[u8]) -> Option<Refusal> {
     let (code, message) = wire::error_code_and_message(body);
-    if code != "42601" {
+    // The marker is the whole statement, so its syntax error is at position 1; a client's text that starts
+    // with it never reaches the server (the check refuses it). The message names the marker in whatever
+    // language the server speaks ("syntax error at or near \"…\"", "Syntaxfehler bei »…«").
+    if code != "42601" || wire::error_field(body, b'P') != Some("1") {
         return None;
     }
-    let marker = message
-        .strip_prefix("syntax error at or near \"")?
-        .strip_suffix('"')?
-        .strip_prefix(REFUSED_MARKER)?;
-    let marker: u64 = marker.parse().ok()?;
+    let (_, after) = message.split_once(REFUSED_MARKER)?;
+    let digits = after.find(|c: char| !c.is_ascii_digit()).map_or(after, |end| &after[..end]);
+    let marker: u64 = digits.parse().ok()?;
     flow.refusals.lock().ok()?.remove(&marker)
 }
 
@@ -1257,11 +1258,19 @@ mod tests {
     fn a_marker_error_maps_back_to_its_refusal() {
         let flow = Flow::new();
         flow.refusals.lock().expect("lock").insert(7, Refusal { sqlstate: "42501", message: "no".into() });
-        let body = b"SERROR\0C42601\0Msyntax error at or near \"tessera_refused_7\"\0\0";
+        let body = b"SERROR\0C42601\0Msyntax error at or near \"tessera_refused_7\"\0P1\0\0";
         assert_eq!(refusal_for(&flow, body).map(|r| r.message), Some("no".to_owned()));
         assert_eq!(refusal_for(&flow, body), None, "used once");
-        let other = b"SERROR\0C42601\0Msyntax error at or near \"selec\"\0\0";
+        let other = b"SERROR\0C42601\0Msyntax error at or near \"selec\"\0P1\0\0";
         assert_eq!(refusal_for(&flow, other), None);
+        // A server speaking another language names the marker all the same.
+        flow.refusals.lock().expect("lock").insert(9, Refusal { sqlstate: "42501", message: "nein".into() });
+        let german = "SFEHLER\0C42601\0MSyntaxfehler bei \u{bb}tessera_refused_9\u{ab}\0P1\0\0";
+        assert_eq!(refusal_for(&flow, german.as_bytes()).map(|r| r.message), Some("nein".to_owned()));
+        // Not at the start of the statement: not the marker's own error.
+        flow.refusals.lock().expect("lock").insert(10, Refusal { sqlstate: "42501", message: "no".into() });
+        let later = b"SERROR\0C42601\0Msyntax error at or near \"tessera_refused_10\"\0P8\0\0";
+        assert_eq!(refusal_for(&flow, later), None);
         flow.refusals.lock().expect("lock").insert(8, Refusal { sqlstate: "42501", message: "no".into() });
         let elsewhere = b"SERROR\0C42703\0Mcolumn \"tessera_refused_8\" does not exist\0\0";
         assert_eq!(refusal_for(&flow, elsewhere), None, "only the marker's own syntax error");

@@ -171,6 +171,22 @@ pub fn error_code_and_message(body: &[u8]) -> (String, String) {
     (code, message)
 }
 
+/// One field of an ErrorResponse or NoticeResponse body (`b'P'`: the position, …).
+pub fn error_field(body: &[u8], wanted: u8) -> Option<&str> {
+    let mut rest = body;
+    while let Some((&field, tail)) = rest.split_first() {
+        if field == 0 {
+            return None;
+        }
+        let (value, tail) = cstr(tail)?;
+        if field == wanted {
+            return Some(value);
+        }
+        rest = tail;
+    }
+    None
+}
+
 /// The name and value of a ParameterStatus body.
 pub fn parameter_status_of(body: &[u8]) -> Option<(String, String)> {
     let (name, rest) = cstr(body)?;
