@@ -1039,8 +1039,8 @@ where
             };
             match frame.tag() {
                 b'E' => {
-                    let (code, _) = wire::error_code_and_message(frame.body());
-                    lock(&flow.statements).error(&code);
+                    let code = wire::error_field(frame.body(), b'C').unwrap_or_default();
+                    lock(&flow.statements).error(code);
                 }
                 b'Z' => lock(&flow.statements).ready(),
                 _ => {}

@@ -154,21 +154,8 @@ pub fn parse_parts(frame: &Frame) -> Option<(&str, &str)> {
 
 /// The SQLSTATE and the message of an ErrorResponse body (each empty when absent).
 pub fn error_code_and_message(body: &[u8]) -> (String, String) {
-    let (mut code, mut message) = (String::new(), String::new());
-    let mut rest = body;
-    while let Some((&field, tail)) = rest.split_first() {
-        if field == 0 {
-            break;
-        }
-        let Some((value, tail)) = cstr(tail) else { break };
-        match field {
-            b'C' => code = value.to_owned(),
-            b'M' => message = value.to_owned(),
-            _ => {}
-        }
-        rest = tail;
-    }
-    (code, message)
+    let field = |wanted| error_field(body, wanted).unwrap_or_default().to_owned();
+    (field(b'C'), field(b'M'))
 }
 
 /// One field of an ErrorResponse or NoticeResponse body (`b'P'`: the position, …).
