@@ -955,7 +955,7 @@ async fn upstream_to_client<R, W>(
     shared: &Shared,
     reader: &mut R,
     mut buf: BytesMut,
-    writer: W,
+    mut client: W,
     flow: &Flow,
     slot: &Arc<CancelSlot>,
     params: &mut Vec<(String, String)>,
@@ -965,7 +965,6 @@ where
     W: AsyncWrite + Unpin,
 {
     let limits = &shared.config;
-    let mut client = writer;
     buf.reserve(64 * 1024);
     // Set when the endpoint stopped a statement (a limit, the deadline): everything up to the next
     // ReadyForQuery is dropped (but settings changes and notices) and this error sent in its place.
@@ -1122,8 +1121,7 @@ where
         }
         // Work the client starts while this side waits has its deadline a statement timeout after it
         // starts: while idle the timer is set no later than a statement timeout from now.
-        let deadline = give_up
-            .or_else(|| flow.busy_since().map(|since| since + limits.statement_timeout))
+        let deadline = step_in_at(give_up, flow, limits.statement_timeout)
             .unwrap_or_else(|| Instant::now() + limits.statement_timeout);
         if deadline < timer.deadline() {
             timer.as_mut().reset(deadline);
@@ -1138,9 +1136,7 @@ where
             },
             () = &mut timer => {
                 let now = Instant::now();
-                let deadline =
-                    give_up.or_else(|| flow.busy_since().map(|since| since + limits.statement_timeout));
-                match deadline {
+                match step_in_at(give_up, flow, limits.statement_timeout) {
                     Some(at) if at <= now => {}
                     // Early: set for the real deadline, or for a statement timeout from now while idle.
                     Some(at) => {
@@ -1171,6 +1167,12 @@ where
             }
         }
     }
+}
+
+/// When the relay steps in: when it gives up on a cancelled statement, else a statement timeout after the
+/// client started its work; `None` while nothing runs.
+fn step_in_at(give_up: Option<Instant>, flow: &Flow, statement_timeout: Duration) -> Option<Instant> {
+    give_up.or_else(|| flow.busy_since().map(|since| since + statement_timeout))
 }
 
 /// Writes what was gathered for the client by `deadline`, and empties it.
