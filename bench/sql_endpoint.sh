@@ -16,16 +16,17 @@
 # gateway/src/sql/statements.rs),
 # which neither baseline does: pgbench sends every statement as a Parse of the unnamed statement.
 #
-#   bench/sql_endpoint.sh                   # defaults: 10 clients, 5 rounds of 8 s per target and protocol
+#   bench/sql_endpoint.sh                   # defaults: 10 clients, 9 rounds of 5 s per target and protocol
 #   CLIENTS=10 ROUNDS=5 SECONDS_EACH=10 bench/sql_endpoint.sh
+#   TARGETS="pgbouncer endpoint" MODES=simple ROUNDS=20 SECONDS_EACH=3 bench/sql_endpoint.sh   # a subset
 #
 # Needs: cargo, PostgreSQL server binaries, pgbench, psql, pgbouncer (`apt-get install postgresql pgbouncer`).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 CLIENTS=${CLIENTS:-10}
 THREADS=${THREADS:-2}
-SECONDS_EACH=${SECONDS_EACH:-8}
-ROUNDS=${ROUNDS:-5}
+SECONDS_EACH=${SECONDS_EACH:-5}
+ROUNDS=${ROUNDS:-9}
 ROWS=${ROWS:-10000}
 HTTP_PORT=${HTTP_PORT:-18580}
 SQL_PORT=${SQL_PORT:-18581}
@@ -123,6 +124,18 @@ pg_ticks() {
   } | awk '{s += $1} END {print s + 0}'
 }
 ticks() { awk '{print $14 + $15}' "$1" 2>/dev/null || echo 0; }
+# Context switches (voluntary + involuntary) of every thread of the given processes.
+switches() {
+  for p in "$@"; do cat /proc/"$p"/task/*/status 2>/dev/null; done |
+    awk '/^(non)?voluntary_ctxt_switches/ {s += $2} END {print s + 0}'
+}
+pg_switches() { switches $(pgrep -P "$POSTMASTER"); }
+proxy_pid() {
+  case $1 in
+    pgbouncer) cat "$DATA/pgbouncer.pid" ;;
+    endpoint) echo "$PID" ;;
+  esac
+}
 proxy_ticks() {
   case $1 in
     direct) echo 0 ;;
@@ -131,11 +144,13 @@ proxy_ticks() {
   esac
 }
 
-# One run: target, protocol, seconds → "tps, PostgreSQL's and the proxy's CPU µs per transaction".
+# One run: target, protocol, seconds → "tps, PostgreSQL's and the proxy's CPU µs per transaction, and
+# PostgreSQL's backends' and the proxy's context switches per 100 transactions".
 run() {
-  local target=$1 mode=$2 secs=$3 out pg0 px0 pg1 px1 n
+  local target=$1 mode=$2 secs=$3 out pg0 px0 pg1 px1 n ps0 xs0 ps1 xs1
   out="$OUT/sql.$target.$mode.txt"
   pg0=$(pg_ticks); px0=$(proxy_ticks "$target")
+  xs0=$(switches $(proxy_pid "$target")); ps0=$(pg_switches)
   case $target in
     direct) PGPASSWORD=bench PGOPTIONS="-c role=tessera_crm -c tessera.tenant_id=$TENANT" pgbench -n -M "$mode" \
       -c "$CLIENTS" -j "$THREADS" -T "$secs" -f "$OUT/sql_select.sql" -h 127.0.0.1 -p "$PGPORT" -U tessera_app \
@@ -146,13 +161,14 @@ run() {
       -f "$OUT/sql_select.sql" -h 127.0.0.1 -p "$SQL_PORT" -U demo tessera >"$out" 2>&1 ;;
   esac
   pg1=$(pg_ticks); px1=$(proxy_ticks "$target")
+  xs1=$(switches $(proxy_pid "$target")); ps1=$(pg_switches)
   grep -q 'number of failed transactions: 0' "$out" || { echo "$target $mode failed:" >&2; cat "$out" >&2; exit 1; }
   n=$(grep -E '^number of transactions actually processed' "$out" | awk '{print $6}' | cut -d/ -f1)
-  echo "$(grep -E '^tps' "$out" | awk '{print $3}') $(( (pg1 - pg0) * TICK_US / n )) $(( (px1 - px0) * TICK_US / n ))"
+  echo "$(grep -E '^tps' "$out" | awk '{print $3}') $(( (pg1 - pg0) * TICK_US / n )) $(( (px1 - px0) * TICK_US / n )) $(( (ps1 - ps0) * 100 / n )) $(( (xs1 - xs0) * 100 / n ))"
 }
 
-TARGETS="direct pgbouncer endpoint"
-MODES="simple extended"
+TARGETS=${TARGETS:-direct pgbouncer endpoint}
+MODES=${MODES:-simple extended}
 echo "warming up" >&2
 for t in $TARGETS; do for m in $MODES; do run "$t" "$m" 2 >/dev/null; done; done
 : >"$OUT/sql_rounds.txt"
@@ -169,21 +185,25 @@ median() { sort -n | sed -n "$(( (ROUNDS + 1) / 2 ))p"; }
 printf 'machine: %s, %s cores, %s\n' "$(uname -m)" "$(nproc)" "$(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs)"
 printf 'select one deal by random id of %s, %s clients, %s rounds of %s s per target and protocol, alternating:\n' \
   "$ROWS" "$CLIENTS" "$ROUNDS" "$SECONDS_EACH"
+# Per protocol: each target's median tps, CPU and context switches; the endpoint's ratio to each baseline as
+# the ratio of the medians and as the median of the rounds' ratios (the targets run back to back in a round,
+# so a round's ratio compares them under the same conditions on a shared machine).
 for m in $MODES; do
-  D=$(awk -v m="$m" '$1 == m && $2 == "direct" {print $3}' "$OUT/sql_rounds.txt" | median)
-  B=$(awk -v m="$m" '$1 == m && $2 == "pgbouncer" {print $3}' "$OUT/sql_rounds.txt" | median)
-  E=$(awk -v m="$m" '$1 == m && $2 == "endpoint" {print $3}' "$OUT/sql_rounds.txt" | median)
-  printf '  %-8s direct %7.0f tps   pgbouncer %7.0f tps   endpoint %7.0f tps   endpoint/direct %.2f   endpoint/pgbouncer %.2f\n' \
-    "$m" "$D" "$B" "$E" "$(echo "$E / $D" | bc -l)" "$(echo "$E / $B" | bc -l)"
   for t in $TARGETS; do
-    printf '  %-8s %-9s CPU per transaction (medians): PostgreSQL %4d µs, proxy %3d µs\n' "$m" "$t" \
+    printf '  %-8s %-9s %7.0f tps; per transaction (medians): CPU PostgreSQL %4d µs, proxy %3d µs; context switches PostgreSQL %.2f, proxy %.2f\n' \
+      "$m" "$t" "$(awk -v m="$m" -v t="$t" '$1 == m && $2 == t {print $3}' "$OUT/sql_rounds.txt" | median)" \
       "$(awk -v m="$m" -v t="$t" '$1 == m && $2 == t {print $4}' "$OUT/sql_rounds.txt" | median)" \
-      "$(awk -v m="$m" -v t="$t" '$1 == m && $2 == t {print $5}' "$OUT/sql_rounds.txt" | median)"
+      "$(awk -v m="$m" -v t="$t" '$1 == m && $2 == t {print $5}' "$OUT/sql_rounds.txt" | median)" \
+      "$(awk -v m="$m" -v t="$t" '$1 == m && $2 == t {print $6 / 100}' "$OUT/sql_rounds.txt" | median)" \
+      "$(awk -v m="$m" -v t="$t" '$1 == m && $2 == t {print $7 / 100}' "$OUT/sql_rounds.txt" | median)"
   done
-  # The rounds are paired (the targets run back to back in each), so each round's ratio is shown too.
-  printf '  %-8s endpoint/pgbouncer by round:' "$m"
-  paste -d' ' <(awk -v m="$m" '$1 == m && $2 == "endpoint" {print $3}' "$OUT/sql_rounds.txt") \
-    <(awk -v m="$m" '$1 == m && $2 == "pgbouncer" {print $3}' "$OUT/sql_rounds.txt") |
-    awk '{printf " %.2f", $1 / $2}'
-  echo
+  for base in direct pgbouncer; do
+    case " $TARGETS " in *" $base "*) ;; *) continue ;; esac
+    case " $TARGETS " in *" endpoint "*) ;; *) continue ;; esac
+    ratios=$(paste -d' ' <(awk -v m="$m" '$1 == m && $2 == "endpoint" {print $3}' "$OUT/sql_rounds.txt") \
+      <(awk -v m="$m" -v b="$base" '$1 == m && $2 == b {print $3}' "$OUT/sql_rounds.txt") | awk '{printf "%.2f\n", $1 / $2}')
+    printf "  %-8s endpoint/%-9s %.2f (ratio of the medians), %s (median of the rounds' ratios); by round: %s\n" "$m" "$base" \
+      "$(echo "$(awk -v m="$m" '$1 == m && $2 == "endpoint" {print $3}' "$OUT/sql_rounds.txt" | median) / $(awk -v m="$m" -v b="$base" '$1 == m && $2 == b {print $3}' "$OUT/sql_rounds.txt" | median)" | bc -l)" \
+      "$(echo "$ratios" | median)" "$(echo $ratios)"
+  done
 done

@@ -1078,6 +1078,42 @@ async fn one_tenant_cannot_take_every_connection() {
     assert_eq!(count(&again, "select count(*) from crm.deals").await, 2);
 }
 
+/// The scheduling policy of a thread: field 41 of its /proc stat file.
+#[cfg(target_os = "linux")]
+fn policy(stat_file: &std::path::Path) -> u32 {
+    let stat = std::fs::read_to_string(stat_file).expect("stat");
+    // The name is in parentheses and may hold spaces: the fields after it start with the third.
+    let after_name = &stat[stat.rfind(')').expect("stat has the name in parentheses") + 1..];
+    after_name.split_whitespace().nth(41 - 3).expect("policy field").parse().expect("policy is a number")
+}
+
+/// The scheduling policies of this process's threads named `prefix…`.
+#[cfg(target_os = "linux")]
+fn thread_policies(prefix: &str) -> Vec<u32> {
+    let mut policies = Vec::new();
+    for task in std::fs::read_dir("/proc/self/task").expect("/proc/self/task") {
+        let path = task.expect("task").path();
+        if std::fs::read_to_string(path.join("comm")).unwrap_or_default().starts_with(prefix) {
+            policies.push(policy(&path.join("stat")));
+        }
+    }
+    policies
+}
+
+/// The relay threads do not preempt the PostgreSQL backends they wait for (SCHED_BATCH; see
+/// relay_without_wakeup_preemption).
+#[cfg(target_os = "linux")]
+#[tokio::test]
+async fn relay_threads_run_without_wakeup_preemption() {
+    const SCHED_BATCH: u32 = 3;
+    let w = world_with(|c| c.threads = 2).await;
+    let client = connect(w.addr, "acme", &w.report_a).await;
+    assert_eq!(count(&client, "select count(*) from crm.deals").await, 2);
+    assert_eq!(thread_policies("tessera-sql-"), vec![SCHED_BATCH, SCHED_BATCH]);
+    // The test's own thread keeps the default policy (0): the change stays on the relay's threads.
+    assert_eq!(policy(std::path::Path::new("/proc/thread-self/stat")), 0);
+}
+
 #[tokio::test]
 async fn a_revoked_key_stops_its_open_sessions() {
     let mut w = world().await;
