@@ -6,6 +6,8 @@
 #   bench/cdc_throughput.sh                      # defaults: 3 alternating rounds of both workloads
 #   ROUNDS=5 BATCHED_CHANGES=200000 SINGLE_TXS=20000 bench/cdc_throughput.sh
 #   WORKLOADS=batched bench/cdc_throughput.sh    # only one of the two workloads
+#   BREAKDOWN=1 ...                              # also PostgreSQL's CPU per process after each tessera run
+#   SETUP_SQL="alter role tessera_replication set synchronous_commit = off" ...   # an experiment
 #
 # Workloads (inserts into crm.deals of the demo tenant, generated while no consumer reads the slot):
 #   batched  BATCHED_CHANGES rows in transactions of BATCH rows (default 200,000 in 1,000-row transactions)
@@ -32,6 +34,8 @@ build_tessera
 echo "provisioning a cluster in $WORK" >&2
 provision
 start_poller
+# For experiments: SQL run as superuser once the cluster is provisioned (say, a setting or an index dropped).
+[ -n "${SETUP_SQL:-}" ] && q "$SETUP_SQL" >/dev/null
 
 # Cleans up the previous round, moves both slots past the cleanup and writes the workload's WAL. Sets END (the
 # WAL position after the workload's last commit) and EXPECTED (events the worker must record).
@@ -64,10 +68,12 @@ generate() {
 
 # `tessera cdc` from process start until the slot is acknowledged past END (the worker acknowledges a
 # source commit only after its events are committed to the log, and keepalive positions only between
-# transactions). Sets ELAPSED and CPU (the tessera process's CPU seconds).
+# transactions). Sets ELAPSED, CPU (the tessera process's CPU seconds) and PGCPU (PostgreSQL's, until the
+# walsender has ended).
 run_tessera() {
-  local t0 t1 recorded
+  local t0 t1 recorded pg0
   q "checkpoint" >/dev/null
+  pg0=$(pg_cpu_seconds)
   t0=$(now)
   start_cdc "$OUT/cdc.log"
   while :; do
@@ -78,22 +84,33 @@ run_tessera() {
   done
   t1=$(now)
   CPU=$(cpu_seconds "$CDC_PID")
+  if [ -n "${BREAKDOWN:-}" ]; then
+    # PostgreSQL's processes by CPU ticks since they started (the writer's and the walsender's are this run's).
+    echo "PostgreSQL processes, CPU ticks (1/$(getconf CLK_TCK) s):" >&2
+    for c in $(pgrep -P "$(head -1 "$WORK/data/pg/postmaster.pid")"); do
+      echo "  $(awk '{print $14 + $15}' "/proc/$c/stat") $(tr '\0' ' ' <"/proc/$c/cmdline")"
+    done | sort -rn | head -6 >&2
+  fi
   stop_cdc
+  until [ "$(q "select count(*) from pg_stat_replication where application_name <> 'pg_recvlogical'")" = 0 ]; do nap 0.01; done
+  PGCPU=$(echo "$(pg_cpu_seconds) - $pg0" | bc -l)
   ELAPSED=$(echo "$t1 - $t0" | bc -l)
   recorded=$(q "select count(*) from events.log where type = 'crm.deals.insert'")
   [ "$recorded" = "$EXPECTED" ] || { echo "events.log holds $recorded deal inserts, expected $EXPECTED" >&2; exit 1; }
 }
 
 # pg_recvlogical with pgoutput (proto_version 1, the same as tessera's client) on the copied slot into a
-# file, until END. Sets ELAPSED.
+# file, until END. Sets ELAPSED and PGCPU.
 run_recvlogical() {
-  local t0 t1
+  local t0 t1 pg0
   q "checkpoint" >/dev/null
   rm -f "$OUT/recvlogical.out"
+  pg0=$(pg_cpu_seconds)
   t0=$(now)
   pg_recvlogical -d "$SUPER" --slot baseline --start --no-loop --endpos "$END" \
     -o proto_version=1 -o publication_names=tessera_cdc -f "$OUT/recvlogical.out"
   t1=$(now)
+  PGCPU=$(echo "$(pg_cpu_seconds) - $pg0" | bc -l)
   ELAPSED=$(echo "$t1 - $t0" | bc -l)
   [ -s "$OUT/recvlogical.out" ] || { echo "pg_recvlogical wrote nothing" >&2; exit 1; }
 }
@@ -106,18 +123,20 @@ for round in $(seq 1 "$ROUNDS"); do
     if [ $((round % 2)) = 1 ]; then order="tessera recvlogical"; else order="recvlogical tessera"; fi
     for side in $order; do
       echo "round $round/$ROUNDS, $workload: $side" >&2
-      if [ "$side" = tessera ]; then run_tessera; TT=$ELAPSED; TCPU=$CPU; else run_recvlogical; TR=$ELAPSED; fi
+      if [ "$side" = tessera ]; then run_tessera; TT=$ELAPSED; TCPU=$CPU; TPG=$PGCPU; else run_recvlogical; TR=$ELAPSED; RPG=$PGCPU; fi
     done
-    echo "$workload $round $EXPECTED $TT $TR $TCPU ${order%% *}" >>"$OUT/rounds.txt"
+    echo "$workload $round $EXPECTED $TT $TR $TCPU ${order%% *} $TPG $RPG" >>"$OUT/rounds.txt"
   done
 done
 
 machine_line
 printf 'tessera cdc vs pg_recvlogical (pgoutput, proto_version 1) on the same slot data; %s rounds, alternating\n' "$ROUNDS"
-printf '%-8s %5s %8s %10s %10s %12s %12s %7s %8s %s\n' workload round changes tessera_s recvlog_s tessera_ch/s recvlog_ch/s ratio cpu_s first
-while read -r w r n tt tr cpu first; do
-  printf '%-8s %5s %8s %10.2f %10.2f %12.0f %12.0f %7.2f %8s %s\n' "$w" "$r" "$n" "$tt" "$tr" \
-    "$(echo "$n / $tt" | bc -l)" "$(echo "$n / $tr" | bc -l)" "$(echo "$tr / $tt" | bc -l)" "$cpu" "$first"
+# cpu_s: the tessera process's CPU seconds; pg_cpu_s: PostgreSQL's during each side's run (tessera / pg_recvlogical).
+printf '%-8s %5s %8s %10s %10s %12s %12s %7s %8s %-11s %s\n' workload round changes tessera_s recvlog_s tessera_ch/s recvlog_ch/s ratio cpu_s pg_cpu_s first
+while read -r w r n tt tr cpu first tpg rpg; do
+  printf '%-8s %5s %8s %10.2f %10.2f %12.0f %12.0f %7.2f %8s %-11s %s\n' "$w" "$r" "$n" "$tt" "$tr" \
+    "$(echo "$n / $tt" | bc -l)" "$(echo "$n / $tr" | bc -l)" "$(echo "$tr / $tt" | bc -l)" "$cpu" \
+    "$(printf '%.2f/%.2f' "$tpg" "$rpg")" "$first"
 done <"$OUT/rounds.txt"
 echo "medians:"
 for w in $WORKLOADS; do
