@@ -161,16 +161,26 @@ stop_cdc() {
   PIDS=("${keep[@]}")
 }
 
-# CPU seconds (user + system) a running process has used so far.
 # PostgreSQL's CPU seconds so far: the postmaster's own, its reaped children's (a walsender that ended) and
 # its live children's (backends, walsender, checkpointer, WAL writer, autovacuum).
 pg_cpu_seconds() {
   local postmaster
   postmaster=$(head -1 "$WORK/data/pg/postmaster.pid")
   { awk '{print $14 + $15 + $16 + $17}' "/proc/$postmaster/stat"
-    for child in $(pgrep -P "$postmaster"); do awk '{print $14 + $15}' "/proc/$child/stat" 2>/dev/null; done
+    # A backend can end between pgrep and awk.
+    for child in $(pgrep -P "$postmaster"); do awk '{print $14 + $15}' "/proc/$child/stat" 2>/dev/null || true; done
   } | awk -v hz="$(getconf CLK_TCK)" '{s += $1} END {printf "%.2f", s / hz}'
 }
+# Waits (at most 10 s) until the given processes have ended and been reaped.
+wait_gone() {
+  local pid i
+  for pid in "$@"; do
+    for i in $(seq 1000); do kill -0 "$pid" 2>/dev/null || continue 2; nap 0.01; done
+    echo "process $pid did not end" >&2
+    exit 1
+  done
+}
+# CPU seconds (user + system) a running process has used so far.
 cpu_seconds() { awk -v hz="$(getconf CLK_TCK)" '{printf "%.2f", ($14 + $15) / hz}' "/proc/$1/stat" 2>/dev/null || echo nan; }
 
 median() { sort -g | awk '{a[NR]=$1} END {if (NR==0) print "nan"; else if (NR%2) print a[(NR+1)/2]; else print (a[NR/2]+a[NR/2+1])/2}'; }

@@ -71,7 +71,7 @@ generate() {
 # transactions). Sets ELAPSED, CPU (the tessera process's CPU seconds) and PGCPU (PostgreSQL's, until the
 # walsender has ended).
 run_tessera() {
-  local t0 t1 recorded pg0
+  local t0 t1 recorded pg0 backends
   q "checkpoint" >/dev/null
   pg0=$(pg_cpu_seconds)
   t0=$(now)
@@ -91,8 +91,11 @@ run_tessera() {
       echo "  $(awk '{print $14 + $15}' "/proc/$c/stat") $(tr '\0' ' ' <"/proc/$c/cmdline")"
     done | sort -rn | head -6 >&2
   fi
+  # The worker's server processes (walsender, writer, dispatcher): once they are gone and reaped (kill -0
+  # fails), their CPU is in the postmaster's reaped children's.
+  backends=$(q "select string_agg(pid::text, ' ') from pg_stat_activity where usename = 'tessera_replication'")
   stop_cdc
-  until [ "$(q "select count(*) from pg_stat_replication where application_name <> 'pg_recvlogical'")" = 0 ]; do nap 0.01; done
+  wait_gone $backends
   PGCPU=$(echo "$(pg_cpu_seconds) - $pg0" | bc -l)
   ELAPSED=$(echo "$t1 - $t0" | bc -l)
   recorded=$(q "select count(*) from events.log where type = 'crm.deals.insert'")
@@ -110,6 +113,7 @@ run_recvlogical() {
   pg_recvlogical -d "$SUPER" --slot baseline --start --no-loop --endpos "$END" \
     -o proto_version=1 -o publication_names=tessera_cdc -f "$OUT/recvlogical.out"
   t1=$(now)
+  wait_gone $(q "select active_pid from pg_replication_slots where slot_name = 'baseline' and active_pid is not null")
   PGCPU=$(echo "$(pg_cpu_seconds) - $pg0" | bc -l)
   ELAPSED=$(echo "$t1 - $t0" | bc -l)
   [ -s "$OUT/recvlogical.out" ] || { echo "pg_recvlogical wrote nothing" >&2; exit 1; }

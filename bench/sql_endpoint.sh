@@ -19,6 +19,9 @@
 #   bench/sql_endpoint.sh                   # defaults: 10 clients, 9 rounds of 5 s per target and protocol
 #   CLIENTS=10 ROUNDS=5 SECONDS_EACH=10 bench/sql_endpoint.sh
 #   TARGETS="pgbouncer endpoint" MODES=simple ROUNDS=20 SECONDS_EACH=3 bench/sql_endpoint.sh   # a subset
+#   TARGETS="pgbouncer endpoint endpoint-default" MODES=simple bench/sql_endpoint.sh
+#       endpoint-default: the same endpoint with its relay threads in the default scheduling policy during
+#       its runs (chrt), as before they ran under SCHED_BATCH
 #
 # Needs: cargo, PostgreSQL server binaries, pgbench, psql, pgbouncer (`apt-get install postgresql pgbouncer`).
 set -euo pipefail
@@ -36,7 +39,9 @@ mkdir -p "$OUT"
 PGBIN=$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -1)
 export PATH="$PATH:${PGBIN:-/usr/lib/postgresql/15/bin}"
 BOUNCER=$(command -v pgbouncer || echo /usr/sbin/pgbouncer)
-for tool in pgbench psql "$BOUNCER"; do
+TOOLS="pgbench psql $BOUNCER"
+case " ${TARGETS:-} " in *" endpoint-default "*) TOOLS="$TOOLS chrt" ;; esac
+for tool in $TOOLS; do
   command -v "$tool" >/dev/null || { echo "missing $tool: apt-get install postgresql pgbouncer" >&2; exit 2; }
 done
 
@@ -120,28 +125,36 @@ TICK_US=$(( 1000000 / $(getconf CLK_TCK) ))
 POSTMASTER=$(head -1 "$DATA/pg/postmaster.pid")
 pg_ticks() {
   { awk '{print $14 + $15 + $16 + $17}' "/proc/$POSTMASTER/stat"
-    for child in $(pgrep -P "$POSTMASTER"); do awk '{print $14 + $15}' "/proc/$child/stat" 2>/dev/null; done
+    # A backend can end between pgrep and awk.
+    for child in $(pgrep -P "$POSTMASTER"); do awk '{print $14 + $15}' "/proc/$child/stat" 2>/dev/null || true; done
   } | awk '{s += $1} END {print s + 0}'
 }
 ticks() { awk '{print $14 + $15}' "$1" 2>/dev/null || echo 0; }
 # Context switches (voluntary + involuntary) of every thread of the given processes.
 switches() {
-  for p in "$@"; do cat /proc/"$p"/task/*/status 2>/dev/null; done |
+  for p in "$@"; do cat /proc/"$p"/task/*/status 2>/dev/null || true; done |
     awk '/^(non)?voluntary_ctxt_switches/ {s += $2} END {print s + 0}'
 }
-pg_switches() { switches $(pgrep -P "$POSTMASTER"); }
+pg_switches() { switches $(pgrep -P "$POSTMASTER" || true); }
 proxy_pid() {
   case $1 in
     pgbouncer) cat "$DATA/pgbouncer.pid" ;;
-    endpoint) echo "$PID" ;;
+    endpoint | endpoint-default) echo "$PID" ;;
   esac
 }
 proxy_ticks() {
   case $1 in
     direct) echo 0 ;;
-    pgbouncer) ticks "/proc/$(cat "$DATA/pgbouncer.pid")/stat" ;;
-    endpoint) ticks "/proc/$PID/stat" ;;
+    *) ticks "/proc/$(proxy_pid "$1")/stat" ;;
   esac
+}
+# The endpoint's relay threads' scheduling policy (`chrt -b`: SCHED_BATCH, as they start; `chrt -o`: the
+# default), for the endpoint-default target: the same endpoint with the policy it had before 73e6758.
+relay_policy() {
+  local task
+  for task in /proc/"$PID"/task/*; do
+    if grep -q '^tessera-sql-' "$task/comm" 2>/dev/null; then chrt "$1" -p 0 "${task##*/}" >/dev/null; fi
+  done
 }
 
 # One run: target, protocol, seconds → "tps, PostgreSQL's and the proxy's CPU µs per transaction, and
@@ -151,15 +164,17 @@ run() {
   out="$OUT/sql.$target.$mode.txt"
   pg0=$(pg_ticks); px0=$(proxy_ticks "$target")
   xs0=$(switches $(proxy_pid "$target")); ps0=$(pg_switches)
+  [ "$target" = endpoint-default ] && relay_policy -o
   case $target in
     direct) PGPASSWORD=bench PGOPTIONS="-c role=tessera_crm -c tessera.tenant_id=$TENANT" pgbench -n -M "$mode" \
       -c "$CLIENTS" -j "$THREADS" -T "$secs" -f "$OUT/sql_select.sql" -h 127.0.0.1 -p "$PGPORT" -U tessera_app \
       tessera >"$out" 2>&1 ;;
     pgbouncer) pgbench -n -M "$mode" -c "$CLIENTS" -j "$THREADS" -T "$secs" -f "$OUT/sql_select.sql" \
       -h 127.0.0.1 -p "$BOUNCER_PORT" -U tessera_app tessera >"$out" 2>&1 ;;
-    endpoint) PGPASSWORD=$KEY pgbench -n -M "$mode" -c "$CLIENTS" -j "$THREADS" -T "$secs" \
+    endpoint | endpoint-default) PGPASSWORD=$KEY pgbench -n -M "$mode" -c "$CLIENTS" -j "$THREADS" -T "$secs" \
       -f "$OUT/sql_select.sql" -h 127.0.0.1 -p "$SQL_PORT" -U demo tessera >"$out" 2>&1 ;;
   esac
+  [ "$target" = endpoint-default ] && relay_policy -b
   pg1=$(pg_ticks); px1=$(proxy_ticks "$target")
   xs1=$(switches $(proxy_pid "$target")); ps1=$(pg_switches)
   grep -q 'number of failed transactions: 0' "$out" || { echo "$target $mode failed:" >&2; cat "$out" >&2; exit 1; }
@@ -180,7 +195,7 @@ for round in $(seq 1 "$ROUNDS"); do
     done
   done
 done
-median() { sort -n | sed -n "$(( (ROUNDS + 1) / 2 ))p"; }
+median() { sort -g | awk '{a[NR] = $1} END {if (NR == 0) print "nan"; else if (NR % 2) print a[(NR + 1) / 2]; else print (a[NR / 2] + a[NR / 2 + 1]) / 2}'; }
 
 printf 'machine: %s, %s cores, %s\n' "$(uname -m)" "$(nproc)" "$(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs)"
 printf 'select one deal by random id of %s, %s clients, %s rounds of %s s per target and protocol, alternating:\n' \
@@ -188,24 +203,24 @@ printf 'select one deal by random id of %s, %s clients, %s rounds of %s s per ta
 # Per protocol: each target's median tps, CPU and context switches; the endpoint's ratio to each baseline as
 # the ratio of the medians and as the median of the rounds' ratios (the targets run back to back in a round,
 # so a round's ratio compares them under the same conditions on a shared machine).
+col() { awk -v m="$1" -v t="$2" -v c="$3" '$1 == m && $2 == t {print $c}' "$OUT/sql_rounds.txt"; }
 for m in $MODES; do
   for t in $TARGETS; do
+    line=$(printf '  %-8s %-16s %7.0f tps; per transaction (medians): CPU PostgreSQL %4.0f µs, proxy %3.0f µs' \
+      "$m" "$t" "$(col "$m" "$t" 3 | median)" "$(col "$m" "$t" 4 | median)" "$(col "$m" "$t" 5 | median)")
     # Direct's backends live only while pgbench runs, so their context switches are not counted.
-    printf '  %-8s %-9s %7.0f tps; per transaction (medians): CPU PostgreSQL %4d µs, proxy %3d µs; context switches PostgreSQL %.2f, proxy %.2f\n' \
-      "$m" "$t" "$(awk -v m="$m" -v t="$t" '$1 == m && $2 == t {print $3}' "$OUT/sql_rounds.txt" | median)" \
-      "$(awk -v m="$m" -v t="$t" '$1 == m && $2 == t {print $4}' "$OUT/sql_rounds.txt" | median)" \
-      "$(awk -v m="$m" -v t="$t" '$1 == m && $2 == t {print $5}' "$OUT/sql_rounds.txt" | median)" \
-      "$(awk -v m="$m" -v t="$t" '$1 == m && $2 == t {print $6 / 100}' "$OUT/sql_rounds.txt" | median)" \
-      "$(awk -v m="$m" -v t="$t" '$1 == m && $2 == t {print $7 / 100}' "$OUT/sql_rounds.txt" | median)" |
-      sed 's/; context switches PostgreSQL 0.00, proxy 0.00$//'
+    [ "$t" != direct ] && line="$line$(printf '; context switches PostgreSQL %.2f, proxy %.2f' \
+      "$(col "$m" "$t" 6 | median | awk '{print $1 / 100}')" "$(col "$m" "$t" 7 | median | awk '{print $1 / 100}')")"
+    echo "$line"
   done
-  for base in direct pgbouncer; do
-    case " $TARGETS " in *" $base "*) ;; *) continue ;; esac
-    case " $TARGETS " in *" endpoint "*) ;; *) continue ;; esac
-    ratios=$(paste -d' ' <(awk -v m="$m" '$1 == m && $2 == "endpoint" {print $3}' "$OUT/sql_rounds.txt") \
-      <(awk -v m="$m" -v b="$base" '$1 == m && $2 == b {print $3}' "$OUT/sql_rounds.txt") | awk '{printf "%.2f\n", $1 / $2}')
-    printf "  %-8s endpoint/%-9s %.2f (ratio of the medians), %s (median of the rounds' ratios); by round: %s\n" "$m" "$base" \
-      "$(echo "$(awk -v m="$m" '$1 == m && $2 == "endpoint" {print $3}' "$OUT/sql_rounds.txt" | median) / $(awk -v m="$m" -v b="$base" '$1 == m && $2 == b {print $3}' "$OUT/sql_rounds.txt" | median)" | bc -l)" \
-      "$(echo "$ratios" | median)" "$(echo $ratios)"
+  for target in endpoint endpoint-default; do
+    case " $TARGETS " in *" $target "*) ;; *) continue ;; esac
+    for base in direct pgbouncer; do
+      case " $TARGETS " in *" $base "*) ;; *) continue ;; esac
+      ratios=$(paste -d' ' <(col "$m" "$target" 3) <(col "$m" "$base" 3) | awk '{printf "%.2f\n", $1 / $2}')
+      printf "  %-8s %s/%-9s %.2f (ratio of the medians), %.2f (median of the rounds' ratios); by round: %s\n" \
+        "$m" "$target" "$base" "$(echo "$(col "$m" "$target" 3 | median) / $(col "$m" "$base" 3 | median)" | bc -l)" \
+        "$(echo "$ratios" | median)" "$(echo $ratios)"
+    done
   done
 done

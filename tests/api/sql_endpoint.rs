@@ -1106,10 +1106,19 @@ fn thread_policies(prefix: &str) -> Vec<u32> {
 #[tokio::test]
 async fn relay_threads_run_without_wakeup_preemption() {
     const SCHED_BATCH: u32 = 3;
-    let w = world_with(|c| c.threads = 2).await;
+    // One relay thread, so the session below is served by it: it has passed its first line by then. (Under
+    // a plain `cargo test` other tests' relay threads are in this process too: one just started may not
+    // have, hence the second look.)
+    let w = world_with(|c| c.threads = 1).await;
     let client = connect(w.addr, "acme", &w.report_a).await;
     assert_eq!(count(&client, "select count(*) from crm.deals").await, 2);
-    assert_eq!(thread_policies("tessera-sql-"), vec![SCHED_BATCH, SCHED_BATCH]);
+    let mut policies = thread_policies("tessera-sql-");
+    if policies.iter().any(|&p| p != SCHED_BATCH) {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        policies = thread_policies("tessera-sql-");
+    }
+    assert!(!policies.is_empty(), "no relay thread found");
+    assert!(policies.iter().all(|&p| p == SCHED_BATCH), "relay threads' policies: {policies:?}");
     // The test's own thread keeps the default policy (0): the change stays on the relay's threads.
     assert_eq!(policy(std::path::Path::new("/proc/thread-self/stat")), 0);
 }

@@ -275,27 +275,40 @@ fn spawn_shard(
     Ok((sender, handle))
 }
 
-/// Puts the calling relay thread in the SCHED_BATCH policy: same share of the CPU and same nice value, but a
-/// wake-up of the thread does not preempt the task running on the CPU.
+/// Puts the calling relay thread in the SCHED_BATCH policy: same nice value and the same weight in the
+/// scheduler, but the thread is treated as CPU-bound in wake-up decisions, so that its waking up does not
+/// preempt the task running on the CPU (sched(7) calls this "a small scheduling penalty with respect to
+/// wakeup behavior").
 ///
 /// Under load every message the relay forwards wakes it, and with the default policy the woken relay at
-/// once preempts a PostgreSQL backend that is still working on another session's statement: two context
-/// switches per message, each costing both of them cache and CPU. With SCHED_BATCH the relay runs when a
-/// backend blocks (it has sent its result and waits for the next statement, which is the relay's to bring)
-/// and then finds several sessions' messages ready, like PgBouncer's loop does when the scheduler happens to
-/// treat it that way. Measured with `bench/sql_endpoint.sh`: in the simple protocol the endpoint's CPU per
-/// transaction stopped switching between about 15 and about 35 µs from one run to the next; see BENCHMARKS.md.
-/// When a CPU is idle the relay is woken at once, as before, so an unloaded endpoint answers as fast.
+/// once preempted a PostgreSQL backend still working on another session's statement: extra context switches
+/// on both sides, each costing them cache and CPU. With SCHED_BATCH the relay runs when a backend blocks (it
+/// has sent its result and waits for the next statement, which is the relay's to bring) and then finds
+/// several sessions' messages ready. Measured with `bench/sql_endpoint.sh` (the `endpoint-default` target
+/// runs the same endpoint with the default policy): in the simple protocol the endpoint's CPU per transaction
+/// stopped switching between about 15 and about 35 µs from one run to the next; see BENCHMARKS.md. An idle
+/// CPU still runs the woken relay at once; when every CPU is busy with other work, a wake-up waits for the
+/// running task to block or for the scheduler's next tick (a few milliseconds at most), as any busy task's
+/// does. SCHED_RESET_ON_FORK: threads this thread starts get the default policy.
 fn relay_without_wakeup_preemption() {
     #[cfg(target_os = "linux")]
     {
         let param = libc::sched_param { sched_priority: 0 };
-        // SAFETY: sched_setscheduler reads `param` only during the call; pid 0 is the calling thread, whose
-        // policy is all it changes. SCHED_BATCH at priority 0 needs no privilege.
+        // The system call itself: musl's sched_setscheduler() is a stub that fails with ENOSYS. For the
+        // kernel, pid 0 is the calling thread, whose policy is all it changes.
+        // SAFETY: the kernel reads `param` only during the call and keeps no pointer to it; the other
+        // arguments are integers. SCHED_BATCH at priority 0 needs no privilege.
         #[allow(unsafe_code)]
-        let result = unsafe { libc::sched_setscheduler(0, libc::SCHED_BATCH, &param) };
+        let result = unsafe {
+            libc::syscall(
+                libc::SYS_sched_setscheduler,
+                0,
+                libc::SCHED_BATCH | libc::SCHED_RESET_ON_FORK,
+                &raw const param,
+            )
+        };
         if result != 0 {
-            tracing::debug!(error = %std::io::Error::last_os_error(), "the SQL relay thread keeps the default scheduling policy");
+            tracing::info!(error = %std::io::Error::last_os_error(), "the SQL relay thread keeps the default scheduling policy");
         }
     }
 }
