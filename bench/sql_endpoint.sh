@@ -36,55 +36,22 @@ SQL_PORT=${SQL_PORT:-18581}
 BOUNCER_PORT=${BOUNCER_PORT:-18582}
 OUT=bench/out
 mkdir -p "$OUT"
-PGBIN=$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -1)
-export PATH="$PATH:${PGBIN:-/usr/lib/postgresql/15/bin}"
+. bench/sql_common.sh
 BOUNCER=$(command -v pgbouncer || echo /usr/sbin/pgbouncer)
-TOOLS="pgbench psql $BOUNCER"
-case " ${TARGETS:-} " in *" endpoint-default "*) TOOLS="$TOOLS chrt" ;; esac
-for tool in $TOOLS; do
-  command -v "$tool" >/dev/null || { echo "missing $tool: apt-get install postgresql pgbouncer" >&2; exit 2; }
-done
+need_tools pgbench psql "$BOUNCER"
+case " ${TARGETS:-} " in *" endpoint-default "*) need_tools chrt ;; esac
 
-cargo build --release --quiet
-BIN=target/release/tessera
-DATA=$(mktemp -d /tmp/tessera-bench-XXXXXX)
-chmod 755 "$DATA"
-PID=
 BPID=
 cleanup() {
   [ -n "$BPID" ] && kill "$BPID" 2>/dev/null
-  [ -n "$PID" ] && kill -TERM "$PID" 2>/dev/null && wait "$PID" 2>/dev/null
-  rm -rf "$DATA"
+  stop_tessera
 }
 trap cleanup EXIT
-
-TESSERA_LOG=warn TOKIO_WORKER_THREADS=${TOKIO_WORKER_THREADS:-2} "$BIN" up --data-dir "$DATA" \
-  --listen "127.0.0.1:$HTTP_PORT" --sql-listen "127.0.0.1:$SQL_PORT" >"$OUT/up.log" 2>&1 &
-PID=$!
-until KEY=$(grep -o 'tsk_[0-9a-f]*_[0-9a-f]*' "$OUT/up.log" 2>/dev/null | head -1); [ -n "$KEY" ] && grep -q 'Stop with' "$OUT/up.log"; do
-  kill -0 "$PID" 2>/dev/null || { cat "$OUT/up.log" >&2; exit 1; }
-  sleep 0.05
-done
-PG_LINE=$(grep -o 'postgresql://[^"]*' "$OUT/up.log")
-SOCK=$(echo "$PG_LINE" | sed -E 's/.*host=([^&]*).*/\1/')
-PGPORT=$(echo "$PG_LINE" | sed -E 's/.*port=([0-9]*).*/\1/')
-
-# Data: ROWS deals of the demo tenant with ids the script can compute. tessera_app gets a password for the
-# direct TCP connection (local sockets are trusted).
-psql -q -h "$SOCK" -p "$PGPORT" -U postgres tessera <<SQL
-alter role tessera_app password 'bench';
-insert into crm.deals (tenant_id, id, title, stage, amount)
-select t.id, md5(n::text)::uuid, 'Deal ' || n, 'lead', n
-  from core.tenants t, generate_series(1, $ROWS) n where t.slug = 'demo';
-vacuum analyze crm.deals;
-SQL
+start_tessera
+# tessera_app gets a password for the direct TCP connection (local sockets are trusted).
+load_deals "alter role tessera_app password 'bench';"
 export PGCONNECT_TIMEOUT=10
 TENANT=$(psql -Atq -h "$SOCK" -p "$PGPORT" -U postgres tessera -c "select id from core.tenants where slug = 'demo'")
-
-cat >"$OUT/sql_select.sql" <<SQL
-\set n random(1, $ROWS)
-select title, amount from crm.deals where id = md5(:n::text)::uuid;
-SQL
 
 cat >"$OUT/pgbouncer.ini" <<INI
 [databases]
@@ -148,15 +115,6 @@ proxy_ticks() {
     *) ticks "/proc/$(proxy_pid "$1")/stat" ;;
   esac
 }
-# The endpoint's relay threads' scheduling policy (`chrt -b`: SCHED_BATCH, as they start; `chrt -o`: the
-# default), for the endpoint-default target: the same endpoint with the policy it had before 73e6758.
-relay_policy() {
-  local task
-  for task in /proc/"$PID"/task/*; do
-    if grep -q '^tessera-sql-' "$task/comm" 2>/dev/null; then chrt "$1" -p 0 "${task##*/}" >/dev/null; fi
-  done
-}
-
 # One run: target, protocol, seconds → "tps, PostgreSQL's and the proxy's CPU µs per transaction, and
 # PostgreSQL's backends' and the proxy's context switches per 100 transactions".
 run() {
