@@ -2,7 +2,7 @@
 # and ROWS deals of the demo tenant, and the relay threads' scheduling policy. Sourced from the repository's
 # root, after `set -euo pipefail`; the caller sets OUT, ROWS, HTTP_PORT and SQL_PORT.
 
-PGBIN=$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -1)
+PGBIN=$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -1 || true)
 export PATH="$PATH:${PGBIN:-/usr/lib/postgresql/15/bin}"
 
 # Exits with a hint unless every named tool is there.
@@ -23,8 +23,11 @@ start_tessera() {
   TESSERA_LOG=warn TOKIO_WORKER_THREADS=${TOKIO_WORKER_THREADS:-2} target/release/tessera up --data-dir "$DATA" \
     --listen "127.0.0.1:$HTTP_PORT" --sql-listen "127.0.0.1:$SQL_PORT" >"$OUT/up.log" 2>&1 &
   PID=$!
+  local waited=0
   until KEY=$(grep -o 'tsk_[0-9a-f]*_[0-9a-f]*' "$OUT/up.log" 2>/dev/null | head -1); [ -n "$KEY" ] && grep -q 'Stop with' "$OUT/up.log"; do
     kill -0 "$PID" 2>/dev/null || { cat "$OUT/up.log" >&2; exit 1; }
+    waited=$((waited + 1))
+    [ "$waited" -lt 1200 ] || { echo "tessera up did not come up within 60 s" >&2; cat "$OUT/up.log" >&2; exit 1; }
     sleep 0.05
   done
   local pg_line
@@ -54,11 +57,15 @@ select title, amount from crm.deals where id = md5(:n::text)::uuid;
 SQL
 }
 
-# The endpoint's relay threads' scheduling policy: `relay_policy -b` SCHED_BATCH (as they start),
-# `relay_policy -o` the default.
+# The endpoint's relay threads' scheduling policy: `relay_policy -b` SCHED_BATCH with reset-on-fork (as they
+# start), `relay_policy -o` the default.
 relay_policy() {
-  local task
+  local task flags=$1
+  [ "$flags" = -b ] && flags="-b -R"
   for task in /proc/"$PID"/task/*; do
-    if grep -q '^tessera-sql-' "$task/comm" 2>/dev/null; then chrt "$1" -p 0 "${task##*/}" >/dev/null; fi
+    if grep -q '^tessera-sql-' "$task/comm" 2>/dev/null; then
+      # shellcheck disable=SC2086
+      chrt $flags -p 0 "${task##*/}" >/dev/null
+    fi
   done
 }

@@ -43,7 +43,11 @@ case " ${TARGETS:-} " in *" endpoint-default "*) need_tools chrt ;; esac
 
 BPID=
 cleanup() {
-  [ -n "$BPID" ] && kill "$BPID" 2>/dev/null
+  # As root BPID is runuser's; PgBouncer's own pid is in its pid file.
+  if [ -n "$BPID" ]; then
+    kill "$(cat "$DATA/pgbouncer.pid" 2>/dev/null || echo "$BPID")" 2>/dev/null || true
+    wait "$BPID" 2>/dev/null || true
+  fi
   stop_tessera
 }
 trap cleanup EXIT
@@ -122,7 +126,7 @@ run() {
   out="$OUT/sql.$target.$mode.txt"
   pg0=$(pg_ticks); px0=$(proxy_ticks "$target")
   xs0=$(switches $(proxy_pid "$target")); ps0=$(pg_switches)
-  [ "$target" = endpoint-default ] && relay_policy -o
+  if [ "$target" = endpoint-default ]; then relay_policy -o; fi
   case $target in
     direct) PGPASSWORD=bench PGOPTIONS="-c role=tessera_crm -c tessera.tenant_id=$TENANT" pgbench -n -M "$mode" \
       -c "$CLIENTS" -j "$THREADS" -T "$secs" -f "$OUT/sql_select.sql" -h 127.0.0.1 -p "$PGPORT" -U tessera_app \
@@ -132,7 +136,7 @@ run() {
     endpoint | endpoint-default) PGPASSWORD=$KEY pgbench -n -M "$mode" -c "$CLIENTS" -j "$THREADS" -T "$secs" \
       -f "$OUT/sql_select.sql" -h 127.0.0.1 -p "$SQL_PORT" -U demo tessera >"$out" 2>&1 ;;
   esac
-  [ "$target" = endpoint-default ] && relay_policy -b
+  if [ "$target" = endpoint-default ]; then relay_policy -b; fi
   pg1=$(pg_ticks); px1=$(proxy_ticks "$target")
   xs1=$(switches $(proxy_pid "$target")); ps1=$(pg_switches)
   grep -q 'number of failed transactions: 0' "$out" || { echo "$target $mode failed:" >&2; cat "$out" >&2; exit 1; }
@@ -149,7 +153,9 @@ for round in $(seq 1 "$ROUNDS"); do
   echo "round $round/$ROUNDS" >&2
   for m in $MODES; do
     for t in $TARGETS; do
-      echo "$m $t $(run "$t" "$m" "$SECONDS_EACH")" >>"$OUT/sql_rounds.txt"
+      # Assigned first: a run that fails (in its subshell) stops the script instead of recording nothing.
+      result=$(run "$t" "$m" "$SECONDS_EACH")
+      echo "$m $t $result" >>"$OUT/sql_rounds.txt"
     done
   done
 done

@@ -34,7 +34,8 @@ run() {
   local logs
   logs=$(mktemp -d)
   (cd "$logs" && PGPASSWORD=$KEY pgbench -n -M simple -c 1 -j 1 -T "$SECONDS_EACH" -l -f "$OLDPWD/$OUT/sql_select.sql" \
-    -h 127.0.0.1 -p "$SQL_PORT" -U demo tessera >/dev/null 2>&1)
+    -h 127.0.0.1 -p "$SQL_PORT" -U demo tessera >"$OLDPWD/$OUT/latency_pgbench.txt" 2>&1) || true
+  grep -q 'number of failed transactions: 0' "$OUT/latency_pgbench.txt" || { cat "$OUT/latency_pgbench.txt" >&2; exit 1; }
   cat "$logs"/pgbench_log.* | awk '{print $3}' | sort -n |
     awk '{a[NR] = $1; s += $1} END {printf "%d %.0f %d %d %d\n", NR, s / NR, a[int(NR * 0.5)], a[int(NR * 0.99)], a[int(NR * 0.999)]}'
   rm -rf "$logs"
@@ -49,7 +50,8 @@ for load in idle busy; do
   for round in $(seq "$ROUNDS"); do
     for policy in batch default; do
       if [ "$policy" = batch ]; then relay_policy -b; else relay_policy -o; fi
-      read -r n avg p50 p99 p999 < <(run)
+      result=$(run)
+      read -r n avg p50 p99 p999 <<<"$result"
       printf '%-10s %-8s %5s %8s %8s %8s %8s %8s\n' "$load" "$policy" "$round" "$n" "$avg" "$p50" "$p99" "$p999"
     done
   done

@@ -1078,13 +1078,15 @@ async fn one_tenant_cannot_take_every_connection() {
     assert_eq!(count(&again, "select count(*) from crm.deals").await, 2);
 }
 
-/// The scheduling policy of a thread: field 41 of its /proc stat file.
+/// The scheduling policy of a thread: field 41 of its /proc stat file; `None` once the thread has ended.
 #[cfg(target_os = "linux")]
-fn policy(stat_file: &std::path::Path) -> u32 {
-    let stat = std::fs::read_to_string(stat_file).expect("stat");
+fn policy(stat_file: &std::path::Path) -> Option<u32> {
+    let stat = std::fs::read_to_string(stat_file).ok()?;
     // The name is in parentheses and may hold spaces: the fields after it start with the third.
     let after_name = &stat[stat.rfind(')').expect("stat has the name in parentheses") + 1..];
-    after_name.split_whitespace().nth(41 - 3).expect("policy field").parse().expect("policy is a number")
+    Some(
+        after_name.split_whitespace().nth(41 - 3).expect("policy field").parse().expect("policy is a number"),
+    )
 }
 
 /// The scheduling policies of this process's threads named `prefix…`.
@@ -1094,7 +1096,7 @@ fn thread_policies(prefix: &str) -> Vec<u32> {
     for task in std::fs::read_dir("/proc/self/task").expect("/proc/self/task") {
         let path = task.expect("task").path();
         if std::fs::read_to_string(path.join("comm")).unwrap_or_default().starts_with(prefix) {
-            policies.push(policy(&path.join("stat")));
+            policies.extend(policy(&path.join("stat")));
         }
     }
     policies
@@ -1109,6 +1111,8 @@ async fn relay_threads_run_without_wakeup_preemption() {
     // One relay thread, so the session below is served by it: it has passed its first line by then. (Under
     // a plain `cargo test` other tests' relay threads are in this process too: one just started may not
     // have, hence the second look.)
+    let own_thread = std::path::Path::new("/proc/thread-self/stat");
+    let own_policy = policy(own_thread);
     let w = world_with(|c| c.threads = 1).await;
     let client = connect(w.addr, "acme", &w.report_a).await;
     assert_eq!(count(&client, "select count(*) from crm.deals").await, 2);
@@ -1119,8 +1123,8 @@ async fn relay_threads_run_without_wakeup_preemption() {
     }
     assert!(!policies.is_empty(), "no relay thread found");
     assert!(policies.iter().all(|&p| p == SCHED_BATCH), "relay threads' policies: {policies:?}");
-    // The test's own thread keeps the default policy (0): the change stays on the relay's threads.
-    assert_eq!(policy(std::path::Path::new("/proc/thread-self/stat")), 0);
+    // The test's own thread keeps its policy: the change stays on the relay's threads.
+    assert_eq!(policy(own_thread), own_policy);
 }
 
 #[tokio::test]

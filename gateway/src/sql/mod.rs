@@ -303,13 +303,14 @@ fn relay_without_wakeup_preemption() {
         let result = unsafe {
             libc::syscall(
                 libc::SYS_sched_setscheduler,
-                0,
-                libc::SCHED_BATCH | libc::SCHED_RESET_ON_FORK,
+                0 as libc::c_long,
+                libc::c_long::from(libc::SCHED_BATCH | libc::SCHED_RESET_ON_FORK),
                 &raw const param,
             )
         };
         if result != 0 {
-            tracing::info!(error = %std::io::Error::last_os_error(), "the SQL relay thread keeps the default scheduling policy");
+            let error = std::io::Error::last_os_error();
+            tracing::info!(%error, "the SQL relay thread keeps the default scheduling policy");
         }
     }
 }
