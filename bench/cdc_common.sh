@@ -5,6 +5,7 @@
 #
 # Environment: TESSERA_BIN=<path> benchmarks that binary instead of building one (for comparing builds).
 
+. bench/common.sh
 PG_BIN=${PG_BIN:-/usr/lib/postgresql/15/bin}
 PG_OS_USER=${TESSERA_PG_OS_USER:-postgres}
 OUT=${OUT:-bench/out}
@@ -161,15 +162,9 @@ stop_cdc() {
   PIDS=("${keep[@]}")
 }
 
-# PostgreSQL's CPU seconds so far: the postmaster's own, its reaped children's (a walsender that ended) and
-# its live children's (backends, walsender, checkpointer, WAL writer, autovacuum).
+# PostgreSQL's CPU seconds so far (see pg_cpu_ticks).
 pg_cpu_seconds() {
-  local postmaster
-  postmaster=$(head -1 "$WORK/data/pg/postmaster.pid")
-  { awk '{print $14 + $15 + $16 + $17}' "/proc/$postmaster/stat"
-    # A backend can end between pgrep and awk.
-    for child in $(pgrep -P "$postmaster"); do awk '{print $14 + $15}' "/proc/$child/stat" 2>/dev/null || true; done
-  } | awk -v hz="$(getconf CLK_TCK)" '{s += $1} END {printf "%.2f", s / hz}'
+  pg_cpu_ticks "$(head -1 "$WORK/data/pg/postmaster.pid")" | awk -v hz="$(getconf CLK_TCK)" '{printf "%.2f", $1 / hz}'
 }
 # Waits (at most 10 s) until the given processes have ended and been reaped.
 wait_gone() {
@@ -183,7 +178,6 @@ wait_gone() {
 # CPU seconds (user + system) a running process has used so far.
 cpu_seconds() { awk -v hz="$(getconf CLK_TCK)" '{printf "%.2f", ($14 + $15) / hz}' "/proc/$1/stat" 2>/dev/null || echo nan; }
 
-median() { sort -g | awk '{a[NR]=$1} END {if (NR==0) print "nan"; else if (NR%2) print a[(NR+1)/2]; else print (a[NR/2]+a[NR/2+1])/2}'; }
 
 machine_line() {
   printf 'machine: %s, %s vCPU (%s), %s GiB RAM, %s, PostgreSQL %s\n' "$(uname -m)" "$(nproc)" \

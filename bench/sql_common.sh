@@ -2,6 +2,7 @@
 # and ROWS deals of the demo tenant, and the relay threads' scheduling policy. Sourced from the repository's
 # root, after `set -euo pipefail`; the caller sets OUT, ROWS, HTTP_PORT and SQL_PORT.
 
+. bench/common.sh
 PGBIN=$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -1 || true)
 export PATH="$PATH:${PGBIN:-/usr/lib/postgresql/15/bin}"
 

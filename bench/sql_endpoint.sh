@@ -94,12 +94,7 @@ sees() { psql -Atq "$@" -c "select count(*) from crm.deals where id = md5(1::tex
 # the proxy's (PgBouncer's or Tessera's whole process).
 TICK_US=$(( 1000000 / $(getconf CLK_TCK) ))
 POSTMASTER=$(head -1 "$DATA/pg/postmaster.pid")
-pg_ticks() {
-  { awk '{print $14 + $15 + $16 + $17}' "/proc/$POSTMASTER/stat"
-    # A backend can end between pgrep and awk.
-    for child in $(pgrep -P "$POSTMASTER"); do awk '{print $14 + $15}' "/proc/$child/stat" 2>/dev/null || true; done
-  } | awk '{s += $1} END {print s + 0}'
-}
+pg_ticks() { pg_cpu_ticks "$POSTMASTER"; }
 ticks() { awk '{print $14 + $15}' "$1" 2>/dev/null || echo 0; }
 # Context switches (voluntary + involuntary) of every thread of the given processes.
 switches() {
@@ -159,7 +154,6 @@ for round in $(seq 1 "$ROUNDS"); do
     done
   done
 done
-median() { sort -g | awk '{a[NR] = $1} END {if (NR == 0) print "nan"; else if (NR % 2) print a[(NR + 1) / 2]; else print (a[NR / 2] + a[NR / 2 + 1]) / 2}'; }
 
 printf 'machine: %s, %s cores, %s\n' "$(uname -m)" "$(nproc)" "$(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs)"
 printf 'select one deal by random id of %s, %s clients, %s rounds of %s s per target and protocol, alternating:\n' \
