@@ -91,7 +91,7 @@ provision() {
   # The demo data went through the worker and both subscribers (invoicing mirrors the demo companies).
   for i in $(seq 300); do
     [ "$(q "select (select confirmed_flush_lsn >= pg_current_wal_lsn() from pg_replication_slots where slot_name = 'tessera')
-                 and (select count(*) from events.subscribers where position >= (select max(seq) from events.log)) >= 2")" = t ] && break
+                 and (select count(*) from events.subscribers where position >= (select events.log_end())) >= 2")" = t ] && break
     sleep 0.1
   done
   TENANT=$(q "select id from core.tenants where slug = 'demo'")

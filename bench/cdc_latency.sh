@@ -72,7 +72,7 @@ wait_drained() {
   t0=$(date +%s)
   while :; do
     poll "select (select confirmed_flush_lsn >= '$lsn' from pg_replication_slots where slot_name = 'tessera')
-            and (select count(*) from events.subscribers where position >= (select coalesce(max(seq), 0) from events.log)) >= 2;"
+            and (select count(*) from events.subscribers where position >= (select events.log_end())) >= 2;"
     [ "$REPLY" = t ] && return 0
     kill -0 "$CDC_PID" 2>/dev/null || { echo "tessera cdc exited:" >&2; cat "$OUT/cdc.log" >&2; exit 1; }
     [ $(( $(date +%s) - t0 )) -lt "$DRAIN_TIMEOUT" ] || { echo "not drained after ${DRAIN_TIMEOUT}s" >&2; return 1; }
@@ -86,7 +86,7 @@ pct() { # pct <expression in ms> <from-clause>: count p50 p99 max
 }
 
 run_tessera() {
-  local lsn start wins
+  local lsn start wins log
   advance_slot tessera
   start_cdc "$OUT/cdc.log"
   # Started and caught up (nothing pending) before the load begins.
@@ -96,15 +96,17 @@ run_tessera() {
   load
   wait_drained "$(q "select pg_current_wal_insert_lsn()")" || true
   stop_cdc
-  wins="from events.log l where l.type = 'deal.closed.won' and l.commit_time >= '$start'"
+  # The log's rows are chunks: an event's durable time is its chunk's commit (k.xmin).
+  log="events.log_chunks k cross join lateral unnest(k.ids, k.types, k.commit_times) as l(id, type, commit_time)"
+  wins="from $log where l.type = 'deal.closed.won' and l.commit_time >= '$start'"
   read -r WINS _ < <(q "select count(*) $wins")
   DEALS=$(q "select count(*) from crm.deals where title like 'latency deal %' and created_at >= '$start'")
-  read -r LOG_N LOG_P50 LOG_P99 LOG_MAX < <(pct "extract(epoch from pg_xact_commit_timestamp(l.xmin) - l.commit_time) * 1000" "$wins")
+  read -r LOG_N LOG_P50 LOG_P99 LOG_MAX < <(pct "extract(epoch from pg_xact_commit_timestamp(k.xmin) - l.commit_time) * 1000" "$wins")
   read -r INV_N INV_P50 INV_P99 INV_MAX < <(pct "extract(epoch from pg_xact_commit_timestamp(i.xmin) - l.commit_time) * 1000" \
-    "from events.log l join invoicing.invoices i on i.tenant_id = l.tenant_id and i.source_event_id = l.id
+    "from $log join invoicing.invoices i on i.tenant_id = k.tenant_id and i.source_event_id = l.id
       where l.type = 'deal.closed.won' and l.commit_time >= '$start'")
   read -r COM_N COM_P50 COM_P99 COM_MAX < <(pct "extract(epoch from pg_xact_commit_timestamp(c.xmin) - l.commit_time) * 1000" \
-    "from events.log l join hr.commissions c on c.tenant_id = l.tenant_id and c.source_event_id = l.id
+    "from $log join hr.commissions c on c.tenant_id = k.tenant_id and c.source_event_id = l.id
       where l.type = 'deal.closed.won' and l.commit_time >= '$start'")
   [ "$WINS" = "$DEALS" ] && [ "$INV_N" = "$WINS" ] && [ "$COM_N" = "$WINS" ] \
     || echo "warning: $DEALS deals, $WINS deal.closed.won events, $INV_N invoices, $COM_N commissions" >&2

@@ -34,7 +34,7 @@ start_poller
 # Writes the workload's one transaction while no consumer reads; sets END and EXPECTED (deal events).
 generate() {
   local workload=$1
-  q "truncate events.log" >/dev/null
+  q "truncate events.log_chunks" >/dev/null
   if [ "$workload" = insert ]; then q "truncate crm.deals" >/dev/null; fi
   advance_slot tessera
   copy_slot baseline

@@ -41,7 +41,7 @@ start_poller
 # WAL position after the workload's last commit) and EXPECTED (events the worker must record).
 generate() {
   local workload=$1
-  q "truncate crm.deals; truncate events.log" >/dev/null
+  q "truncate crm.deals; truncate events.log_chunks" >/dev/null
   advance_slot tessera
   copy_slot baseline
   case $workload in

@@ -115,7 +115,7 @@ fn dispatch_settings(
 
 /// The CDC worker (retried after transient failures, standing by while another one runs) and the dispatcher.
 async fn run_event_system(cdc: CdcSettings, dispatch: DispatchSettings) {
-    tokio::join!(tessera_cdc::worker::supervise(cdc), tessera_cdc::dispatch::run(dispatch));
+    tokio::join!(tessera_cdc::worker::supervise_on_own_thread(cdc), tessera_cdc::dispatch::run(dispatch));
 }
 
 /// The event pipeline's state as Prometheus metrics: read every few seconds by one background task over one

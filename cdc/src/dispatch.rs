@@ -149,7 +149,7 @@ pub async fn register(
         client
             .execute(
                 "insert into events.subscribers (name, position)
-                 select n, (select coalesce(max(seq), 0) from events.log) from unnest($1::text[]) n
+                 select n, events.log_end() from unnest($1::text[]) n
                  on conflict do nothing",
                 &[&names],
             )
@@ -450,20 +450,37 @@ async fn deliver_in_tx(
     }
 }
 
-/// The subscriber's cursor (locked for the transaction), the horizon (the end of the log, or the careful
-/// batch's last event: `$2`) and the next events of its types between the two: one row per event, or one
-/// row of nulls when there is none; no row when the subscriber is not registered.
+/// The subscriber's cursor (locked for the transaction), the horizon, whether the horizon cuts the log short
+/// of its end (or of `$2`), and the next events of its types between cursor and horizon: one row per event,
+/// or one row of nulls when there is none; no row when the subscriber is not registered.
+///
+/// The horizon is the end of the log, or the careful batch's last event (`$2`), or the cursor plus WINDOW
+/// (1,000) numbers, whichever comes first: a batch unpacks at most the chunks that hold those numbers, however
+/// far behind the subscriber is (the worker numbers events without gaps; a gap left by retention or an
+/// older log only makes a window emptier). The chunks that hold them: those that end within it, and the
+/// first one that ends after it.
 const READ_BATCH: &str = "with cursor as (
          select position from events.subscribers where name = $1 for update
-     ), horizon as (
-         select least(coalesce(max(seq), 0), $2) as horizon from events.log
+     ), bounds as materialized (
+         select c.position, events.log_end() as log_end from cursor c
+     ), horizon as materialized (
+         select least(b.log_end, $2, b.position + 1000) as horizon, b.position + 1000 < least(b.log_end, $2) as cut
+           from bounds b
      )
-     select c.position, h.horizon, e.seq, e.id, e.tenant_id, e.type, e.commit_time, e.data
+     select c.position, h.horizon, h.cut, e.seq, e.id, e.tenant_id, e.type, e.commit_time, e.data
        from cursor c cross join horizon h
        left join lateral (
-           select seq, id, tenant_id, type, commit_time, data from events.log l
-            where l.seq > c.position and l.seq <= h.horizon and l.type = any($3)
-            order by l.seq limit $4
+           select k.first_seq + x.n - 1 as seq, x.id, k.tenant_id, x.type, x.commit_time, x.data::json as data
+             from (select first_seq, last_seq, tenant_id, ids, types, commit_times, data from events.log_chunks
+                    where last_seq > c.position and last_seq <= h.horizon
+                   union all
+                   (select first_seq, last_seq, tenant_id, ids, types, commit_times, data from events.log_chunks
+                     where last_seq > h.horizon order by last_seq limit 1)) k
+            cross join lateral unnest(k.ids, k.types, k.commit_times, k.data)
+                  with ordinality as x(id, type, commit_time, data, n)
+            where k.types && $3 and x.type = any($3)
+              and k.first_seq + x.n - 1 > c.position and k.first_seq + x.n - 1 <= h.horizon
+            order by k.last_seq, x.n limit $4
        ) e on true
       order by e.seq";
 
@@ -514,24 +531,24 @@ async fn handle_batch(
         client
             .execute(
                 "insert into events.subscribers (name, position)
-                 select $1, coalesce(max(seq), 0) from events.log on conflict do nothing",
+                 select $1, events.log_end() on conflict do nothing",
                 &[&name],
             )
             .await?;
         client.batch_execute("commit").await?;
         return Ok(Attempt::Committed(Round::More));
     };
-    let (position, horizon): (i64, i64) = (head.get(0), head.get(1));
+    let (position, horizon, cut): (i64, i64, bool) = (head.get(0), head.get(1), head.get(2));
     let events: Vec<Event> = rows
         .iter()
-        .filter(|r| r.get::<_, Option<i64>>(2).is_some())
+        .filter(|r| r.get::<_, Option<i64>>(3).is_some())
         .map(|r| Event {
-            seq: r.get(2),
-            id: r.get(3),
-            tenant_id: r.get(4),
-            kind: r.get(5),
-            commit_time: r.get(6),
-            data: r.get(7),
+            seq: r.get(3),
+            id: r.get(4),
+            tenant_id: r.get(5),
+            kind: r.get(6),
+            commit_time: r.get(7),
+            data: r.get(8),
         })
         .collect();
     // Everything up to the horizon is committed (seq follows commit order), so the cursor may jump to it
@@ -539,7 +556,8 @@ async fn handle_batch(
     let full = events.len() as i64 == batch;
     let mut context = HandlerContext::new(statements);
     let mut handled_to = if full { position } else { horizon.max(position) };
-    let mut outcome = if full { Round::More } else { Round::CaughtUp };
+    // A window short of the log's end (or of the careful batch's last event) is followed by the next.
+    let mut outcome = if full || cut { Round::More } else { Round::CaughtUp };
     let events_role = quote_ident(EVENTS);
     match mode {
         Mode::Fast => {
@@ -744,7 +762,7 @@ async fn park(
         client
             .execute(
                 "insert into events.dead_letters (subscriber, seq, tenant_id, event_id, type, error, attempts)
-                 select $1, seq, tenant_id, id, type, $3, $4 from events.log where seq = $2
+                 select $1, seq, tenant_id, id, type, $3, $4 from events.log_at($2)
                  on conflict (subscriber, seq) do update
                     set error = excluded.error, attempts = excluded.attempts, failed_at = now(), replayed_at = null",
                 &[&name, &seq, &error.message, &attempts],
@@ -890,9 +908,8 @@ async fn replay_one(
     if !still_open {
         return Ok(None);
     }
-    let Some(row) = client
-        .query_opt(&format!("select {EVENT_COLUMNS} from events.log where seq = $1"), &[&letter.seq])
-        .await?
+    let Some(row) =
+        client.query_opt(&format!("select {EVENT_COLUMNS} from events.log_at($1)"), &[&letter.seq]).await?
     else {
         return Ok(Some(Err(HandlerError::definite("the event is no longer in the log (retention)"))));
     };
@@ -950,7 +967,10 @@ pub async fn lag(
                 .query_one(
                     "with cursor as (select coalesce((select position from events.subscribers where name = $1), 0) as p)
                      select cursor.p,
-                            (select count(*) from events.log where seq > cursor.p and type = any($2)),
+                            (select count(*) from events.log_chunks k
+                               cross join lateral unnest(k.types) with ordinality as t(type, n)
+                              where k.last_seq > cursor.p and k.first_seq + t.n - 1 > cursor.p
+                                and t.type = any($2)),
                             (select count(*) from events.dead_letters where subscriber = $1 and replayed_at is null)
                        from cursor",
                     &[&s.name(), &types],
@@ -968,29 +988,36 @@ pub async fn lag(
     .await
 }
 
-/// Deletes events recorded longer than `retention` ago that every subscriber has finished with, a bounded
-/// number per transaction; returns how many.
+/// Deletes events recorded longer than `retention` ago that every subscriber has finished with, whole log
+/// chunks at a time and a bounded number of chunks per transaction; returns how many events.
 pub async fn prune(client: &Client, retention: Duration) -> Result<u64, tokio_postgres::Error> {
+    const CHUNKS: i64 = 1000;
     let seconds = retention.as_secs_f64();
     let mut total = 0;
     loop {
-        let deleted = as_events(client, Access::Write, "", async || {
+        let row = as_events(client, Access::Write, "", async || {
             client
-                .execute(
-                    "delete from events.log where seq in (
-                     select seq from events.log
-                      where recorded_at < now() - make_interval(secs => $1)
-                        and seq <= (select coalesce(min(position), 0) from events.subscribers)
-                        -- a parked event stays replayable
-                        and seq not in (select d.seq from events.dead_letters d where d.replayed_at is null)
-                      order by seq limit 10000)",
-                    &[&seconds],
+                .query_one(
+                    "with gone as (
+                         delete from events.log_chunks where last_seq in (
+                         select k.last_seq from events.log_chunks k
+                          where k.recorded_at < now() - make_interval(secs => $1)
+                            and k.last_seq <= (select coalesce(min(position), 0) from events.subscribers)
+                            -- a parked event stays replayable
+                            and not exists (select 1 from events.dead_letters d
+                                             where d.replayed_at is null and d.seq between k.first_seq and k.last_seq)
+                          order by k.last_seq limit $2)
+                         returning cardinality(ids) as events
+                     )
+                     select count(*), coalesce(sum(events), 0)::int8 from gone",
+                    &[&seconds, &CHUNKS],
                 )
                 .await
         })
         .await?;
-        total += deleted;
-        if deleted < 10000 {
+        let (chunks, events): (i64, i64) = (row.get(0), row.get(1));
+        total += events.cast_unsigned();
+        if chunks < CHUNKS {
             return Ok(total);
         }
     }

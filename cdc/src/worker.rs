@@ -1,9 +1,9 @@
 //! The CDC worker: tails the `tessera_cdc` publication through a logical replication slot and writes every
-//! committed change into `events.log`, then acknowledges the slot.
+//! committed change into the event log, then acknowledges the slot.
 //!
 //! ```text
 //! slot (pgoutput) ──▶ decode ──▶ change events ──▶ one DB transaction per group of source transactions
-//!                                                   (chunks of CHUNK rows, so memory stays bounded)   │
+//!                                                   (chunks of CHUNK events, so memory stays bounded)  │
 //!             ◀──────── acknowledge the group's last end LSN only after that transaction commits ◀─┘
 //! ```
 //!
@@ -16,12 +16,16 @@
 //! position in it, so they are the same whenever a change is decoded. While no transaction is open,
 //! keepalive positions are acknowledged too, so an idle publication does not pin WAL.
 //!
+//! The log is stored in chunks (`events.log_chunks`): each run of one tenant's consecutive events in a chunk
+//! is one row, the events' fields in arrays, numbered by the worker from the log's last number on (it is the
+//! only writer). One row per event cost the server about three times the CPU (`events.log` is that view).
+//!
 //! A slot that disappears is never recreated silently (that would skip every change in between): the
 //! worker records the slot it created in `events.cdc_slots` and refuses to start when it is gone.
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use futures_util::FutureExt;
 use pgwire_replication::{ReplicationClient, ReplicationConfig, ReplicationEvent};
@@ -179,6 +183,8 @@ struct LogState {
     /// This server's `system_identifier`, recorded with every mark.
     system: i64,
     id_key: Vec<u8>,
+    /// The number of the log's last event (0 when the log is empty): the worker numbers events on from it.
+    last_seq: i64,
 }
 
 /// Reads the log's high-water mark for this server, as tessera_events.
@@ -205,11 +211,13 @@ async fn read_log_state(writer: &Client, slot: &str) -> Result<LogState, CdcErro
             "select (select system_identifier from pg_control_system()),
                     (pg_current_wal_insert_lsn() - '0/0')::int8,
                     exists (select 1 from events.cdc_slots where system_id is not null),
-                    (select event_id_key from events.cdc_keys)",
+                    (select event_id_key from events.cdc_keys),
+                    coalesce((select last_seq from events.log_chunks order by last_seq desc limit 1), 0)",
             &[],
         )
         .await?;
     let (system, now, marks_kept): (i64, i64, bool) = (row.get(0), row.get(1), row.get(2));
+    let last_seq: i64 = row.get(4);
     let id_key: Vec<u8> = row.get::<_, Option<Vec<u8>>>(3).ok_or(CdcError::NoIdKey)?;
     let written: i64 = if marks_kept {
         // Over every slot the log was written from on this server: a copy of an older slot sends again what
@@ -226,7 +234,8 @@ async fn read_log_state(writer: &Client, slot: &str) -> Result<LogState, CdcErro
         // `seq` follows commit order: the log's last event has its highest commit LSN.
         let last: i64 = writer
             .query_one(
-                "select (coalesce((select commit_lsn from events.log order by seq desc limit 1), '0/0')
+                "select (coalesce((select commit_lsns[cardinality(commit_lsns)] from events.log_chunks
+                                    order by last_seq desc limit 1), '0/0')
                          - '0/0')::int8",
                 &[],
             )
@@ -245,7 +254,7 @@ async fn read_log_state(writer: &Client, slot: &str) -> Result<LogState, CdcErro
             now: format_lsn(now.cast_unsigned()),
         });
     }
-    Ok(LogState { written: written.cast_unsigned(), system, id_key })
+    Ok(LogState { written: written.cast_unsigned(), system, id_key, last_seq })
 }
 
 /// Runs the worker until the stream ends or fails. Transient failures are the caller's to retry.
@@ -260,7 +269,7 @@ pub async fn run(settings: &CdcSettings) -> Result<(), CdcError> {
         tracing::info!(slot = %settings.slot, "taking over as the CDC worker");
     }
     ensure_slot(settings, &writer).await?;
-    let LogState { written, system, id_key } = log_state(&writer, &settings.slot).await?;
+    let LogState { written, system, id_key, last_seq } = log_state(&writer, &settings.slot).await?;
     let ids = EventIds::new(&id_key);
     let config = ReplicationConfig::new(
         settings.host.clone(),
@@ -271,7 +280,9 @@ pub async fn run(settings: &CdcSettings) -> Result<(), CdcError> {
         settings.publication.clone(),
     )
     .with_port(settings.port)
-    .with_status_interval(Duration::from_millis(200));
+    // How long a durable position may wait before it is acknowledged (the slot's confirmed position trails
+    // the log by at most this): a status message per interval while changes flow, none when idle.
+    .with_status_interval(Duration::from_millis(50));
     let mut stream = connect_with_retry(config).await?;
     let mut state = Stream {
         writer: Arc::new(writer),
@@ -290,6 +301,7 @@ pub async fn run(settings: &CdcSettings) -> Result<(), CdcError> {
         system,
         group_high: None,
         log_holds_events: false,
+        last_seq,
     };
     // Source transactions that arrive close together share one log transaction (a group): one commit, one
     // fsync and one acknowledgement for all of them, so many small transactions cost little more than one
@@ -413,6 +425,38 @@ const GROUP_TRANSACTIONS: usize = 1000;
 /// How long a group stays open for more source transactions that have already arrived.
 const GROUP_AGE: Duration = Duration::from_millis(5);
 
+/// [`supervise`] on a thread of its own, with a single-threaded runtime: the replication stream's reader,
+/// the decode loop and the log writer's connection hand each message on without waking another thread
+/// (with the process's multi-threaded runtime, those wake-ups were a third of the worker's CPU; BENCHMARKS.md,
+/// "CDC worker"). Dropping the returned future stops the worker, as dropping `supervise` does.
+pub async fn supervise_on_own_thread(settings: CdcSettings) {
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let (done, finished) = tokio::sync::oneshot::channel::<()>();
+    let on_thread = settings.clone();
+    let spawned = tokio::runtime::Builder::new_current_thread().enable_all().build().and_then(|runtime| {
+        std::thread::Builder::new().name("tessera-cdc".into()).spawn(move || {
+            runtime.block_on(async move {
+                tokio::select! {
+                    () = supervise(on_thread) => {},
+                    _ = stopped => {},
+                }
+            });
+            let _ = done.send(());
+        })
+    });
+    match spawned {
+        Ok(_) => {
+            // Held until this future ends or is dropped; either way the thread's worker stops.
+            let _stop = stop;
+            let _ = finished.await;
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "no thread for the cdc worker; it shares the process's runtime");
+            supervise(settings).await;
+        }
+    }
+}
+
 /// Runs the worker for as long as the process lives: a transient failure (a lost connection, a restarted
 /// database) is retried with backoff; a definite one (the slot is lost) is logged for an operator and ends it.
 pub async fn supervise(settings: CdcSettings) {
@@ -510,6 +554,9 @@ struct Stream {
     group_high: Option<u64>,
     /// Whether the open log transaction holds events (one that only passes heartbeats on records nothing).
     log_holds_events: bool,
+    /// The number given to the last event sent to the log. This session is the only writer (it holds the
+    /// worker lock), and a log transaction that fails ends the session: the next one reads it again.
+    last_seq: i64,
 }
 
 impl Drop for Stream {
@@ -682,7 +729,10 @@ impl Stream {
             }
         };
         let writer = self.writer.clone();
-        self.in_flight = Some(tokio::spawn(async move { write_chunk(&writer, &statements, &events).await }));
+        let first_seq = self.last_seq + 1;
+        self.last_seq += i64::try_from(events.len()).unwrap_or(i64::MAX);
+        self.in_flight =
+            Some(tokio::spawn(async move { write_chunk(&writer, &statements, first_seq, &events).await }));
         Ok(())
     }
 
@@ -772,28 +822,34 @@ impl Stream {
     }
 }
 
-/// Inserts a chunk of events: consecutive events of one tenant share one statement, with that tenant bound
-/// (the log's row policy checks every row against it).
+/// Inserts a chunk of events numbered from `first_seq`: consecutive events of one tenant go into one row of
+/// the log (a log chunk), with that tenant bound (the log's row policy checks every row against it).
 async fn write_chunk(
     writer: &Client,
     statements: &Statements,
+    first_seq: i64,
     events: &[ChangeEvent],
 ) -> Result<(), tokio_postgres::Error> {
+    use tokio_postgres::types::{PgLsn, ToSql};
     let mut start = 0;
     while start < events.len() {
         let tenant = events[start].tenant;
         let end = events[start..].iter().position(|e| e.tenant != tenant).map_or(events.len(), |n| start + n);
         let group = &events[start..end];
+        let first = first_seq + i64::try_from(start).unwrap_or(i64::MAX);
+        let last = first_seq + i64::try_from(end).unwrap_or(i64::MAX) - 1;
         let ids: Vec<Uuid> = group.iter().map(|e| e.id).collect();
-        let lsns: Vec<String> = group.iter().map(|e| format_lsn(e.commit_lsn)).collect();
-        let micros: Vec<i64> = group.iter().map(|e| e.commit_micros).collect();
+        let min_id = ids.iter().min().copied().unwrap_or_default();
+        let max_id = ids.iter().max().copied().unwrap_or_default();
+        let lsns: Vec<PgLsn> = group.iter().map(|e| PgLsn::from(e.commit_lsn)).collect();
         let positions: Vec<i32> = group.iter().map(|e| e.position).collect();
         let kinds: Vec<&str> = group.iter().map(|e| e.kind.as_str()).collect();
+        let times: Vec<SystemTime> = group.iter().map(|e| commit_time(e.commit_micros)).collect();
         let data: Vec<&str> = group.iter().map(|e| e.data.as_str()).collect();
         let tenant_text = tenant.to_string();
-        let bind_params: [&(dyn tokio_postgres::types::ToSql + Sync); 1] = [&tenant_text];
-        let insert_params: [&(dyn tokio_postgres::types::ToSql + Sync); 7] =
-            [&tenant, &ids, &lsns, &micros, &positions, &kinds, &data];
+        let bind_params: [&(dyn ToSql + Sync); 1] = [&tenant_text];
+        let insert_params: [&(dyn ToSql + Sync); 11] =
+            [&tenant, &first, &last, &min_id, &max_id, &ids, &lsns, &positions, &kinds, &times, &data];
         // Prepared statements go out on their first poll: `biased` sends the binding, then the insert, and
         // both are answered in one round trip.
         let (bound, inserted) = tokio::join!(
@@ -808,6 +864,16 @@ async fn write_chunk(
     Ok(())
 }
 
+/// Microseconds from the Unix epoch to Postgres's (2000-01-01).
+const PG_EPOCH_UNIX_MICROS: i64 = 946_684_800_000_000;
+
+/// A commit time in Postgres's microseconds since 2000 as a point in time.
+fn commit_time(commit_micros: i64) -> SystemTime {
+    let unix = commit_micros.saturating_add(PG_EPOCH_UNIX_MICROS);
+    let magnitude = Duration::from_micros(unix.unsigned_abs());
+    if unix >= 0 { SystemTime::UNIX_EPOCH + magnitude } else { SystemTime::UNIX_EPOCH - magnitude }
+}
+
 /// The writer's statements, prepared once per connection.
 #[derive(Clone)]
 struct Statements {
@@ -819,12 +885,10 @@ struct Statements {
 /// Binds a tenant for the rest of the transaction (the writer here, the dispatcher too).
 pub(crate) const BIND_TENANT: &str = "select set_config('tessera.tenant_id', $1, true)";
 
-const INSERT_EVENTS: &str =
-    "insert into events.log (tenant_id, id, commit_lsn, position, type, commit_time, data)
-     select $1, e.id, e.lsn::pg_lsn, e.position, e.type,
-            timestamptz '2000-01-01 00:00:00+00' + e.micros * interval '1 microsecond', e.data::json
-       from unnest($2::uuid[], $3::text[], $4::int8[], $5::int[], $6::text[], $7::text[])
-            as e(id, lsn, micros, position, type, data)";
+const INSERT_EVENTS: &str = "insert into events.log_chunks
+            (tenant_id, first_seq, last_seq, min_id, max_id, ids, commit_lsns, positions, types, commit_times,
+             data)
+     values ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)";
 
 /// Records the log's high-water mark, and the server whose WAL it is in, in the transaction that writes the
 /// events it covers (the slot's row again, should an operator have deleted it).
@@ -925,8 +989,6 @@ impl EventIds {
     /// third of its time).
     pub fn id(&self, lsn: u64, position: i32, rule: &str, commit_micros: i64) -> Uuid {
         use hmac::Mac;
-        /// Microseconds from the Unix epoch to Postgres's (2000-01-01).
-        const PG_EPOCH_UNIX_MICROS: i64 = 946_684_800_000_000;
         // The keyed state is computed once; each id costs the message's blocks only.
         let mut mac = self.0.clone();
         mac.update(b"tessera.event\0");

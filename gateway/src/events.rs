@@ -80,6 +80,56 @@ fn readable_modules(scopes: &[String]) -> Vec<String> {
         .collect()
 }
 
+/// The number of the tenant's event `$1` (a cursor), looked for in the CANDIDATES chunks that start last at or
+/// before it (ids begin with their commit's time, so the chunk that holds it is one of the few latest to
+/// start before it), and how many candidates there were.
+const CURSOR_SEQ: &str = "with candidates as (
+         select first_seq, max_id, ids from events.log_chunks
+          where tenant_id = (select core.current_tenant_id()) and min_id <= $1
+          order by min_id desc limit $2
+     )
+     select (select count(*) from candidates),
+            (select k.first_seq + x.n - 1
+               from candidates k cross join lateral unnest(k.ids) with ordinality as x(id, n)
+              where k.max_id >= $1 and x.id = $1)";
+
+/// Chunks a cursor is first looked for in.
+const CANDIDATES: i64 = 64;
+
+/// The same among all the tenant's chunks whose id range holds it: for a cursor the candidates do not hold
+/// when there were as many as asked for (many chunks of one millisecond, or a clock set back).
+const CURSOR_SEQ_ANYWHERE: &str = "select k.first_seq + x.n - 1
+       from events.log_chunks k cross join lateral unnest(k.ids) with ordinality as x(id, n)
+      where k.tenant_id = (select core.current_tenant_id()) and k.min_id <= $1 and k.max_id >= $1 and x.id = $1";
+
+/// Part of a page: the tenant's next `$5` log chunks after number `$1` (how many there were, the last one's
+/// end), and their first `$4` events of the readable modules (`$2`) and the asked types (`$3`, null for
+/// all), in log order; one row of nulls after the first two columns when none is. The page reads window
+/// after window until it is full or the log ends, so each query unpacks a bounded number of chunks.
+const PAGE_WINDOW: &str = "with chunks as (
+         select first_seq, last_seq, ids, types, commit_times, data from events.log_chunks
+          where tenant_id = (select core.current_tenant_id()) and last_seq > $1
+          order by last_seq limit $5
+     ), bounds as (
+         select count(*) as chunks, max(last_seq) as window_end from chunks
+     )
+     select b.chunks, b.window_end, e.id, e.type, e.commit_time, e.data
+       from bounds b
+       left join lateral (
+           select k.first_seq + x.n - 1 as seq, x.id, x.type, x.commit_time, x.data::json as data
+             from chunks k
+            cross join lateral unnest(k.ids, k.types, k.commit_times, k.data)
+                  with ordinality as x(id, type, commit_time, data, n)
+            where k.first_seq + x.n - 1 > $1
+              and split_part(x.data::json->>'table', '.', 1) = any($2)
+              and ($3::text[] is null or x.type = any($3))
+            order by k.last_seq, x.n limit $4
+       ) e on true
+      order by e.seq";
+
+/// Chunks per window of a page.
+const WINDOW: i64 = 8;
+
 /// Lists the tenant's events in commit order, from the modules the key may read.
 #[utoipa::path(get, path = "/", tag = "events",
     params(
@@ -106,32 +156,40 @@ async fn list_events(
             let modules = readable_modules(scopes);
             let start: i64 = match after {
                 None => 0,
-                Some(id) => tx
-                    .query_opt(
-                        "select seq from events.log where tenant_id = (select core.current_tenant_id()) and id = $1",
-                        &[&id],
-                    )
-                    .await?
-                    .map(|r| r.get(0))
-                    .ok_or_else(bad_cursor)?,
+                Some(id) => {
+                    let row = tx.query_one(CURSOR_SEQ, &[&id, &CANDIDATES]).await?;
+                    let (candidates, seq): (i64, Option<i64>) = (row.get(0), row.get(1));
+                    let seq = match seq {
+                        None if candidates == CANDIDATES => {
+                            tx.query_opt(CURSOR_SEQ_ANYWHERE, &[&id]).await?.map(|r| r.get(0))
+                        }
+                        seq => seq,
+                    };
+                    seq.ok_or_else(bad_cursor)?
+                }
             };
-            Ok(tx
-                .query(
-                    "select id, type, commit_time, data from events.log
-                      where tenant_id = (select core.current_tenant_id()) and seq > $1
-                        and split_part(data->>'table', '.', 1) = any($2)
-                        and ($3::text[] is null or type = any($3))
-                      order by seq limit $4",
-                    &[&start, &modules, &types, &(limit + 1)],
-                )
-                .await?)
+            // One more than asked for tells whether there is more.
+            let mut page = Vec::new();
+            let mut from = start;
+            loop {
+                let wanted = limit + 1 - page.len() as i64;
+                let rows = tx.query(PAGE_WINDOW, &[&from, &modules, &types, &wanted, &WINDOW]).await?;
+                let (chunks, window_end): (i64, Option<i64>) =
+                    rows.first().map_or((0, None), |r| (r.get(0), r.get(1)));
+                page.extend(rows.into_iter().filter(|r| r.get::<_, Option<uuid::Uuid>>(2).is_some()));
+                match window_end {
+                    Some(end) if chunks == WINDOW && (page.len() as i64) <= limit => from = end,
+                    _ => break,
+                }
+            }
+            Ok(page)
         })
         .await?;
     let has_more = rows.len() as i64 > limit;
     let data: Vec<EventOut> = rows
         .iter()
         .take(usize::try_from(limit).unwrap_or(0))
-        .map(|r| EventOut { id: r.get(0), kind: r.get(1), commit_time: r.get(2), data: r.get(3) })
+        .map(|r| EventOut { id: r.get(2), kind: r.get(3), commit_time: r.get(4), data: r.get(5) })
         .collect();
     let next_cursor = if has_more { data.last().map(|e| e.id.to_string()) } else { None };
     Ok(Json(EventPage { object: "list", data, has_more, next_cursor }))

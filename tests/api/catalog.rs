@@ -32,7 +32,8 @@ const REPORTING_POLICY: &str = "reporting_session";
 
 /// Policies that are not the tenant's own: the dispatcher (tessera_events, which no runtime role can
 /// become) feeds every tenant's events to subscribers and prunes the log. Each must apply to that role only.
-const SYSTEM_POLICIES: &[&str] = &["events.log dispatcher_reads", "events.log dispatcher_prunes"];
+const SYSTEM_POLICIES: &[&str] =
+    &["events.log_chunks dispatcher_reads", "events.log_chunks dispatcher_prunes"];
 
 #[tokio::test]
 async fn every_tenant_table_leads_with_tenant_id_and_forces_row_level_security() {

@@ -236,8 +236,11 @@ async fn sent_again_is_skipped(mark_kept: bool) {
 async fn marks_of_another_server_skip_nothing() {
     for foreign in [
         "update events.cdc_slots set written_lsn = 'FFFF/0', system_id = 42",
-        "insert into events.log (tenant_id, id, commit_lsn, position, type, commit_time, data)
-         values (gen_random_uuid(), gen_random_uuid(), 'FFFF/0', 0, 'restored.event', now(), '{}')",
+        "with e as (select gen_random_uuid() as id, events.log_end() + 1 as seq)
+         insert into events.log_chunks (tenant_id, first_seq, last_seq, min_id, max_id, ids, commit_lsns, positions,
+                                        types, commit_times, data)
+         select gen_random_uuid(), seq, seq, id, id, array[id], array['FFFF/0'::pg_lsn], array[0],
+                array['restored.event'], array[now()], array['{}'] from e",
     ] {
         let mut app = TestApp::spawn().await;
         let (_, key) = app.tenant("acme").await;

@@ -312,11 +312,16 @@ async fn retention_prunes_only_what_every_subscriber_is_past() {
     let admin = connect(&cluster().superuser, &app.db.name).await;
     effects_table(&admin).await;
     let worker = start(&settings(&app), &admin).await;
+    // Retention deletes whole log chunks; each change is logged before the next one is made, so that each
+    // has its own.
     let deal = app.create("deals", &key, json!({"title": "Old"})).await;
-    for amount in [1, 2, 3] {
+    assert_eq!(wait_for(&admin, "select count(*) from events.log", 1).await, 1);
+    for amount in [1_i64, 2, 3] {
         app.patch(&format!("/v1/crm/deals/{deal}"), &key, json!({"amount": amount})).await;
+        let logged = amount + 1;
+        assert_eq!(wait_for(&admin, "select count(*) from events.log", logged).await, logged);
     }
-    assert_eq!(wait_for(&admin, "select count(*) from events.log", 4).await, 4);
+    assert_eq!(count(&admin, "select count(*) from events.log_chunks").await, 4);
     worker.abort();
     let events = connect("tessera_replication", &app.db.name).await;
     // A subscriber that has handled nothing yet pins everything.
@@ -408,4 +413,157 @@ async fn the_event_feed_shows_a_tenant_its_own_events_a_page_at_a_time() {
     app.get("/v1/events?types=DROP%20TABLE", &reader).await.assert_problem(400, "invalid_parameter");
     app.get("/v1/events?since=1", &reader).await.assert_problem(400, "unknown_parameter");
     app.call(axum::http::Method::GET, "/v1/events", None, None).await.assert_problem(401, "missing_api_key");
+}
+
+/// The log stores one tenant's consecutive events together (a log chunk). One source transaction of many
+/// changes, two tenants' interleaved, is read back event by event the same through every door: the view, the
+/// dispatcher (in batches that end inside chunks), the event at a number (dead letters, replay) and the
+/// feed's pages (cursors inside chunks).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn large_log_chunks_read_back_event_by_event() {
+    let mut app = TestApp::spawn().await;
+    let (acme, acme_writer) = app.tenant("acme").await;
+    let (_, globex_writer) = app.tenant("globex").await;
+    let admin = connect(&cluster().superuser, &app.db.name).await;
+    effects_table(&admin).await;
+    let worker = start(&settings(&app), &admin).await;
+    let ours = app.create("deals", &acme_writer, json!({"title": "Ours"})).await;
+    let theirs = app.create("deals", &globex_writer, json!({"title": "Theirs"})).await;
+    assert_eq!(wait_for(&admin, "select count(*) from events.log", 2).await, 2);
+    let dispatcher =
+        tokio::spawn(dispatch::run(dispatch_settings(&app, vec![subscriber("test.steady", steady)]).await));
+
+    admin
+        .batch_execute(&format!(
+            "do $$ begin
+               for i in 1..700 loop update crm.deals set amount = i where id = '{ours}'; end loop;
+               for i in 1..5 loop update crm.deals set amount = 10000 + i where id = '{theirs}'; end loop;
+               for i in 701..1400 loop update crm.deals set amount = i where id = '{ours}'; end loop;
+             end $$"
+        ))
+        .await
+        .expect("one transaction");
+    assert_eq!(wait_for(&admin, "select count(*) from events.log", 1407).await, 1407);
+    let largest = count(&admin, "select max(cardinality(ids))::int8 from events.log_chunks").await;
+    assert_eq!(largest, 700, "a tenant's run of the transaction is one chunk (of at most 1,000 events)");
+
+    // The dispatcher, 50 at a time and 1,000 numbers a window (so one window ends inside a chunk): every
+    // update once, in log order.
+    assert_eq!(wait_effects(&admin, "steady", 1405).await, 1405);
+    let seqs: Vec<i64> = effects(&admin, "steady").await.into_iter().map(|(seq, _)| seq).collect();
+    let logged: Vec<i64> = admin
+        .query("select seq from events.log where type = 'crm.deals.update' order by seq", &[])
+        .await
+        .expect("log")
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(seqs, logged);
+    let amounts: Vec<String> = effects(&admin, "steady").await.into_iter().filter_map(|(_, a)| a).collect();
+    let expected: Vec<String> =
+        (1..=700).chain(10001..=10005).chain(701..=1400).map(|i| format!("{i}.00")).collect();
+    assert_eq!(amounts, expected);
+
+    // The event at a number is the view's row with that number; past the end there is none.
+    let events = connect("tessera_replication", &app.db.name).await;
+    events.batch_execute("set role tessera_events").await.expect("role");
+    let differ = count(
+        &events,
+        "select count(*) from events.log l
+          where not exists (select 1 from events.log_at(l.seq) a
+                             where a.seq = l.seq and a.id = l.id and a.tenant_id = l.tenant_id and a.type = l.type
+                               and a.commit_time = l.commit_time and a.data::text = l.data::text)",
+    )
+    .await;
+    assert_eq!(differ, 0);
+    assert_eq!(count(&events, "select count(*) from events.log_at(events.log_end() + 1)").await, 0);
+
+    // Ten more changes of ours, each its own chunk, then a win: the feed finds it behind them (a page reads
+    // eight chunks at a time).
+    for amount in 1..=10_i64 {
+        app.patch(&format!("/v1/crm/deals/{ours}"), &acme_writer, json!({"amount": amount})).await;
+        let logged = 1407 + amount;
+        assert_eq!(wait_for(&admin, "select count(*) from events.log", logged).await, logged);
+    }
+    app.patch(&format!("/v1/crm/deals/{ours}"), &acme_writer, json!({"stage": "won"})).await;
+    assert_eq!(wait_for(&admin, "select count(*) from events.log", 1419).await, 1419);
+    let reader = app.key(acme, &["events:read", "crm:read"]).await;
+    let won = app.get("/v1/events?types=deal.closed.won", &reader).await;
+    assert_eq!(won.status, 200, "{}", won.body);
+    assert_eq!(won.body["data"].as_array().map(Vec::len), Some(1), "{}", won.body);
+    assert_eq!(won.body["has_more"], false);
+
+    // The feed, 7 at a time: our events, in log order, each once.
+    let mut seen = Vec::new();
+    let mut after = String::new();
+    loop {
+        let page = app.get(&format!("/v1/events?limit=7{after}"), &reader).await;
+        assert_eq!(page.status, 200, "{}", page.body);
+        for event in page.body["data"].as_array().expect("data") {
+            seen.push(event["id"].as_str().expect("id").to_owned());
+        }
+        match page.body["next_cursor"].as_str() {
+            Some(cursor) => after = format!("&after={cursor}"),
+            None => break,
+        }
+    }
+    let ours_logged: Vec<String> = admin
+        .query("select id::text from events.log where tenant_id = $1 order by seq", &[&acme.as_uuid()])
+        .await
+        .expect("ours")
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(ours_logged.len(), 1413);
+    assert_eq!(seen, ours_logged);
+    dispatcher.abort();
+    worker.abort();
+}
+
+/// A time-ordered id of the given Unix millisecond (the worker's ids begin the same way).
+fn id_at(millis: u64, tail: u16) -> uuid::Uuid {
+    let mut bytes = [0u8; 16];
+    bytes[..6].copy_from_slice(&millis.to_be_bytes()[2..]);
+    bytes[6] = 0x70;
+    bytes[8] = 0x80;
+    bytes[14..].copy_from_slice(&tail.to_be_bytes());
+    uuid::Uuid::from_bytes(bytes)
+}
+
+/// A cursor is found even when many later chunks start before it (many chunks in one millisecond, or a
+/// clock set back): past the first candidates the feed looks among all the tenant's chunks.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cursor_behind_many_chunks_of_the_same_moment_is_found() {
+    let mut app = TestApp::spawn().await;
+    let (acme, _) = app.tenant("acme").await;
+    let admin = connect(&cluster().superuser, &app.db.name).await;
+    let t0 = 1_900_000_000_000;
+    // The cursor's chunk holds an event of t0 and the cursor, of t0 + 10 ms; then 70 chunks of t0 + 5 ms.
+    let cursor = id_at(t0 + 10, 1);
+    let mut chunks = vec![(1_i64, vec![id_at(t0, 1), cursor])];
+    chunks.extend((0..70).map(|i| (3 + i, vec![id_at(t0 + 5, u16::try_from(i).expect("small"))])));
+    for (first, ids) in &chunks {
+        let n = i64::try_from(ids.len()).expect("small");
+        let (min, max) = (ids.iter().min().expect("one"), ids.iter().max().expect("one"));
+        admin
+            .execute(
+                "insert into events.log_chunks (tenant_id, first_seq, last_seq, min_id, max_id, ids, commit_lsns,
+                                                positions, types, commit_times, data)
+                 select $1, $2::int8, $2::int8 + $3::int8 - 1, $4, $5, $6,
+                        array_fill('0/1'::pg_lsn, array[$3::int]), array_fill(0, array[$3::int]),
+                        array_fill('crm.deals.update'::text, array[$3::int]), array_fill(now(), array[$3::int]),
+                        array_fill('{\"table\":\"crm.deals\"}'::text, array[$3::int])",
+                &[&acme.as_uuid(), first, &n, min, max, ids],
+            )
+            .await
+            .expect("chunk");
+    }
+    let reader = app.key(acme, &["events:read", "crm:read"]).await;
+    let page = app.get(&format!("/v1/events?limit=100&after={cursor}"), &reader).await;
+    assert_eq!(page.status, 200, "{}", page.body);
+    assert_eq!(page.body["data"].as_array().map(Vec::len), Some(70), "{}", page.body);
+    // An id that is no event of the tenant's is refused, however many chunks start before it.
+    app.get(&format!("/v1/events?after={}", id_at(t0 + 10, 2)), &reader)
+        .await
+        .assert_problem(400, "invalid_parameter");
 }

@@ -43,7 +43,7 @@ async fn concurrent_migration_runs_apply_each_migration_once() {
     assert_eq!(applied_total, planned, "every migration applied by exactly one run");
 
     let client = connect("tessera_owner", &db).await;
-    for (schema, versions) in [("core", 15), ("events", 7), ("crm", 4), ("invoicing", 6), ("hr", 3)] {
+    for (schema, versions) in [("core", 15), ("events", 8), ("crm", 4), ("invoicing", 6), ("hr", 3)] {
         let n: i64 = client
             .query_one(&format!("select count(*) from migrations.{schema}_history"), &[])
             .await
