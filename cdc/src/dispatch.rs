@@ -454,17 +454,23 @@ async fn deliver_in_tx(
 /// of its end (or of `$2`), and the next events of its types between cursor and horizon: one row per event,
 /// or one row of nulls when there is none; no row when the subscriber is not registered.
 ///
-/// The horizon is the end of the log, or the careful batch's last event (`$2`), or the cursor plus WINDOW
-/// (1,000) numbers, whichever comes first: a batch unpacks at most the chunks that hold those numbers, however
-/// far behind the subscriber is (the worker numbers events without gaps; a gap left by retention or an
-/// older log only makes a window emptier). The chunks that hold them: those that end within it, and the
-/// first one that ends after it.
+/// The horizon is the end of the log, or the careful batch's last event (`$2`), or WINDOW (1,000) numbers
+/// past the start of the first chunk after the cursor that holds one of the types, whichever comes first.
+/// So a batch unpacks at most the chunks that hold those numbers, however far behind the subscriber is,
+/// and chunks without its types are passed over without being unpacked. The chunks of the window: those
+/// that end within it, and the first one that ends after it.
 const READ_BATCH: &str = "with cursor as (
          select position from events.subscribers where name = $1 for update
      ), bounds as materialized (
-         select c.position, events.log_end() as log_end from cursor c
+         select c.position, least(events.log_end(), $2) as stop,
+                (select k.first_seq from events.log_chunks k
+                  where k.last_seq > c.position and k.types && $3
+                  order by k.last_seq limit 1) as next_first
+           from cursor c
      ), horizon as materialized (
-         select least(b.log_end, $2, b.position + 1000) as horizon, b.position + 1000 < least(b.log_end, $2) as cut
+         select case when b.next_first is null then b.stop
+                     else least(b.stop, greatest(b.position, b.next_first - 1) + 1000) end as horizon,
+                b.next_first is not null and greatest(b.position, b.next_first - 1) + 1000 < b.stop as cut
            from bounds b
      )
      select c.position, h.horizon, h.cut, e.seq, e.id, e.tenant_id, e.type, e.commit_time, e.data

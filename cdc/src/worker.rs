@@ -212,7 +212,9 @@ async fn read_log_state(writer: &Client, slot: &str) -> Result<LogState, CdcErro
                     (pg_current_wal_insert_lsn() - '0/0')::int8,
                     exists (select 1 from events.cdc_slots where system_id is not null),
                     (select event_id_key from events.cdc_keys),
-                    coalesce((select last_seq from events.log_chunks order by last_seq desc limit 1), 0)",
+                    -- Numbers are never given twice: retention may have deleted the newest chunks, but never
+                    -- past a subscriber's position.
+                    greatest(events.log_end(), (select coalesce(max(position), 0) from events.subscribers))",
             &[],
         )
         .await?;
@@ -428,7 +430,8 @@ const GROUP_AGE: Duration = Duration::from_millis(5);
 /// [`supervise`] on a thread of its own, with a single-threaded runtime: the replication stream's reader,
 /// the decode loop and the log writer's connection hand each message on without waking another thread
 /// (with the process's multi-threaded runtime, those wake-ups were a third of the worker's CPU; BENCHMARKS.md,
-/// "CDC worker"). Dropping the returned future stops the worker, as dropping `supervise` does.
+/// "CDC worker"). Dropping the returned future stops the worker (its thread drops `supervise` at its next
+/// wake-up and ends); a panic on the thread is resumed here.
 pub async fn supervise_on_own_thread(settings: CdcSettings) {
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let (done, finished) = tokio::sync::oneshot::channel::<()>();
@@ -445,10 +448,16 @@ pub async fn supervise_on_own_thread(settings: CdcSettings) {
         })
     });
     match spawned {
-        Ok(_) => {
+        Ok(thread) => {
             // Held until this future ends or is dropped; either way the thread's worker stops.
             let _stop = stop;
-            let _ = finished.await;
+            if finished.await.is_err() {
+                // The thread ended without saying so: the worker panicked. As on the process's runtime, the
+                // panic goes on up (a supervisor restarts the process; a standby takes over meanwhile).
+                if let Err(panic) = thread.join() {
+                    std::panic::resume_unwind(panic);
+                }
+            }
         }
         Err(e) => {
             tracing::warn!(error = %e, "no thread for the cdc worker; it shares the process's runtime");

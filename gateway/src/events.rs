@@ -91,21 +91,39 @@ const CURSOR_SEQ: &str = "with candidates as (
      select (select count(*) from candidates),
             (select k.first_seq + x.n - 1
                from candidates k cross join lateral unnest(k.ids) with ordinality as x(id, n)
-              where k.max_id >= $1 and x.id = $1)";
+              where k.max_id >= $1 and x.id = $1
+              limit 1)";
 
 /// Chunks a cursor is first looked for in.
 const CANDIDATES: i64 = 64;
 
-/// The same among all the tenant's chunks whose id range holds it: for a cursor the candidates do not hold
-/// when there were as many as asked for (many chunks of one millisecond, or a clock set back).
-const CURSOR_SEQ_ANYWHERE: &str = "select k.first_seq + x.n - 1
+/// The same among all the tenant's chunks whose id range holds it and that start at most a day before it
+/// (`$2`): for a cursor the candidates do not hold when there were as many as asked for (many chunks of one
+/// millisecond, or a clock set back). The day bounds what a made-up cursor costs.
+const CURSOR_SEQ_NEARBY: &str = "select k.first_seq + x.n - 1
        from events.log_chunks k cross join lateral unnest(k.ids) with ordinality as x(id, n)
-      where k.tenant_id = (select core.current_tenant_id()) and k.min_id <= $1 and k.max_id >= $1 and x.id = $1";
+      where k.tenant_id = (select core.current_tenant_id()) and k.min_id <= $1 and k.min_id >= $2
+        and k.max_id >= $1 and x.id = $1
+      limit 1";
+
+/// The smallest id of the millisecond a day before `id`'s (ids begin with their commit's Unix milliseconds).
+fn a_day_before(id: uuid::Uuid) -> uuid::Uuid {
+    const DAY_MILLIS: u64 = 86_400_000;
+    let bytes = id.as_bytes();
+    let mut millis = [0u8; 8];
+    millis[2..].copy_from_slice(&bytes[..6]);
+    let floor = u64::from_be_bytes(millis).saturating_sub(DAY_MILLIS);
+    let mut out = [0u8; 16];
+    out[..6].copy_from_slice(&floor.to_be_bytes()[2..]);
+    uuid::Uuid::from_bytes(out)
+}
 
 /// Part of a page: the tenant's next `$5` log chunks after number `$1` (how many there were, the last one's
 /// end), and their first `$4` events of the readable modules (`$2`) and the asked types (`$3`, null for
 /// all), in log order; one row of nulls after the first two columns when none is. The page reads window
-/// after window until it is full or the log ends, so each query unpacks a bounded number of chunks.
+/// after window, each twice the one before up to MAX_WINDOW chunks, until it is full or the log ends: a
+/// query unpacks a bounded number of chunks (only those that hold an asked type), and a sparse page over
+/// a long log takes few of them.
 const PAGE_WINDOW: &str = "with chunks as (
          select first_seq, last_seq, ids, types, commit_times, data from events.log_chunks
           where tenant_id = (select core.current_tenant_id()) and last_seq > $1
@@ -120,15 +138,16 @@ const PAGE_WINDOW: &str = "with chunks as (
              from chunks k
             cross join lateral unnest(k.ids, k.types, k.commit_times, k.data)
                   with ordinality as x(id, type, commit_time, data, n)
-            where k.first_seq + x.n - 1 > $1
+            where ($3::text[] is null or k.types && $3) and k.first_seq + x.n - 1 > $1
               and split_part(x.data::json->>'table', '.', 1) = any($2)
               and ($3::text[] is null or x.type = any($3))
             order by k.last_seq, x.n limit $4
        ) e on true
       order by e.seq";
 
-/// Chunks per window of a page.
-const WINDOW: i64 = 8;
+/// Chunks in a page's first window, and in its largest.
+const FIRST_WINDOW: i64 = 8;
+const MAX_WINDOW: i64 = 1024;
 
 /// Lists the tenant's events in commit order, from the modules the key may read.
 #[utoipa::path(get, path = "/", tag = "events",
@@ -160,9 +179,10 @@ async fn list_events(
                     let row = tx.query_one(CURSOR_SEQ, &[&id, &CANDIDATES]).await?;
                     let (candidates, seq): (i64, Option<i64>) = (row.get(0), row.get(1));
                     let seq = match seq {
-                        None if candidates == CANDIDATES => {
-                            tx.query_opt(CURSOR_SEQ_ANYWHERE, &[&id]).await?.map(|r| r.get(0))
-                        }
+                        None if candidates == CANDIDATES => tx
+                            .query_opt(CURSOR_SEQ_NEARBY, &[&id, &a_day_before(id)])
+                            .await?
+                            .map(|r| r.get(0)),
                         seq => seq,
                     };
                     seq.ok_or_else(bad_cursor)?
@@ -171,16 +191,18 @@ async fn list_events(
             // One more than asked for tells whether there is more.
             let mut page = Vec::new();
             let mut from = start;
+            let mut window = FIRST_WINDOW;
             loop {
                 let wanted = limit + 1 - page.len() as i64;
-                let rows = tx.query(PAGE_WINDOW, &[&from, &modules, &types, &wanted, &WINDOW]).await?;
+                let rows = tx.query(PAGE_WINDOW, &[&from, &modules, &types, &wanted, &window]).await?;
                 let (chunks, window_end): (i64, Option<i64>) =
                     rows.first().map_or((0, None), |r| (r.get(0), r.get(1)));
                 page.extend(rows.into_iter().filter(|r| r.get::<_, Option<uuid::Uuid>>(2).is_some()));
                 match window_end {
-                    Some(end) if chunks == WINDOW && (page.len() as i64) <= limit => from = end,
+                    Some(end) if chunks == window && (page.len() as i64) <= limit => from = end,
                     _ => break,
                 }
+                window = (window * 2).min(MAX_WINDOW);
             }
             Ok(page)
         })

@@ -77,6 +77,9 @@ create policy dispatcher_prunes on events.log_chunks for delete to tessera_event
 grant select, insert, delete on events.log_chunks to tessera_events;
 grant select on events.log_chunks to tessera_event_feed;
 
+-- Retention keeps chunks that hold an open dead letter: found by number.
+create index dead_letters_open_seq on events.dead_letters (seq) where replayed_at is null;
+
 -- One row per event, as the table was. security_invoker: whoever reads it sees what the chunks' policies
 -- show them.
 create view events.log with (security_invoker = true) as

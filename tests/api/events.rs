@@ -63,6 +63,10 @@ fn flaky<'a>(tx: &'a EffectTx<'a>, event: &'a Event) -> Effect<'a> {
     Box::pin(record(tx, "flaky", event))
 }
 
+fn late<'a>(tx: &'a EffectTx<'a>, event: &'a Event) -> Effect<'a> {
+    Box::pin(record(tx, "late", event))
+}
+
 /// Swallows the database error of a broken statement at amount 7.00 and claims success: the transaction is
 /// aborted all the same, and the dispatcher must notice.
 fn swallowing<'a>(tx: &'a EffectTx<'a>, event: &'a Event) -> Effect<'a> {
@@ -428,8 +432,16 @@ async fn large_log_chunks_read_back_event_by_event() {
     effects_table(&admin).await;
     let worker = start(&settings(&app), &admin).await;
     let ours = app.create("deals", &acme_writer, json!({"title": "Ours"})).await;
-    let theirs = app.create("deals", &globex_writer, json!({"title": "Theirs"})).await;
+    assert_eq!(wait_for(&admin, "select count(*) from events.log", 1).await, 1);
+    // A subscriber registered now (at number 1) and started only when everything is logged, with batches
+    // larger than the dispatcher's window (1,000 numbers from its first chunk of the types): its first
+    // window (numbers 2 to 1,001) ends inside a chunk (709 to 1,003).
+    let mut late_settings = dispatch_settings(&app, vec![subscriber("test.late", late)]).await;
+    late_settings.batch = 5000;
+    app.patch(&format!("/v1/crm/deals/{ours}"), &acme_writer, json!({"amount": 0})).await;
     assert_eq!(wait_for(&admin, "select count(*) from events.log", 2).await, 2);
+    let theirs = app.create("deals", &globex_writer, json!({"title": "Theirs"})).await;
+    assert_eq!(wait_for(&admin, "select count(*) from events.log", 3).await, 3);
     let dispatcher =
         tokio::spawn(dispatch::run(dispatch_settings(&app, vec![subscriber("test.steady", steady)]).await));
 
@@ -443,22 +455,21 @@ async fn large_log_chunks_read_back_event_by_event() {
         ))
         .await
         .expect("one transaction");
-    assert_eq!(wait_for(&admin, "select count(*) from events.log", 1407).await, 1407);
+    assert_eq!(wait_for(&admin, "select count(*) from events.log", 1408).await, 1408);
     let largest = count(&admin, "select max(cardinality(ids))::int8 from events.log_chunks").await;
     assert_eq!(largest, 700, "a tenant's run of the transaction is one chunk (of at most 1,000 events)");
 
-    // The dispatcher, 50 at a time and 1,000 numbers a window (so one window ends inside a chunk): every
-    // update once, in log order.
+    // The dispatcher, 50 at a time: every update once, in log order.
     assert_eq!(wait_effects(&admin, "steady", 1405).await, 1405);
     let seqs: Vec<i64> = effects(&admin, "steady").await.into_iter().map(|(seq, _)| seq).collect();
     let logged: Vec<i64> = admin
-        .query("select seq from events.log where type = 'crm.deals.update' order by seq", &[])
+        .query("select seq from events.log where type = 'crm.deals.update' and seq > 3 order by seq", &[])
         .await
         .expect("log")
         .iter()
         .map(|r| r.get(0))
         .collect();
-    assert_eq!(seqs, logged);
+    assert_eq!(seqs, logged, "from where it was registered");
     let amounts: Vec<String> = effects(&admin, "steady").await.into_iter().filter_map(|(_, a)| a).collect();
     let expected: Vec<String> =
         (1..=700).chain(10001..=10005).chain(701..=1400).map(|i| format!("{i}.00")).collect();
@@ -482,11 +493,28 @@ async fn large_log_chunks_read_back_event_by_event() {
     // eight chunks at a time).
     for amount in 1..=10_i64 {
         app.patch(&format!("/v1/crm/deals/{ours}"), &acme_writer, json!({"amount": amount})).await;
-        let logged = 1407 + amount;
+        let logged = 1408 + amount;
         assert_eq!(wait_for(&admin, "select count(*) from events.log", logged).await, logged);
     }
     app.patch(&format!("/v1/crm/deals/{ours}"), &acme_writer, json!({"stage": "won"})).await;
-    assert_eq!(wait_for(&admin, "select count(*) from events.log", 1419).await, 1419);
+    assert_eq!(wait_for(&admin, "select count(*) from events.log", 1420).await, 1420);
+    let chunk =
+        count(&admin, "select count(*) from events.log_chunks where first_seq = 709 and last_seq = 1003")
+            .await;
+    assert_eq!(chunk, 1, "the late subscriber's first window ends inside a chunk");
+    let late_dispatcher = tokio::spawn(dispatch::run(late_settings));
+    assert_eq!(wait_effects(&admin, "late", 1417).await, 1417);
+    let late_seqs: Vec<i64> = effects(&admin, "late").await.into_iter().map(|(seq, _)| seq).collect();
+    let all_updates: Vec<i64> = admin
+        .query("select seq from events.log where type = 'crm.deals.update' order by seq", &[])
+        .await
+        .expect("log")
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(late_seqs, all_updates, "every update once, in log order, across windows");
+    late_dispatcher.abort();
+
     let reader = app.key(acme, &["events:read", "crm:read"]).await;
     let won = app.get("/v1/events?types=deal.closed.won", &reader).await;
     assert_eq!(won.status, 200, "{}", won.body);
@@ -514,7 +542,7 @@ async fn large_log_chunks_read_back_event_by_event() {
         .iter()
         .map(|r| r.get(0))
         .collect();
-    assert_eq!(ours_logged.len(), 1413);
+    assert_eq!(ours_logged.len(), 1414);
     assert_eq!(seen, ours_logged);
     dispatcher.abort();
     worker.abort();
@@ -566,4 +594,38 @@ async fn a_cursor_behind_many_chunks_of_the_same_moment_is_found() {
     app.get(&format!("/v1/events?after={}", id_at(t0 + 10, 2)), &reader)
         .await
         .assert_problem(400, "invalid_parameter");
+}
+
+/// Retention may delete every chunk of the log (all subscribers past them, all old enough): the numbers it
+/// held are never given again, or subscribers past them would never see the new events.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn numbers_are_not_given_again_after_retention_empties_the_log() {
+    let mut app = TestApp::spawn().await;
+    let (_, key) = app.tenant("acme").await;
+    let admin = connect(&cluster().superuser, &app.db.name).await;
+    let worker = start(&settings(&app), &admin).await;
+    let deal = app.create("deals", &key, json!({"title": "Old"})).await;
+    app.patch(&format!("/v1/crm/deals/{deal}"), &key, json!({"amount": 1})).await;
+    assert_eq!(wait_for(&admin, "select count(*) from events.log", 2).await, 2);
+    worker.abort();
+    let _ = worker.await;
+    let events = connect("tessera_replication", &app.db.name).await;
+    events
+        .batch_execute(
+            "set role tessera_events;
+             insert into events.subscribers (name, position) values ('test.done', events.log_end())",
+        )
+        .await
+        .expect("a subscriber past everything");
+    let past: i64 = events.query_one("select events.log_end()", &[]).await.expect("end").get(0);
+    assert_eq!(dispatch::prune(&events, Duration::ZERO).await.expect("prune"), 2);
+    assert_eq!(count(&admin, "select count(*) from events.log_chunks").await, 0, "the log is empty");
+
+    let worker = start(&settings(&app), &admin).await;
+    app.patch(&format!("/v1/crm/deals/{deal}"), &key, json!({"amount": 2})).await;
+    assert_eq!(wait_for(&admin, "select count(*) from events.log", 1).await, 1);
+    let first: i64 =
+        admin.query_one("select min(first_seq) from events.log_chunks", &[]).await.expect("seq").get(0);
+    assert!(first > past, "the new event is numbered {first}, after the {past} numbers given before");
+    worker.abort();
 }
