@@ -18,7 +18,7 @@
 //!
 //! The log is stored in chunks (`events.log_chunks`): each run of one tenant's consecutive events in a chunk
 //! is one row, the events' fields in arrays, numbered by the worker from the log's last number on (it is the
-//! only writer). One row per event cost the server about three times the CPU (`events.log` is that view).
+//! only writer). One row per event cost the server more than twice the CPU (`events.log` is that view).
 //!
 //! A slot that disappears is never recreated silently (that would skip every change in between): the
 //! worker records the slot it created in `events.cdc_slots` and refuses to start when it is gone.
@@ -429,8 +429,8 @@ const GROUP_AGE: Duration = Duration::from_millis(5);
 
 /// [`supervise`] on a thread of its own, with a single-threaded runtime: the replication stream's reader,
 /// the decode loop and the log writer's connection hand each message on without waking another thread
-/// (with the process's multi-threaded runtime, those wake-ups were a third of the worker's CPU; BENCHMARKS.md,
-/// "CDC worker"). Dropping the returned future stops the worker (its thread drops `supervise` at its next
+/// (with the process's multi-threaded runtime, those wake-ups cost about a third of the worker's CPU;
+/// BENCHMARKS.md, "CDC (issue 3)"). Dropping the returned future stops the worker (its thread drops `supervise` at its next
 /// wake-up and ends); a panic on the thread is resumed here.
 pub async fn supervise_on_own_thread(settings: CdcSettings) {
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
