@@ -114,10 +114,11 @@ grant execute on function events.log_at(bigint) to tessera_events;
 -- The gateway's cache (V6): the same answers from the chunks. A chunk's change events are reported once per
 -- module, numbered with the chunk's last event.
 grant select (tenant_id, last_seq, types) on events.log_chunks to tessera_auth;
+grant execute on function events.log_end() to tessera_auth;
 create or replace function events.log_head() returns bigint
     language sql stable security definer
     set search_path = pg_catalog, pg_temp
-as $$ select coalesce((select last_seq from events.log_chunks order by last_seq desc limit 1), 0) $$;
+as $$ select events.log_end() $$;
 
 create or replace function events.changes_since(p_after bigint, p_limit integer)
     returns table (seq bigint, tenant_id uuid, module text)
